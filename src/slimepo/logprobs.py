@@ -1,0 +1,191 @@
+"""Per-token log-probabilities of labels under a causal LM's output distribution.
+
+Two ways to the same numbers:
+
+- :func:`token_logps` from materialized logits (exact, simple, ``[batch, tokens, vocab]``
+  in memory);
+- :func:`chunked_token_logps` from the final hidden states and the output projection
+  ``W`` (``[vocab, hidden]``), ``b``: only valid tokens are projected, in chunks of
+  ``chunk_size`` rows, and backward recomputes each chunk's logits instead of keeping
+  them, so at most one ``[chunk_size, vocab]`` block lives at a time.
+
+For a token with hidden state ``h`` and label ``y``: ``z = W h + b`` (optionally
+soft-capped, ``z ← c·tanh(z/c)``), ``ℓ = z_y − logsumexp(z)``, and
+``∂ℓ/∂z = onehot(y) − softmax(z)``.
+
+This module knows nothing about losses. Masked-out positions come back as 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+DEFAULT_CHUNK_SIZE = 512
+
+
+def _accumulation_dtype(tensor: Tensor) -> torch.dtype:
+    """fp32 for half-precision inputs; fp64 inputs stay fp64 (for gradcheck)."""
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+def token_logps(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+    """Exact per-token log-probs, ``[batch, tokens]``, in fp32.
+
+    ``logits``: ``[batch, tokens, vocab]`` where ``logits[:, t]`` scores ``labels[:, t]``
+    (already aligned: shift before calling for next-token prediction); ``labels``:
+    ``[batch, tokens]`` int, any value where ``mask`` is False; ``mask``: bool.
+    """
+    safe_labels = torch.where(mask, labels, torch.zeros_like(labels))
+    logps = torch.log_softmax(logits.to(_accumulation_dtype(logits)), dim=-1)
+    picked = logps.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)
+    return torch.where(mask, picked, torch.zeros_like(picked))
+
+
+def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, softcap: float | None):
+    """fp32 logits of one chunk, and tanh(z/c) when soft-capping (for the backward)."""
+    dtype = _accumulation_dtype(hidden)
+    z = (hidden @ weight.t()).to(dtype)
+    if bias is not None:
+        z = z + bias.to(dtype)
+    if softcap is None:
+        return z, None
+    t = torch.tanh(z / softcap)
+    return softcap * t, t
+
+
+class _ChunkedLogps(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, chunk_size, softcap):
+        out = torch.empty(hidden.shape[0], dtype=_accumulation_dtype(hidden), device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            stop = start + chunk_size
+            z, _ = _chunk_logits(hidden[start:stop], weight, bias, softcap)
+            picked = z.gather(-1, labels[start:stop].unsqueeze(-1)).squeeze(-1)
+            out[start:stop] = picked - torch.logsumexp(z, dim=-1)
+        ctx.save_for_backward(hidden, weight, bias, labels)
+        ctx.chunk_size, ctx.softcap = chunk_size, softcap
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, labels = ctx.saved_tensors
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        dtype = _accumulation_dtype(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=dtype, device=bias.device) if need_bias else None
+        grad_out = grad_out.to(dtype)
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            stop = start + ctx.chunk_size
+            h = hidden[start:stop]
+            z, t = _chunk_logits(h, weight, bias, ctx.softcap)
+            g = grad_out[start:stop].unsqueeze(-1)
+            grad_z = -g * torch.softmax(z, dim=-1)
+            grad_z.scatter_add_(-1, labels[start:stop].unsqueeze(-1), g)
+            if t is not None:
+                grad_z = grad_z * (1 - t * t)
+            if need_hidden:
+                grad_hidden[start:stop] = (grad_z.to(weight.dtype) @ weight).to(hidden.dtype)
+            if need_weight:
+                grad_weight += grad_z.t() @ h.to(dtype)
+            if need_bias:
+                grad_bias += grad_z.sum(0)
+        if need_weight:
+            grad_weight = grad_weight.to(weight.dtype)
+        if need_bias:
+            grad_bias = grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+def chunked_token_logps(
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    mask: Tensor,
+    bias: Tensor | None = None,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    softcap: float | None = None,
+) -> Tensor:
+    """Per-token log-probs ``[batch, tokens]`` (fp32) without materializing all logits.
+
+    ``hidden``: ``[batch, tokens, hidden]`` final hidden states aligned with ``labels``
+    (``hidden[:, t]`` predicts ``labels[:, t]``); ``weight``: ``[vocab, hidden]``;
+    ``bias``: ``[vocab]`` or None; ``mask``: bool ``[batch, tokens]``, only True
+    positions are projected; ``softcap``: final logit soft-capping (Gemma-2/3).
+    Values and gradients equal :func:`token_logps` on ``hidden @ weight.T + bias``.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    out = torch.zeros(mask.shape, dtype=_accumulation_dtype(hidden), device=hidden.device)
+    if not bool(mask.any()):
+        return out
+    selected = _ChunkedLogps.apply(hidden[mask], weight, bias, labels[mask], chunk_size, softcap)
+    return out.masked_scatter(mask, selected)
+
+
+def output_projection(model: nn.Module) -> tuple[Tensor, Tensor | None] | None:
+    """The (weight, bias) producing logits from final hidden states, or None.
+
+    Handles a plain ``nn.Linear`` head (tied or not) and PEFT's ``ModulesToSaveWrapper``
+    (``modules_to_save=["lm_head"]``), honouring disabled adapters. Any other head (LoRA
+    on the head, custom scaling) returns None and callers use the exact path.
+    """
+    head = _base_model(model).get_output_embeddings()
+    if type(head).__name__ == "ModulesToSaveWrapper":
+        active = head.active_adapters if hasattr(head, "active_adapters") else [head.active_adapter]
+        if getattr(head, "disable_adapters", False) or not active or active[0] not in head.modules_to_save:
+            head = head.original_module
+        else:
+            head = head.modules_to_save[active[0]]
+    if type(head) is not nn.Linear:
+        return None
+    return head.weight, head.bias
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    """The transformers ``*ForCausalLM`` inside a PEFT wrapper, or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def final_logit_softcap(model: nn.Module) -> float | None:
+    config = _base_model(model).config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text_config, "final_logit_softcapping", None)
+
+
+def sequence_token_logps(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    score_mask: Tensor,
+    *,
+    position_ids: Tensor | None = None,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+) -> Tensor:
+    """Log-prob of each token of ``input_ids`` given the tokens before it, ``[batch, tokens]``.
+
+    ``score_mask`` (bool ``[batch, tokens]``) marks the tokens to score (response
+    tokens); position 0 cannot be scored. ``attention_mask`` is passed to the model as is
+    (2-D padding mask, or a 4-D mask for shared prompts / packing). With ``chunk_size``
+    None, or a head :func:`output_projection` cannot read, logits are materialized.
+    """
+    if bool(score_mask[:, 0].any()):
+        raise ValueError("score_mask marks position 0, which has no preceding token to predict it")
+    labels = input_ids[:, 1:]
+    mask = score_mask[:, 1:]
+    projection = output_projection(model) if chunk_size else None
+    if projection is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        logps = token_logps(logits[:, :-1], labels, mask)
+    else:
+        backbone = _base_model(model).get_decoder()
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
+        weight, bias = projection
+        logps = chunked_token_logps(
+            hidden[:, :-1], weight, labels, mask, bias, chunk_size=chunk_size, softcap=final_logit_softcap(model)
+        )
+    return torch.nn.functional.pad(logps, (1, 0))

@@ -1,0 +1,166 @@
+"""What every preference loss shares: inputs, outputs, masked reductions, parameters.
+
+Notation follows ``shared/PAPER.md``: ``ℓ_t`` is a per-token log-probability (natural
+log), ``r(y) = (1/|y|) Σ_t ℓ_t`` the length-normalized log-likelihood of a response.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class LossOutput:
+    """A loss value and what explains it.
+
+    ``loss`` is the scalar to backpropagate. ``metrics`` maps names to detached fp32
+    scalars: ``loss/<term>`` for each term of the objective, ``rewards/chosen`` and
+    ``rewards/rejected`` as the loss defines them, ``margin`` (their mean difference),
+    ``accuracy`` (fraction of pairs with a positive margin), ``logps/chosen`` and
+    ``logps/rejected`` (mean over pairs of r(y), nats per token).
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor]
+
+
+def param(default: Any, help: str, **kwargs: Any) -> Any:
+    """A loss hyperparameter: its default and the one line that documents it everywhere."""
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass(frozen=True)
+class SequenceStats:
+    """Per-pair reductions of one side (chosen or rejected) of a batch, in fp32.
+
+    ``logps``: ``[batch, tokens]`` per-token log-probs with masked positions set to 0;
+    ``mask``: ``[batch, tokens]`` bool; ``sum``: ``[batch]`` Σ_t ℓ_t; ``length``:
+    ``[batch]`` |y|; ``mean``: ``[batch]`` r(y) = sum / length.
+    """
+
+    logps: Tensor
+    mask: Tensor
+    sum: Tensor
+    length: Tensor
+    mean: Tensor
+
+
+def sequence_stats(logps: Tensor, mask: Tensor, side: str) -> SequenceStats:
+    """Reduce per-token log-probs over the valid tokens given by ``mask``, in fp32.
+
+    Masked-out positions may hold anything (0, -1e4, NaN): ``torch.where`` keeps them out
+    of both the value and the gradient, which a multiplication by the mask would not.
+    """
+    if logps.dim() != 2 or mask.shape != logps.shape:
+        raise ValueError(
+            f"{side}_logps and {side}_mask must both be [batch, tokens]; "
+            f"got {tuple(logps.shape)} and {tuple(mask.shape)}"
+        )
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{side}_mask must be a bool tensor, got {mask.dtype}")
+    length = mask.sum(-1)
+    if bool((length == 0).any()):
+        rows = torch.nonzero(length == 0).flatten().tolist()
+        raise ValueError(f"{side}_mask has no valid token in row(s) {rows}: every response needs >= 1 token")
+    masked = torch.where(mask, logps.float(), torch.zeros((), dtype=torch.float32, device=logps.device))
+    total = masked.sum(-1)
+    length = length.to(torch.float32)
+    return SequenceStats(logps=masked, mask=mask, sum=total, length=length, mean=total / length)
+
+
+class PreferenceLoss:
+    """Base of every registered loss: a dataclass of hyperparameters with ``__call__``.
+
+    Subclasses set ``name``, ``citation``, ``requires_reference`` and implement
+    ``compute(chosen, rejected, ref_chosen, ref_rejected)`` on :class:`SequenceStats`.
+    """
+
+    name: ClassVar[str]
+    citation: ClassVar[str]
+    requires_reference: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        self._warned_unused_reference = False
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the parameter when a value is out of range."""
+
+    def _check_nonnegative(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{self.name}: {name} must be a number >= 0, got {value!r}")
+
+    def __call__(
+        self,
+        chosen_logps: Tensor,
+        chosen_mask: Tensor,
+        rejected_logps: Tensor,
+        rejected_mask: Tensor,
+        ref_chosen_logps: Tensor | None = None,
+        ref_rejected_logps: Tensor | None = None,
+    ) -> LossOutput:
+        chosen = sequence_stats(chosen_logps, chosen_mask, "chosen")
+        rejected = sequence_stats(rejected_logps, rejected_mask, "rejected")
+        if chosen.sum.shape != rejected.sum.shape:
+            raise ValueError(
+                f"chosen and rejected batch sizes differ: {chosen.sum.shape[0]} vs {rejected.sum.shape[0]}"
+            )
+        given_reference = ref_chosen_logps is not None or ref_rejected_logps is not None
+        if self.requires_reference:
+            if ref_chosen_logps is None or ref_rejected_logps is None:
+                raise ValueError(
+                    f"loss '{self.name}' needs reference log-probs: pass ref_chosen_logps and "
+                    "ref_rejected_logps (per-sequence sums, [batch])"
+                )
+            ref_chosen_logps = ref_chosen_logps.float()
+            ref_rejected_logps = ref_rejected_logps.float()
+            for label, ref in (("ref_chosen_logps", ref_chosen_logps), ("ref_rejected_logps", ref_rejected_logps)):
+                if ref.shape != chosen.sum.shape:
+                    raise ValueError(f"{label} must be [batch]={tuple(chosen.sum.shape)}, got {tuple(ref.shape)}")
+        elif given_reference and not self._warned_unused_reference:
+            warnings.warn(
+                f"loss '{self.name}' is reference-free; the reference log-probs passed to it are ignored",
+                stacklevel=2,
+            )
+            self._warned_unused_reference = True
+        loss, terms, chosen_rewards, rejected_rewards = self.compute(
+            chosen, rejected, ref_chosen_logps, ref_rejected_logps
+        )
+        margins = chosen_rewards - rejected_rewards
+        metrics = {f"loss/{term}": value.detach() for term, value in terms.items()}
+        metrics.update(
+            {
+                "rewards/chosen": chosen_rewards.detach().mean(),
+                "rewards/rejected": rejected_rewards.detach().mean(),
+                "margin": margins.detach().mean(),
+                "accuracy": (margins.detach() > 0).float().mean(),
+                "logps/chosen": chosen.mean.detach().mean(),
+                "logps/rejected": rejected.mean.detach().mean(),
+            }
+        )
+        return LossOutput(loss=loss, metrics=metrics)
+
+    def compute(
+        self,
+        chosen: SequenceStats,
+        rejected: SequenceStats,
+        ref_chosen: Tensor | None,
+        ref_rejected: Tensor | None,
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
+        """Return (loss, {term: scalar}, chosen_rewards [batch], rejected_rewards [batch])."""
+        raise NotImplementedError
+
+    @classmethod
+    def parameters(cls) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(cls)}
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.parameters()}

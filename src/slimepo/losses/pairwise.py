@@ -1,0 +1,232 @@
+"""The baselines SLIME is measured against, on the same inputs and code path.
+
+Notation: ``π(y) = Σ_t ℓ_t`` the summed log-likelihood of a response under the policy,
+``π_ref(y)`` the same under the reference model (given as ``[batch]`` sums),
+``r(y) = π(y)/|y|`` the length-normalized log-likelihood, σ the logistic function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from slimepo.losses.base import PreferenceLoss, SequenceStats, param
+
+
+def chosen_token_nll(chosen: SequenceStats) -> Tensor:
+    """Mean negative log-likelihood over all chosen tokens of the batch (TRL's cross-entropy)."""
+    return -chosen.logps.sum() / chosen.length.sum()
+
+
+@dataclass
+class SftLoss(PreferenceLoss):
+    """Supervised fine-tuning on the chosen responses only.
+
+    ``L = −mean_pairs r(y_w)`` (length-normalized NLL). Rewards are ``r(y_w)``, ``r(y_l)``.
+    """
+
+    name = "sft"
+    citation = "maximum likelihood on the chosen responses"
+
+    def compute(self, chosen, rejected, ref_chosen, ref_rejected):
+        nll = -chosen.mean.mean()
+        return nll, {"nll": nll}, chosen.mean, rejected.mean
+
+
+@dataclass
+class DpoLoss(PreferenceLoss):
+    """DPO, sigmoid form with conservative label smoothing (cDPO).
+
+    Rafailov et al., "Direct Preference Optimization", NeurIPS 2023; label smoothing
+    after Mitchell (2023), "A note on DPO with noisy preferences".
+
+    ``h = β [(π(y_w) − π_ref(y_w)) − (π(y_l) − π_ref(y_l))]``,
+    ``L = −(1−ε) log σ(h) − ε log σ(−h)``.
+    Rewards: ``β (π(y) − π_ref(y))``.
+    """
+
+    name = "dpo"
+    citation = "Rafailov et al., NeurIPS 2023 (arXiv:2305.18290)"
+    requires_reference = True
+
+    beta: float = param(0.1, "β, inverse temperature of the implicit reward")
+    label_smoothing: float = param(0.0, "ε in [0, 0.5), assumed probability that a label is flipped")
+
+    def validate(self) -> None:
+        self._check_nonnegative("beta")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"dpo: label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
+
+    def compute(self, chosen, rejected, ref_chosen, ref_rejected):
+        chosen_rewards = self.beta * (chosen.sum - ref_chosen)
+        rejected_rewards = self.beta * (rejected.sum - ref_rejected)
+        h = chosen_rewards - rejected_rewards
+        eps = self.label_smoothing
+        loss = (-(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h)).mean()
+        return loss, {"sigmoid": loss}, chosen_rewards, rejected_rewards
+
+
+@dataclass
+class IpoLoss(PreferenceLoss):
+    """IPO, the squared-loss ΨPO with identity Ψ.
+
+    Azar et al., "A General Theoretical Paradigm to Understand Learning from Human
+    Preferences", AISTATS 2024.
+
+    ``h = (π(y_w) − π_ref(y_w)) − (π(y_l) − π_ref(y_l))``, ``L = (h − 1/(2τ))²``.
+    With ``length_normalized`` the log-ratios are divided by each response's length
+    (TRL's choice). Rewards: ``τ (π(y) − π_ref(y))``.
+    """
+
+    name = "ipo"
+    citation = "Azar et al., AISTATS 2024 (arXiv:2310.12036)"
+    requires_reference = True
+
+    tau: float = param(0.1, "τ, regularization strength; the target log-ratio gap is 1/(2τ)")
+    length_normalized: bool = param(False, "divide each log-ratio by its response length (as TRL does)")
+
+    def validate(self) -> None:
+        if not isinstance(self.tau, (int, float)) or self.tau <= 0:
+            raise ValueError(f"ipo: tau must be > 0, got {self.tau!r}")
+
+    def compute(self, chosen, rejected, ref_chosen, ref_rejected):
+        chosen_ratio = chosen.sum - ref_chosen
+        rejected_ratio = rejected.sum - ref_rejected
+        if self.length_normalized:
+            chosen_ratio = chosen_ratio / chosen.length
+            rejected_ratio = rejected_ratio / rejected.length
+        h = chosen_ratio - rejected_ratio
+        loss = ((h - 1 / (2 * self.tau)) ** 2).mean()
+        return loss, {"squared": loss}, self.tau * chosen_ratio, self.tau * rejected_ratio
+
+
+@dataclass
+class HingeLoss(PreferenceLoss):
+    """Hinge on the reference-normalized likelihood gap (SLiC-HF calibration, RSO's hinge).
+
+    Zhao et al., "SLiC-HF", arXiv:2305.10425; Liu et al., "Statistical Rejection Sampling
+    Improves Preference Optimization" (RSO), ICLR 2024.
+
+    ``h = (π(y_w) − π_ref(y_w)) − (π(y_l) − π_ref(y_l))``, ``L = max(0, 1 − β h)``.
+    Rewards: ``β (π(y) − π_ref(y))``.
+    """
+
+    name = "hinge"
+    citation = "Zhao et al. 2023 (arXiv:2305.10425); Liu et al., ICLR 2024 (arXiv:2309.06657)"
+    requires_reference = True
+
+    beta: float = param(0.1, "β, scale of the log-ratio gap; the hinge acts until β h reaches 1")
+
+    def validate(self) -> None:
+        self._check_nonnegative("beta")
+
+    def compute(self, chosen, rejected, ref_chosen, ref_rejected):
+        chosen_rewards = self.beta * (chosen.sum - ref_chosen)
+        rejected_rewards = self.beta * (rejected.sum - ref_rejected)
+        loss = F.relu(1 - (chosen_rewards - rejected_rewards)).mean()
+        return loss, {"hinge": loss}, chosen_rewards, rejected_rewards
+
+
+@dataclass
+class SimpoLoss(PreferenceLoss):
+    """SimPO, reference-free with a length-normalized reward and a target margin.
+
+    Meng, Xia & Chen, "SimPO: Simple Preference Optimization with a Reference-Free
+    Reward", NeurIPS 2024.
+
+    ``L = −log σ(β r(y_w) − β r(y_l) − γ)``. Rewards: ``β r(y)``.
+    (TRL's ``simpo_gamma`` is the ratio γ/β; the default here, γ = 1.0 with β = 2.0,
+    equals TRL's default ratio 0.5.)
+    """
+
+    name = "simpo"
+    citation = "Meng et al., NeurIPS 2024 (arXiv:2405.14734)"
+
+    beta: float = param(2.0, "β, scale of the length-normalized reward")
+    gamma: float = param(1.0, "γ, target reward margin (TRL's simpo_gamma is γ/β)")
+    label_smoothing: float = param(0.0, "ε in [0, 0.5), as in DPO's conservative variant")
+
+    def validate(self) -> None:
+        self._check_nonnegative("beta", "gamma")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"simpo: label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
+
+    def compute(self, chosen, rejected, ref_chosen, ref_rejected):
+        chosen_rewards = self.beta * chosen.mean
+        rejected_rewards = self.beta * rejected.mean
+        h = chosen_rewards - rejected_rewards - self.gamma
+        eps = self.label_smoothing
+        loss = (-(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h)).mean()
+        return loss, {"sigmoid": loss}, chosen_rewards, rejected_rewards
+
+
+@dataclass
+class CpoLoss(PreferenceLoss):
+    """CPO, a reference-free sigmoid preference loss plus an NLL regularizer.
+
+    Xu et al., "Contrastive Preference Optimization", ICML 2024.
+
+    ``L = −mean_pairs log σ(β π(y_w) − β π(y_l)) + α · NLL(y_w)`` where NLL is the mean
+    negative log-likelihood over all chosen tokens of the batch (as in TRL).
+    Rewards: ``β π(y)``.
+    """
+
+    name = "cpo"
+    citation = "Xu et al., ICML 2024 (arXiv:2401.08417)"
+
+    beta: float = param(0.1, "β, scale of the summed log-likelihood reward")
+    alpha: float = param(1.0, "α, weight of the NLL term on chosen tokens")
+
+    def validate(self) -> None:
+        self._check_nonnegative("beta", "alpha")
+
+    def compute(self, chosen, rejected, ref_chosen, ref_rejected):
+        chosen_rewards = self.beta * chosen.sum
+        rejected_rewards = self.beta * rejected.sum
+        prefer = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+        nll = chosen_token_nll(chosen)
+        loss = prefer + self.alpha * nll
+        return loss, {"sigmoid": prefer, "nll": nll}, chosen_rewards, rejected_rewards
+
+
+def log_odds(mean_logp: Tensor) -> Tensor:
+    """``log(P / (1 − P))`` for ``P = exp(r)``, stable for r ≤ 0.
+
+    r is clamped just below 0 so that a response of probability 1 gives a large finite
+    log-odds instead of +inf. ``log(1 − e^r)`` uses ``log(−expm1(r))`` near 0 and
+    ``log1p(−e^r)`` far from it.
+    """
+    r = mean_logp.clamp(max=-1e-6)
+    log1m_exp = torch.where(r > -0.6931, torch.log(-torch.expm1(r)), torch.log1p(-torch.exp(r)))
+    return r - log1m_exp
+
+
+@dataclass
+class OrpoLoss(PreferenceLoss):
+    """ORPO, monolithic preference optimization with an odds-ratio term.
+
+    Hong, Lee & Thorne, "ORPO: Monolithic Preference Optimization without Reference
+    Model", EMNLP 2024.
+
+    ``odds(y) = P(y)/(1 − P(y))`` with ``P(y) = exp(r(y))``;
+    ``L = NLL(y_w) − λ · mean_pairs log σ(log odds(y_w) − log odds(y_l))``
+    with NLL the mean over all chosen tokens of the batch. Rewards: ``λ r(y)`` (as TRL).
+    """
+
+    name = "orpo"
+    citation = "Hong et al., EMNLP 2024 (arXiv:2403.07691)"
+
+    lam: float = param(0.1, "λ, weight of the odds-ratio term (TRL's beta)")
+
+    def validate(self) -> None:
+        self._check_nonnegative("lam")
+
+    def compute(self, chosen, rejected, ref_chosen, ref_rejected):
+        ratio = log_odds(chosen.mean) - log_odds(rejected.mean)
+        odds_ratio = -F.logsigmoid(ratio).mean()
+        nll = chosen_token_nll(chosen)
+        loss = nll + self.lam * odds_ratio
+        return loss, {"nll": nll, "odds_ratio": odds_ratio}, self.lam * chosen.mean, self.lam * rejected.mean
