@@ -145,7 +145,9 @@ def output_projection(model: nn.Module) -> tuple[Tensor, Tensor | None] | None:
 
 
 def _base_model(model: nn.Module) -> nn.Module:
-    """The transformers ``*ForCausalLM`` inside a PEFT wrapper, or the model itself."""
+    """The transformers ``*ForCausalLM`` inside DDP/compile and PEFT wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
@@ -170,20 +172,23 @@ def sequence_token_logps(
     tokens); position 0 cannot be scored. ``attention_mask`` is passed to the model as is
     (2-D padding mask, or a 4-D mask for shared prompts / packing). With ``chunk_size``
     None, or a head :func:`output_projection` cannot read, logits are materialized.
+
+    The model is always called through its own ``forward`` (so DDP and FSDP wrappers
+    see the call); the chunked path asks it for the final hidden states and for the
+    logits of the last position only (``logits_to_keep=1``), then projects the scored
+    tokens itself.
     """
     if bool(score_mask[:, 0].any()):
         raise ValueError("score_mask marks position 0, which has no preceding token to predict it")
     labels = input_ids[:, 1:]
     mask = score_mask[:, 1:]
     projection = output_projection(model) if chunk_size else None
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
     if projection is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        logits = model(**inputs).logits
         logps = token_logps(logits[:, :-1], labels, mask)
     else:
-        backbone = _base_model(model).get_decoder()
-        hidden = backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-        ).last_hidden_state
+        hidden = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
         weight, bias = projection
         logps = chunked_token_logps(
             hidden[:, :-1], weight, labels, mask, bias, chunk_size=chunk_size, softcap=final_logit_softcap(model)

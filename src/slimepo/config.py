@@ -1,0 +1,196 @@
+"""Every training option, declared once: type, default, help.
+
+The CLI flags, the YAML keys, the saved ``config.yaml`` and the option reference in the
+README all come from :class:`TrainConfig`. Validation happens here, before any model or
+data is loaded, and every error names the option and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slimepo.losses import LOSSES, get_loss
+
+DEMO = "demo"
+DEFAULT_MODEL = "default"
+
+
+def option(default: Any, help: str, *, group: str, **metadata: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, "group": group, **metadata})
+    return field(default=default, metadata={"help": help, "group": group, **metadata})
+
+
+class ConfigError(ValueError):
+    """An invalid option, with its name and what is allowed."""
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = option(
+        DEFAULT_MODEL,
+        "Hub id or local path of a causal LM; 'default' = the embedded SmolLM2-135M-Instruct",
+        group="model",
+    )
+    ref_model: str | None = option(
+        None, "reference model for reference-based losses (default: the initial weights)", group="model"
+    )
+    dtype: str = option(
+        "auto", "auto (bf16 on GPUs that support it, fp32 otherwise) | float32 | bfloat16 | float16", group="model",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    trust_remote_code: bool = option(False, "allow the model repository's own Python code to run", group="model")
+    attn_implementation: str = option("sdpa", "attention kernel: sdpa | eager | flash_attention_2", group="model")
+    use_lora: bool = option(True, "train LoRA adapters (false: full fine-tuning)", group="model")
+    lora_r: int = option(16, "LoRA rank", group="model")
+    lora_alpha: int = option(32, "LoRA alpha (scale = alpha / r)", group="model")
+    lora_dropout: float = option(0.05, "LoRA dropout", group="model")
+    lora_target_modules: str = option(
+        "all-linear", "modules given LoRA adapters: all-linear or a comma-separated list", group="model"
+    )
+    modules_to_save: list[str] = option([], "modules trained fully beside LoRA, e.g. [lm_head] as in the paper", group="model")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory", group="model")
+
+    # data
+    dataset: str = option(DEMO, "Hub id, datasets folder or JSON/JSONL/Parquet/CSV file; 'demo' = the shipped set", group="data")
+    dataset_split: str = option("train", "split of --dataset to train on", group="data")
+    eval_dataset: str | None = option(
+        None, "held-out data (default: the demo's test split for 'demo', else --eval-fraction of --dataset)", group="data"
+    )
+    eval_split: str = option("test", "split of --eval-dataset", group="data")
+    eval_fraction: float = option(0.05, "share of --dataset held out when no --eval-dataset is given", group="data")
+    columns: dict[str, str] = option({}, "column remapping, e.g. {prompt: question, chosen: good, rejected: bad}", group="data")
+    chat_template: str = option(
+        "auto", "auto (the tokenizer's, when it has one) | none (plain text) | a Jinja template or a file holding one",
+        group="data",
+    )
+    max_length: int = option(1024, "max tokens of prompt + response", group="data")
+    max_prompt_length: int = option(512, "max prompt tokens (the prompt loses tokens from its left)", group="data")
+    max_bad_fraction: float = option(0.05, "stop when more than this share of rows is invalid", group="data")
+    max_train_pairs: int | None = option(None, "use at most this many training pairs (after shuffling)", group="data")
+    max_eval_pairs: int | None = option(None, "use at most this many held-out pairs", group="data")
+
+    # objective
+    loss: str = option("slime", f"objective: {', '.join(LOSSES)}", group="objective")
+    loss_params: dict[str, Any] = option({}, "overrides of the loss's hyperparameters, e.g. {anchor_weight: 0.2}", group="objective")
+
+    # optimization
+    output_dir: str = option("runs/slime-demo", "where the adapter/model, metrics and checkpoints go", group="training")
+    overwrite: bool = option(False, "allow writing into an output folder that holds another run", group="training")
+    resume: str | None = option(None, "resume from a checkpoint folder, or 'auto' for the newest in output_dir", group="training")
+    seed: int = option(0, "seed for data order, initialization and dropout", group="training")
+    learning_rate: float = option(1e-4, "peak learning rate", group="training")
+    lr_scheduler: str = option("cosine", "learning-rate schedule after warm-up: cosine | linear | constant", group="training",
+                               choices=("cosine", "linear", "constant"))
+    warmup_ratio: float = option(0.1, "share of steps spent warming up the learning rate", group="training")
+    weight_decay: float = option(0.0, "AdamW weight decay", group="training")
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 disables)", group="training")
+    batch_size: int = option(4, "pairs per device per micro-batch", group="training")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step", group="training")
+    num_epochs: float = option(1.0, "passes over the training pairs", group="training")
+    max_steps: int = option(-1, "optimizer steps (overrides --num-epochs when > 0)", group="training")
+    logging_steps: int = option(5, "log metrics every this many steps", group="training")
+    eval_steps: int = option(0, "evaluate on the held-out split every this many steps (0: only before and after)", group="training")
+    save_steps: int = option(500, "checkpoint every this many steps (0: no checkpoints)", group="training")
+    save_total_limit: int | None = option(2, "keep at most this many checkpoints", group="training")
+    report_to: str = option("none", "also log to: none | tensorboard | wandb", group="training", choices=("none", "tensorboard", "wandb"))
+    logprob_chunk_size: int = option(512, "tokens per chunk of the output projection (0: materialize all logits)", group="training")
+    merge: bool = option(False, "also write the LoRA adapter merged into the base weights", group="training")
+
+    def validate(self) -> None:
+        """Check every option before anything is loaded; raise :class:`ConfigError`."""
+        if self.loss not in LOSSES:
+            close = difflib.get_close_matches(self.loss, LOSSES, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"loss: unknown loss '{self.loss}'{hint}; valid: {', '.join(LOSSES)}")
+        try:
+            get_loss(self.loss, **self.loss_params)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"loss_params: {err}") from None
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{f.name}: got {getattr(self, f.name)!r}; allowed: {', '.join(choices)}")
+        positive = ("learning_rate", "lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps", "max_length",
+                    "max_prompt_length", "logging_steps")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name}: must be a number > 0, got {value!r}")
+        nonnegative = ("weight_decay", "max_grad_norm", "eval_steps", "save_steps", "logprob_chunk_size")
+        for name in nonnegative:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name}: must be a number >= 0, got {value!r}")
+        for name in ("lora_dropout", "warmup_ratio", "max_bad_fraction"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ConfigError(f"{name}: must be in [0, 1], got {value!r}")
+        if not 0 < self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction: must be in (0, 1), got {self.eval_fraction!r}")
+        if self.max_prompt_length >= self.max_length:
+            raise ConfigError(
+                f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length}) "
+                "so that responses keep at least one token"
+            )
+        if self.max_steps <= 0 and self.num_epochs <= 0:
+            raise ConfigError("num_epochs: must be > 0 when max_steps is not set")
+        for name in ("dataset", "eval_dataset", "ref_model", "model"):
+            value = getattr(self, name)
+            if value in (None, DEMO, DEFAULT_MODEL):
+                continue
+            if _looks_local(value) and not Path(value).exists():
+                raise ConfigError(f"{name}: path {value!r} does not exist")
+        if self.resume not in (None, "auto") and not Path(self.resume).is_dir():
+            raise ConfigError(f"resume: {self.resume!r} is neither 'auto' nor an existing checkpoint folder")
+        unknown_columns = set(self.columns) - {"prompt", "chosen", "rejected"}
+        if unknown_columns:
+            raise ConfigError(f"columns: unknown key(s) {sorted(unknown_columns)}; allowed: prompt, chosen, rejected")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _looks_local(value: str) -> bool:
+    """A path rather than a Hub id: starts with . / ~, or has a data-file suffix."""
+    suffixes = (".json", ".jsonl", ".parquet", ".csv", ".yaml", ".yml")
+    return value.startswith((".", "/", "~")) or value.endswith(suffixes) or value.count("/") > 1
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def config_from_mapping(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Build a config from a mapping; an unknown key names the closest valid one."""
+    names = field_names()
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{source}: unknown option '{key}'{hint} (see slimepo train --help)")
+    return TrainConfig(**values)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: file {str(path)!r} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config: {path} is not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config: {path} must hold a mapping of option: value, got {type(values).__name__}")
+    return values

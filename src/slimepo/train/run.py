@@ -1,0 +1,213 @@
+"""``slimepo.train(config)``: data, model, trainer, outputs. The CLI only calls this."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from slimepo.config import DEMO, TrainConfig
+from slimepo.data import prepare_pairs
+from slimepo.data.collate import PairCollator
+from slimepo.eval.metrics import preference_metrics
+from slimepo.losses import get_loss
+from slimepo.model import load_policy, load_reference, load_tokenizer, resolve_model_path
+from slimepo.scoring import score_pairs
+from slimepo.train.card import write_model_card
+from slimepo.train.trainer import PreferenceTrainer
+
+logger = logging.getLogger(__name__)
+
+#: Files that mark a folder as holding a run.
+RUN_MARKERS = ("config.yaml", "metrics.jsonl")
+
+
+class OutputExistsError(RuntimeError):
+    pass
+
+
+def demo_file(split: str) -> str:
+    return str(resources.files("slimepo.data") / "demo" / f"{split}.jsonl")
+
+
+def check_output_dir(config: TrainConfig) -> Path:
+    """Never write over another run unless asked; offer to resume it."""
+    out = Path(config.output_dir)
+    holds_run = out.is_dir() and any((out / m).exists() for m in RUN_MARKERS)
+    if holds_run and config.resume is None and not config.overwrite:
+        raise OutputExistsError(
+            f"output_dir {str(out)!r} already holds a run. Pass --resume auto to continue it, "
+            "--overwrite to replace it, or choose another --output-dir."
+        )
+    if holds_run and config.overwrite and config.resume is None:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def load_data(config: TrainConfig, tokenizer) -> tuple[list, list]:
+    """Train and held-out tokenized pairs, with validation reports logged."""
+    common = dict(
+        columns=config.columns or None,
+        max_length=config.max_length,
+        max_prompt_length=config.max_prompt_length,
+        chat_template=config.chat_template,
+        max_bad_fraction=config.max_bad_fraction,
+    )
+    if config.dataset == DEMO:
+        train, report = prepare_pairs(demo_file("train"), tokenizer, split="train", **common)
+        held_out, eval_report = prepare_pairs(demo_file("test"), tokenizer, split="train", **common)
+    else:
+        train, report = prepare_pairs(config.dataset, tokenizer, split=config.dataset_split, **common)
+        if config.eval_dataset is not None:
+            held_out, eval_report = prepare_pairs(config.eval_dataset, tokenizer, split=config.eval_split, **common)
+        else:
+            order = list(range(len(train)))
+            random.Random(config.seed).shuffle(order)
+            n_eval = max(1, round(len(train) * config.eval_fraction))
+            held_out = [train[i] for i in sorted(order[:n_eval])]
+            train = [train[i] for i in sorted(order[n_eval:])]
+            eval_report = None
+    logger.info("training data: %s", report)
+    if eval_report is not None:
+        logger.info("held-out data: %s", eval_report)
+    if config.max_train_pairs:
+        order = list(range(len(train)))
+        random.Random(config.seed).shuffle(order)
+        train = [train[i] for i in sorted(order[: config.max_train_pairs])]
+    if config.max_eval_pairs:
+        held_out = held_out[: config.max_eval_pairs]
+    return train, held_out
+
+
+class MetricsJsonl(TrainerCallback):
+    """Writes every log as one JSON line: ``{"step", "split", "epoch", ...metrics}``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        if any(k.startswith("train_") for k in logs):
+            split = "summary"
+        record: dict[str, Any] = {"step": state.global_step, "split": split, "epoch": logs.get("epoch")}
+        for key, value in logs.items():
+            if key == "epoch" or not isinstance(value, (int, float)):
+                continue
+            record[key.removeprefix("eval_")] = value
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    before: dict[str, Any]
+    after: dict[str, Any]
+    global_step: int
+
+
+def training_arguments(config: TrainConfig, out: Path, has_eval: bool) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval and config.eval_steps else "no",
+        eval_steps=config.eval_steps or None,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=[] if config.report_to == "none" else [config.report_to],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        optim="adamw_torch",
+    )
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run one preference-optimization job described by ``config``."""
+    config.validate()
+    out = check_output_dir(config)
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    train_pairs, held_out = load_data(config, tokenizer)
+    loss_fn = get_loss(config.loss, **config.loss_params)
+    model = load_policy(config)
+    ref_model = load_reference(config) if loss_fn.requires_reference else None
+    (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+
+    args = training_arguments(config, out, bool(held_out))
+    trainer = PreferenceTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_pairs,
+        eval_dataset=held_out or None,
+        data_collator=PairCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        loss_fn=loss_fn,
+        ref_model=ref_model,
+        logprob_chunk_size=config.logprob_chunk_size,
+        callbacks=[MetricsJsonl(out / "metrics.jsonl")],
+    )
+    chunk = config.logprob_chunk_size or None
+    score = dict(pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, chunk_size=chunk)
+    before_scores = score_pairs(trainer.model, held_out, **score) if held_out else None
+
+    resume = config.resume
+    if resume == "auto":
+        resume = get_last_checkpoint(str(out))
+    trainer.train(resume_from_checkpoint=resume)
+
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    if trainer.is_world_process_zero() and held_out:
+        after_scores = score_pairs(trainer.model, held_out, **score)
+        before = preference_metrics(*before_scores.as_tuple())
+        after = preference_metrics(*after_scores.as_tuple(), base=before_scores.as_tuple())
+        (out / "eval.json").write_text(json.dumps({"before": before, "after": after}, indent=2), encoding="utf-8")
+    save_outputs(trainer, tokenizer, config, out, before, after)
+    return TrainResult(out, before, after, trainer.state.global_step)
+
+
+def save_outputs(
+    trainer: PreferenceTrainer, tokenizer, config: TrainConfig, out: Path, before: dict[str, Any], after: dict[str, Any]
+) -> None:
+    """Adapter (PEFT) or full model as safetensors, tokenizer, model card; merged weights on request."""
+    trainer.save_model(str(out))
+    if not trainer.is_world_process_zero():
+        return
+    tokenizer.save_pretrained(out)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if config.use_lora:
+        # Point the adapter at where the base really is, so plain peft can reload it.
+        adapter_config = out / "adapter_config.json"
+        data = json.loads(adapter_config.read_text())
+        data["base_model_name_or_path"] = resolve_model_path(config.model)
+        adapter_config.write_text(json.dumps(data, indent=2))
+    if config.merge and config.use_lora:
+        merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+        merged.save_pretrained(out / "merged", safe_serialization=True)
+        tokenizer.save_pretrained(out / "merged")
+    write_model_card(out, config, after, trainer.state.global_step, before)
