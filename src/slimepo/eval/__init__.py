@@ -1,0 +1,28 @@
+"""Evaluation building blocks: they read what training wrote and never reach into the trainer.
+
+- :mod:`~slimepo.eval.metrics`: held-out preference metrics from per-token log-probs
+  (accuracy, margin, chosen-likelihood drift, rejected-token collapse). Torch only.
+- :mod:`~slimepo.eval.health`: formatting health of generations (end of turn, empty,
+  repetition). Standard library only.
+- :mod:`~slimepo.eval.mtbench`: MT-Bench questions and answers in FastChat's format.
+- :mod:`~slimepo.eval.judge`: LLM-judge grading over an OpenAI-compatible API (urllib).
+"""
+
+from slimepo.eval.health import generation_health, summarize_health
+from slimepo.eval.judge import JudgeClient, JudgeError, judge_answers, summarize_scores
+from slimepo.eval.metrics import preference_metrics
+from slimepo.eval.mtbench import answer_questions, find_questions, load_questions, write_answers
+
+__all__ = [
+    "JudgeClient",
+    "JudgeError",
+    "answer_questions",
+    "find_questions",
+    "generation_health",
+    "judge_answers",
+    "load_questions",
+    "preference_metrics",
+    "summarize_health",
+    "summarize_scores",
+    "write_answers",
+]

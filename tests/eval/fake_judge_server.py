@@ -1,0 +1,87 @@
+"""A stand-in OpenAI-compatible judge, run as its own process by the judge tests.
+
+Usage: ``python fake_judge_server.py``; prints its port, then serves until terminated.
+It obeys the last ``FAKE:<key>:<action>`` marker in the request's last message (the
+graded answer carries it): ``score=N`` replies "Rating: [[N]]", ``single=N`` replies
+"Rating: [N]", ``garbage`` replies without a rating, ``flaky`` answers HTTP 500 on the
+key's first request and "[[6]]" after, ``down`` always 500, ``badjson`` a 200 that is
+not JSON, ``forbidden`` HTTP 403, ``slow`` sleeps 1 s before replying. ``GET /stats``
+returns the requests seen per key and their Authorization headers.
+"""
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MARKER = re.compile(r"FAKE:(\w+):([\w=.]+)")
+attempts: dict[str, int] = {}
+authorizations: list[str | None] = []
+lock = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        with lock:
+            self._send(200, {"attempts": attempts, "authorizations": authorizations})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        markers = MARKER.findall(body["messages"][-1]["content"])
+        key, action = markers[-1] if markers else ("unmarked", "score=5")
+        with lock:
+            attempts[key] = attempts.get(key, 0) + 1
+            attempt = attempts[key]
+            authorizations.append(self.headers.get("Authorization"))
+        if action.startswith("score="):
+            self._reply(f"The answer is fine. Rating: [[{action[6:]}]]")
+        elif action.startswith("single="):
+            self._reply(f"Decent. Rating: [{action[7:]}]")
+        elif action == "garbage":
+            self._reply("I would rather not give a number.")
+        elif action == "flaky":
+            if attempt == 1:
+                self._send(500, {"error": "temporarily overloaded"})
+            else:
+                self._reply("Good after all. [[6]]")
+        elif action == "down":
+            self._send(500, {"error": "down"})
+        elif action == "badjson":
+            self._raw(200, b"<html>not json</html>")
+        elif action == "forbidden":
+            self._send(403, {"error": "forbidden"})
+        elif action == "slow":
+            time.sleep(1.0)
+            self._reply("Too late. [[9]]")
+
+    def _reply(self, content):
+        self._send(
+            200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+        )
+
+    def _send(self, status, payload):
+        self._raw(status, json.dumps(payload).encode())
+
+    def _raw(self, status, data):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a client that timed out has closed its socket: nothing to report
+
+
+if __name__ == "__main__":
+    server = QuietServer(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()

@@ -1,0 +1,198 @@
+import json
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from slimepo.eval.judge import (
+    JudgeClient,
+    JudgeError,
+    judge_answers,
+    judge_messages,
+    load_judge_prompts,
+    load_reference_answers,
+    parse_score,
+    summarize_scores,
+)
+
+SERVER = Path(__file__).with_name("fake_judge_server.py")
+
+
+@pytest.fixture(scope="module")
+def judge_url():
+    """Base URL of the fake judge, a separate process on a free 127.0.0.1 port."""
+    server = subprocess.Popen(
+        [sys.executable, str(SERVER)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        port = int(server.stdout.readline())
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def server_stats(url):
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def answer(question_id, turn_1, turn_2):
+    return {
+        "question_id": question_id,
+        "answer_id": "x",
+        "model_id": "m",
+        "choices": [{"index": 0, "turns": [turn_1, turn_2]}],
+        "tstamp": 0.0,
+    }
+
+
+def test_judge_prompts_match_fastchat_for_every_question_and_turn(fastchat):
+    prompts, references = load_judge_prompts(), load_reference_answers()
+
+    used = set()
+    for question, record in zip(fastchat.questions, fastchat.answers, strict=True):
+        needs_reference = question["category"] in ("math", "reasoning", "coding")
+        reference = references[question["question_id"]] if needs_reference else None
+        for turn in (1, 2):
+            name, messages = judge_messages(question, record, turn, prompts, reference)
+            assert (
+                messages == fastchat.oracle["judge_messages"][f"m/{question['question_id']}/{turn}"]
+            )
+            used.add(name)
+    assert used == {
+        "single-v1",
+        "single-v1-multi-turn",
+        "single-math-v1",
+        "single-math-v1-multi-turn",
+    }
+
+
+def test_judging_uses_reference_prompts_exactly_where_fastchat_does(fastchat):
+    class Recorder:
+        def __init__(self):
+            self.seen = []
+
+        def complete(self, messages):
+            self.seen.append(messages)
+            return "[[5]]"
+
+    recorder = Recorder()
+    judged = judge_answers(fastchat.questions, fastchat.answers, recorder)
+
+    assert [r["status"] for r in judged] == ["ok"] * 160
+    expected = [
+        fastchat.oracle["judge_messages"][f"m/{r['question_id']}/{r['turn']}"] for r in judged
+    ]
+    assert recorder.seen == expected
+
+
+def test_scores_are_read_as_fastchat_reads_them(fastchat):
+    assert fastchat.oracle["ratings"] == [7, 8.5, 9, 10, -1, -1]  # -1 is FastChat's "no rating"
+    assert [parse_score(j) for j in fastchat.judgments] == [7.0, 8.5, 9.0, 10.0, None, None]
+
+
+def test_scores_outside_one_to_ten_are_not_scores():
+    assert parse_score("Rating: [[0]]") is None
+    assert parse_score("Rating: [[11]]") is None
+    assert parse_score("Rating: [[1]]") == 1.0
+
+
+def test_client_normalizes_base_url():
+    assert JudgeClient("http://h:1/v1/", "j").url == "http://h:1/v1/chat/completions"
+    assert (
+        JudgeClient("http://h:1/v1/chat/completions", "j").url == "http://h:1/v1/chat/completions"
+    )
+
+
+def test_judging_records_scores_garbage_retries_and_failures(judge_url, monkeypatch):
+    monkeypatch.setenv("FAKE_JUDGE_KEY", "secret")
+    client = JudgeClient(
+        judge_url,
+        "fake-judge",
+        api_key_env="FAKE_JUDGE_KEY",
+        max_retries=2,
+        backoff=0.01,
+        timeout=0.3,
+    )
+    questions = [
+        {"question_id": 1, "category": "writing", "turns": ["Q1a", "Q1b"]},
+        {"question_id": 2, "category": "math", "turns": ["Q2a", "Q2b"]},
+        {"question_id": 3, "category": "roleplay", "turns": ["Q3a", "Q3b"]},
+        {"question_id": 4, "category": "roleplay", "turns": ["Q4a", "Q4b"]},  # never answered
+        {"question_id": 5, "category": "stem", "turns": ["Q5a", "Q5b"]},
+    ]
+    answers = [
+        answer(1, "FAKE:q1t1:score=7", "FAKE:q1t2:single=4"),
+        answer(2, "FAKE:q2t1:flaky", "FAKE:q2t2:garbage"),
+        answer(3, "FAKE:q3t1:down", "FAKE:q3t2:badjson"),
+        answer(5, "FAKE:q5t1:forbidden", "FAKE:q5t2:slow"),
+    ]
+    references = {2: answer(2, "ref 1", "ref 2")}
+
+    records = judge_answers(questions, answers, client, references=references, max_workers=3)
+
+    outcome = {(r["question_id"], r["turn"]): (r["status"], r["score"]) for r in records}
+    assert list(outcome) == [(q, t) for q in (1, 2, 3, 4, 5) for t in (1, 2)]
+    assert outcome == {
+        (1, 1): ("ok", 7.0),
+        (1, 2): ("ok", 4.0),  # "[4]" fallback
+        (2, 1): ("ok", 6.0),  # HTTP 500, then success
+        (2, 2): ("unparsable", None),
+        (3, 1): ("failed", None),  # 500 on every attempt
+        (3, 2): ("failed", None),  # 200 that is not JSON
+        (4, 1): ("failed", None),  # no answer to grade
+        (4, 2): ("failed", None),
+        (5, 1): ("failed", None),  # 403 is not retried
+        (5, 2): ("failed", None),  # every attempt times out
+    }
+    by_key = {(r["question_id"], r["turn"]): r for r in records}
+    assert by_key[2, 1]["judge_prompt"] == "single-math-v1"
+    assert by_key[1, 2]["judge_prompt"] == "single-v1-multi-turn"
+    assert by_key[2, 2]["judgment"] == "I would rather not give a number."
+    assert "500" in by_key[3, 1]["error"] and "no answer" in by_key[4, 1]["error"]
+    assert "403" in by_key[5, 1]["error"]
+    assert all(r["error"] is None for r in records if r["status"] != "failed")
+
+    stats = server_stats(judge_url)
+    assert stats["attempts"]["q2t1"] == 2
+    assert stats["attempts"]["q3t1"] == 3  # first attempt + max_retries
+    assert stats["attempts"]["q3t2"] == 3
+    assert stats["attempts"]["q5t1"] == 1
+    assert set(stats["authorizations"]) == {"Bearer secret"}
+
+    summary = summarize_scores(records)
+    assert summary["overall"] == pytest.approx((7 + 4 + 6) / 3)
+    assert summary["counts"] == {"ok": 3, "unparsable": 1, "failed": 6}
+    assert summary["per_category"] == pytest.approx(
+        {"math": 6.0, "roleplay": None, "stem": None, "writing": 5.5}
+    )
+    assert summary["per_turn"] == pytest.approx({"1": 6.5, "2": 4.0})
+
+
+def test_unreachable_judge_raises_after_retries():
+    with socket.socket() as probe:  # a port nobody listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = JudgeClient(f"http://127.0.0.1:{port}/v1", "j", max_retries=1, backoff=0.01, timeout=1)
+
+    with pytest.raises(JudgeError, match="2 attempts"):
+        client.complete([{"role": "user", "content": "hi"}])
+
+
+def test_summary_never_counts_failures_as_scores():
+    records = [
+        {"question_id": 1, "turn": 1, "category": "a", "score": 8.0, "status": "ok"},
+        {"question_id": 1, "turn": 2, "category": "a", "score": None, "status": "failed"},
+        {"question_id": 2, "turn": 1, "category": "b", "score": None, "status": "unparsable"},
+    ]
+
+    summary = summarize_scores(records)
+
+    assert summary["overall"] == 8.0
+    assert summary["per_category"] == {"a": 8.0, "b": None}
+    assert summary["counts"] == {"ok": 1, "unparsable": 1, "failed": 1}
+    assert summarize_scores([])["overall"] is None
