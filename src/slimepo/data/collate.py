@@ -21,7 +21,9 @@ class PairCollator:
     pad_token_id: int
 
     def __call__(self, pairs: Sequence) -> dict[str, Tensor]:
-        rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
+        rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [
+            (p.prompt_ids, p.rejected_ids) for p in pairs
+        ]
         width = max(len(prompt) + len(response) for prompt, response in rows)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -31,4 +33,8 @@ class PairCollator:
             input_ids[i, :length] = torch.tensor(list(prompt) + list(response), dtype=torch.long)
             attention_mask[i, :length] = 1
             response_mask[i, len(prompt) : length] = True
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "response_mask": response_mask,
+        }
