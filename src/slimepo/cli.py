@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file of options (same names as the flags, with underscores)")
     add_config_options(train)
 
+    from slimepo import cli_eval
+
+    cli_eval.register(sub)
     report = sub.add_parser("report", help="Markdown report with plots comparing run folders")
     report.add_argument("run_dirs", nargs="+", help="run folders (each with metrics.jsonl)")
     report.add_argument("--out", required=True, help="folder for report.md and the PNG plots")
@@ -126,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command in {"eval", "compare"}:
+            from slimepo import cli_eval
+
+            return cli_eval.run(args)
         if args.command == "report":
             from pathlib import Path
 

@@ -75,6 +75,11 @@ class TrainConfig:
     max_length: int = option(1024, "max tokens of prompt + response", group="data")
     max_prompt_length: int = option(512, "max prompt tokens (the prompt loses tokens from its left)", group="data")
     max_bad_fraction: float = option(0.05, "stop when more than this share of rows is invalid", group="data")
+    dataset_cut: str | None = option(
+        None, "use one part of --dataset after a seeded shuffle: first:F (the first share F) or rest:F (the other 1-F), "
+        "e.g. the paper's SFT first:0.34 and preference rest:0.34", group="data",
+    )
+    dataset_cut_seed: int = option(0, "shuffle seed of --dataset-cut (the paper uses 0)", group="data")
     max_train_pairs: int | None = option(None, "use at most this many training pairs (after shuffling)", group="data")
     max_eval_pairs: int | None = option(None, "use at most this many held-out pairs", group="data")
 
@@ -100,10 +105,31 @@ class TrainConfig:
     logging_steps: int = option(5, "log metrics every this many steps", group="training")
     eval_steps: int = option(0, "evaluate on the held-out split every this many steps (0: only before and after)", group="training")
     save_steps: int = option(500, "checkpoint every this many steps (0: no checkpoints)", group="training")
-    save_total_limit: int | None = option(2, "keep at most this many checkpoints", group="training")
+    save_total_limit: int | None = option(
+        2, "keep at most this many complete checkpoints, the newest always among them (null: all)", group="training"
+    )
+    max_bad_steps: int = option(
+        5, "stop after this many consecutive optimizer steps with a non-finite loss or gradient (each is skipped)",
+        group="training",
+    )
     report_to: str = option("none", "also log to: none | tensorboard | wandb", group="training", choices=("none", "tensorboard", "wandb"))
+    monitor_steps: int = option(20, "score a fixed held-out batch every this many steps for drift and collapse (0: off)", group="monitoring")
+    monitor_pairs: int = option(8, "held-out pairs the monitor scores", group="monitoring")
+    unlearning_alarm: float = option(0.5, "warn once when chosen log-lik has fallen by more than this (nats/token)", group="monitoring")
+    collapse_alarm: float = option(0.05, "warn once when this share of rejected tokens has p < 1e-4", group="monitoring")
+    layout: str = option(
+        "shared", "how pairs become token rows: shared (prompt encoded once, responses attend to it but not to each "
+        "other) | separate (prompt+chosen and prompt+rejected rows, as TRL) | packed (shared pairs packed into rows "
+        "of up to --pack-tokens)", group="training", choices=("shared", "separate", "packed"),
+    )
+    pack_tokens: int = option(2048, "row length budget of --layout packed", group="training")
     logprob_chunk_size: int = option(512, "tokens per chunk of the output projection (0: materialize all logits)", group="training")
     merge: bool = option(False, "also write the LoRA adapter merged into the base weights", group="training")
+    dry_run: bool = option(
+        False, "check this config's options and data plumbing offline: a tiny model of random weights, a small "
+        "synthetic sample in the dataset's format when the dataset cannot be read, 2 steps, output in a temp folder",
+        group="training",
+    )
 
     def validate(self) -> None:
         """Check every option before anything is loaded; raise :class:`ConfigError`."""
@@ -120,17 +146,18 @@ class TrainConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"{f.name}: got {getattr(self, f.name)!r}; allowed: {', '.join(choices)}")
         positive = ("learning_rate", "lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps", "max_length",
-                    "max_prompt_length", "logging_steps")
+                    "max_prompt_length", "logging_steps", "pack_tokens")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name}: must be a number > 0, got {value!r}")
-        nonnegative = ("weight_decay", "max_grad_norm", "eval_steps", "save_steps", "logprob_chunk_size")
+        nonnegative = ("weight_decay", "max_grad_norm", "eval_steps", "save_steps", "logprob_chunk_size",
+                       "monitor_steps", "monitor_pairs", "unlearning_alarm")
         for name in nonnegative:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name}: must be a number >= 0, got {value!r}")
-        for name in ("lora_dropout", "warmup_ratio", "max_bad_fraction"):
+        for name in ("lora_dropout", "warmup_ratio", "max_bad_fraction", "collapse_alarm"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ConfigError(f"{name}: must be in [0, 1], got {value!r}")
@@ -149,8 +176,31 @@ class TrainConfig:
                 continue
             if _looks_local(value) and not Path(value).exists():
                 raise ConfigError(f"{name}: path {value!r} does not exist")
-        if self.resume not in (None, "auto") and not Path(self.resume).is_dir():
-            raise ConfigError(f"resume: {self.resume!r} is neither 'auto' nor an existing checkpoint folder")
+        if self.resume not in (None, "auto"):
+            if not Path(self.resume).is_dir():
+                raise ConfigError(f"resume: {self.resume!r} is neither 'auto' nor an existing checkpoint folder")
+            # Imported here: the slimepo.train package imports this module.
+            from slimepo.train.checkpoint import checkpoint_problem
+
+            problem = checkpoint_problem(self.resume)
+            if problem is not None:
+                raise ConfigError(
+                    f"resume: {self.resume!r} is not a complete checkpoint: {problem}. "
+                    "--resume auto picks the newest complete one"
+                )
+        if isinstance(self.max_bad_steps, bool) or not isinstance(self.max_bad_steps, int) or self.max_bad_steps < 1:
+            raise ConfigError(f"max_bad_steps: must be an integer >= 1, got {self.max_bad_steps!r}")
+        limit = self.save_total_limit
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ConfigError(f"save_total_limit: must be an integer >= 1 or null (keep all), got {limit!r}")
+        if self.dataset_cut is not None:
+            part, _, share = self.dataset_cut.partition(":")
+            try:
+                ok = part in ("first", "rest") and 0 < float(share) < 1
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"dataset_cut: expected first:F or rest:F with 0 < F < 1, got {self.dataset_cut!r}")
         unknown_columns = set(self.columns) - {"prompt", "chosen", "rejected"}
         if unknown_columns:
             raise ConfigError(f"columns: unknown key(s) {sorted(unknown_columns)}; allowed: prompt, chosen, rejected")

@@ -157,40 +157,42 @@ def final_logit_softcap(model: nn.Module) -> float | None:
     return getattr(text_config, "final_logit_softcapping", None)
 
 
-def sequence_token_logps(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    score_mask: Tensor,
-    *,
-    position_ids: Tensor | None = None,
-    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """Log-prob of each token of ``input_ids`` given the tokens before it, ``[batch, tokens]``.
+def pair_token_logps(
+    model: nn.Module, batch: dict[str, Tensor], *, chunk_size: int | None = DEFAULT_CHUNK_SIZE
+) -> tuple[Tensor, Tensor]:
+    """Per-token log-probs of each pair's chosen and rejected responses.
 
-    ``score_mask`` (bool ``[batch, tokens]``) marks the tokens to score (response
-    tokens); position 0 cannot be scored. ``attention_mask`` is passed to the model as is
-    (2-D padding mask, or a 4-D mask for shared prompts / packing). With ``chunk_size``
-    None, or a head :func:`output_projection` cannot read, logits are materialized.
+    ``batch`` comes from :class:`slimepo.data.collate.PairCollator` (any layout). Returns
+    ``(chosen_logps [B, Lc], rejected_logps [B, Lr])``, fp32, 0 where
+    ``batch["chosen_mask"]``/``batch["rejected_mask"]`` are False.
 
-    The model is always called through its own ``forward`` (so DDP and FSDP wrappers
-    see the call); the chunked path asks it for the final hidden states and for the
-    logits of the last position only (``logits_to_keep=1``), then projects the scored
-    tokens itself.
+    The model is always called through its own ``forward`` (so DDP and FSDP wrappers see
+    the call). With ``chunk_size``, it is asked for the final hidden states and for the
+    logits of the last position only (``logits_to_keep=1``); the scored tokens are then
+    projected here in chunks. With ``chunk_size`` None, or a head that
+    :func:`output_projection` cannot read, the full logits are materialized.
     """
-    if bool(score_mask[:, 0].any()):
-        raise ValueError("score_mask marks position 0, which has no preceding token to predict it")
-    labels = input_ids[:, 1:]
-    mask = score_mask[:, 1:]
+    chosen_mask, rejected_mask = batch["chosen_mask"], batch["rejected_mask"]
+    source = torch.cat([batch["chosen_source"][chosen_mask], batch["rejected_source"][rejected_mask]])
+    target = torch.cat([batch["chosen_target"][chosen_mask], batch["rejected_target"][rejected_mask]])
+    labels = batch["input_ids"].reshape(-1)[target]
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "position_ids": batch.get("position_ids"),
+        "use_cache": False,
+    }
     projection = output_projection(model) if chunk_size else None
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
     if projection is None:
         logits = model(**inputs).logits
-        logps = token_logps(logits[:, :-1], labels, mask)
+        selected = logits.reshape(-1, logits.shape[-1])[source]
+        logps = torch.log_softmax(selected.to(_accumulation_dtype(selected)), -1).gather(-1, labels[:, None])[:, 0]
     else:
         hidden = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
         weight, bias = projection
-        logps = chunked_token_logps(
-            hidden[:, :-1], weight, labels, mask, bias, chunk_size=chunk_size, softcap=final_logit_softcap(model)
-        )
-    return torch.nn.functional.pad(logps, (1, 0))
+        selected = hidden.reshape(-1, hidden.shape[-1])[source]
+        logps = _ChunkedLogps.apply(selected, weight, bias, labels, chunk_size, final_logit_softcap(model))
+    n_chosen = int(chosen_mask.sum())
+    chosen = torch.zeros(chosen_mask.shape, dtype=logps.dtype, device=logps.device)
+    rejected = torch.zeros(rejected_mask.shape, dtype=logps.dtype, device=logps.device)
+    return chosen.masked_scatter(chosen_mask, logps[:n_chosen]), rejected.masked_scatter(rejected_mask, logps[n_chosen:])

@@ -172,7 +172,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
         "",
         "## Runs",
         "",
-        *_table(
+        *markdown_table(
             ("run", "loss", "last step", "last epoch", "metric lines", "folder"),
             [
                 (
@@ -371,11 +371,11 @@ def _moving_average(values: list[float]) -> list[float]:
 
 
 def _eval_table(runs: Sequence[Run], columns: Sequence[tuple[str, tuple[str, ...]]]) -> list[str]:
-    rows = [(run.name, *(_lookup(run.evaluation, keys) for _, keys in columns)) for run in runs]
-    return _table(("run", *(header for header, _ in columns)), rows)
+    rows = [(run.name, *(lookup(run.evaluation, keys) for _, keys in columns)) for run in runs]
+    return markdown_table(("run", *(header for header, _ in columns)), rows)
 
 
-def _lookup(data: Any, keys: tuple[str, ...]) -> Any:
+def lookup(data: Any, keys: tuple[str, ...]) -> Any:
     for key in keys:
         if not isinstance(data, dict):
             return None
@@ -383,7 +383,7 @@ def _lookup(data: Any, keys: tuple[str, ...]) -> Any:
     return data
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = [_row(headers), "| " + " | ".join("---" for _ in headers) + " |"]
     return lines + [_row([_cell(value) for value in row]) for row in rows]
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from slimepo.data.collate import PairCollator
-from slimepo.logprobs import DEFAULT_CHUNK_SIZE, sequence_token_logps
+from slimepo.logprobs import DEFAULT_CHUNK_SIZE, pair_token_logps
 
 
 @dataclass
@@ -40,9 +40,10 @@ def score_pairs(
     *,
     batch_size: int = 8,
     chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    layout: str = "shared",
 ) -> PairScores:
     """Score every pair's chosen and rejected response tokens (model in eval mode)."""
-    collate = PairCollator(pad_token_id)
+    collate = PairCollator(pad_token_id, layout=layout)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -50,15 +51,11 @@ def score_pairs(
     try:
         for start in range(0, len(pairs), batch_size):
             batch = {k: v.to(device) for k, v in collate(pairs[start : start + batch_size]).items()}
-            logps = sequence_token_logps(
-                model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], chunk_size=chunk_size
-            ).cpu()
-            mask = batch["response_mask"].cpu()
-            n = logps.shape[0] // 2
-            parts["c"].append(logps[:n])
-            parts["cm"].append(mask[:n])
-            parts["r"].append(logps[n:])
-            parts["rm"].append(mask[n:])
+            chosen, rejected = pair_token_logps(model, batch, chunk_size=chunk_size)
+            parts["c"].append(chosen.cpu())
+            parts["cm"].append(batch["chosen_mask"].cpu())
+            parts["r"].append(rejected.cpu())
+            parts["rm"].append(batch["rejected_mask"].cpu())
     finally:
         model.train(was_training)
     chosen, chosen_mask = _stack(parts["c"], parts["cm"])

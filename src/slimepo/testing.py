@@ -135,3 +135,24 @@ def save_tiny_model(folder, kind: str = "llama", seed: int = 0):
     tiny_model(kind, seed=seed).save_pretrained(folder, safe_serialization=True)
     tiny_tokenizer().save_pretrained(folder)
     return folder
+
+
+# --- tiny preference data ---------------------------------------------------------------
+
+_TOPICS = ("the sea", "a garden", "a train trip", "a letter", "the forest", "a market", "a bridge", "a candle")
+
+
+def ultrafeedback_like_rows(n: int = 16) -> list[dict]:
+    """Rows shaped like HuggingFaceH4/ultrafeedback_binarized (implicit prompt + extra columns)."""
+    rows = []
+    for i in range(n):
+        topic = _TOPICS[i % len(_TOPICS)]
+        prompt = f"Write one sentence about {topic}. ({i})"
+        user = {"role": "user", "content": prompt}
+        good = {"role": "assistant", "content": f"Here is a calm sentence about {topic}."}
+        bad = {"role": "assistant", "content": f"No. {topic} is boring and I will not write."}
+        rows.append({
+            "prompt": prompt, "prompt_id": f"{i:04d}", "chosen": [user, good], "rejected": [user, bad],
+            "messages": [user, good], "score_chosen": 8.0, "score_rejected": 3.0,
+        })
+    return rows

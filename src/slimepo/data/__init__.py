@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from importlib import resources
 from typing import Any
 
 from slimepo.data.formats import PreferencePair, ValidationReport, normalize_rows
@@ -20,6 +21,11 @@ from slimepo.data.sources import DataError, Origin, Row, load_rows
 from slimepo.data.tokenize import TokenizedPair, check_lengths, tokenize_pairs
 
 logger = logging.getLogger(__name__)
+
+
+def demo_file(split: str) -> str:
+    """Path of the shipped demo preference set: ``train`` (403 pairs) or ``test`` (104)."""
+    return str(resources.files("slimepo.data") / "demo" / f"{split}.jsonl")
 
 
 def prepare_pairs(
@@ -64,6 +70,7 @@ __all__ = [
     "Row",
     "TokenizedPair",
     "ValidationReport",
+    "demo_file",
     "load_rows",
     "normalize_rows",
     "prepare_pairs",

@@ -1,4 +1,20 @@
-"""Token batches: each pair becomes two rows, [prompt + chosen] then [prompt + rejected]."""
+"""Token batches for preference pairs, in three layouts with one output contract.
+
+``separate``: two right-padded rows per pair, ``[prompt + chosen]`` and ``[prompt +
+rejected]`` (the prompt is encoded twice; a 2-D padding mask).
+
+``shared``: one row per pair, ``[prompt, chosen, rejected]``; chosen and rejected tokens
+attend to the prompt and to their own response only, never to each other (a 4-D mask),
+and both responses continue the prompt's positions. The prompt is encoded once.
+
+``packed``: ``shared`` pairs placed one after another in rows of up to ``pack_tokens``
+tokens; no token attends across pairs and positions restart with each pair.
+
+Whatever the layout, each scored token ``k`` of a response is described by two flat
+indices into the ``[rows × tokens]`` grid: ``*_target`` (where the token is) and
+``*_source`` (the position whose hidden state predicts it: the previous token, or the
+prompt's last token for a response's first token). The loss sees ``[pairs, tokens]``.
+"""
 
 from __future__ import annotations
 
@@ -8,33 +24,116 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+LAYOUTS = ("separate", "shared", "packed")
+
+
+@dataclass
+class _Placed:
+    """Where one response sits: its row, its first column, and the column of the last
+    prompt token it continues."""
+
+    row: int
+    start: int
+    prompt_last: int
+
+
+def _response_indices(placed: list[_Placed], lengths: list[int], width: int) -> tuple[Tensor, Tensor, Tensor]:
+    target = torch.zeros((len(placed), max(lengths)), dtype=torch.long)
+    mask = torch.zeros(target.shape, dtype=torch.bool)
+    for i, (place, n) in enumerate(zip(placed, lengths)):
+        target[i, :n] = place.row * width + torch.arange(place.start, place.start + n)
+        mask[i, :n] = True
+    source = target - 1
+    source[:, 0] = torch.tensor([place.row * width + place.prompt_last for place in placed])
+    return target, source, mask
+
 
 @dataclass
 class PairCollator:
-    """Right-padded batch of ``2 × pairs`` rows: all chosen rows first, then all rejected.
+    """Collate :class:`~slimepo.data.TokenizedPair`-like items (``prompt_ids``,
+    ``chosen_ids``, ``rejected_ids``) into a batch.
 
-    Returns ``input_ids`` and ``attention_mask`` ``[2B, T]`` and ``response_mask`` (bool
-    ``[2B, T]``, True on response tokens: the tokens whose log-probs the loss reads).
-    Items need ``prompt_ids``, ``chosen_ids`` and ``rejected_ids`` (lists of ints).
+    Returns ``input_ids`` ``[R, T]``; ``attention_mask`` (``[R, T]`` for ``separate``, a
+    float additive ``[R, 1, T, T]`` mask otherwise); ``position_ids`` ``[R, T]``;
+    ``chosen_target``/``chosen_source``/``chosen_mask`` ``[B, Lc]`` and the same for
+    rejected; ``num_tokens`` (non-padding tokens, a 0-d tensor).
     """
 
     pad_token_id: int
+    layout: str = "shared"
+    pack_tokens: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
 
     def __call__(self, pairs: Sequence) -> dict[str, Tensor]:
-        rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [
-            (p.prompt_ids, p.rejected_ids) for p in pairs
-        ]
-        width = max(len(prompt) + len(response) for prompt, response in rows)
+        if any(len(p.prompt_ids) == 0 for p in pairs):
+            raise ValueError("every pair needs at least one prompt token")
+        rows, placed = self._place(pairs)
+        width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, (prompt, response) in enumerate(rows):
-            length = len(prompt) + len(response)
-            input_ids[i, :length] = torch.tensor(list(prompt) + list(response), dtype=torch.long)
-            attention_mask[i, :length] = 1
-            response_mask[i, len(prompt) : length] = True
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "response_mask": response_mask,
-        }
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        # Per token: which pair it belongs to (-1 = padding) and which part (0 prompt, 1 chosen, 2 rejected).
+        pair_of = torch.full((len(rows), width), -1, dtype=torch.long)
+        part_of = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            for column, (token, position, pair_index, part) in enumerate(row):
+                input_ids[r, column] = token
+                position_ids[r, column] = position
+                pair_of[r, column] = pair_index
+                part_of[r, column] = part
+        batch = {"input_ids": input_ids, "position_ids": position_ids, "num_tokens": (pair_of >= 0).sum()}
+        if self.layout == "separate":
+            batch["attention_mask"] = (pair_of >= 0).long()
+        else:
+            batch["attention_mask"] = self._block_mask(pair_of, part_of)
+        for side in ("chosen", "rejected"):
+            lengths = [len(getattr(p, f"{side}_ids")) for p in pairs]
+            target, source, mask = _response_indices(placed[side], lengths, width)
+            batch.update({f"{side}_target": target, f"{side}_source": source, f"{side}_mask": mask})
+        return batch
+
+    def _place(self, pairs: Sequence) -> tuple[list[list[tuple[int, int, int, int]]], dict[str, list[_Placed]]]:
+        """Lay the pairs out in rows of (token, position, pair, part) tuples."""
+        rows: list[list[tuple[int, int, int, int]]] = []
+        placed: dict[str, list[_Placed]] = {"chosen": [], "rejected": []}
+        if self.layout == "separate":
+            for part, side in ((1, "chosen"), (2, "rejected")):
+                for i, p in enumerate(pairs):
+                    n_prompt = len(p.prompt_ids)
+                    placed[side].append(_Placed(len(rows), n_prompt, n_prompt - 1))
+                    rows.append(_segment(p.prompt_ids, 0, i, 0) + _segment(getattr(p, f"{side}_ids"), n_prompt, i, part))
+            return rows, placed
+        for i, p in enumerate(pairs):
+            size = len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)
+            if self.layout == "shared" or not rows or len(rows[-1]) + size > self.pack_tokens:
+                rows.append([])
+            row, n_prompt = rows[-1], len(p.prompt_ids)
+            prompt_last = len(row) + n_prompt - 1
+            row += _segment(p.prompt_ids, 0, i, 0)
+            placed["chosen"].append(_Placed(len(rows) - 1, len(row), prompt_last))
+            row += _segment(p.chosen_ids, n_prompt, i, 1)
+            placed["rejected"].append(_Placed(len(rows) - 1, len(row), prompt_last))
+            row += _segment(p.rejected_ids, n_prompt, i, 2)
+        return rows, placed
+
+    @staticmethod
+    def _block_mask(pair_of: Tensor, part_of: Tensor) -> Tensor:
+        """Additive ``[R, 1, T, T]`` mask: 0 where query i may attend key j, dtype-min elsewhere.
+
+        i attends j iff j <= i, both belong to the same pair, and j is a prompt token or
+        in the same response as i. Padding queries attend to themselves only.
+        """
+        same_pair = pair_of[:, :, None] == pair_of[:, None, :]
+        visible_part = (part_of[:, None, :] == 0) | (part_of[:, :, None] == part_of[:, None, :])
+        causal = torch.ones(pair_of.shape[1], pair_of.shape[1], dtype=torch.bool).tril()
+        allowed = same_pair & visible_part & causal & (pair_of[:, None, :] >= 0)
+        allowed |= torch.eye(pair_of.shape[1], dtype=torch.bool)
+        mask = torch.zeros(allowed.shape, dtype=torch.float32)
+        mask.masked_fill_(~allowed, torch.finfo(torch.float32).min)
+        return mask[:, None]
+
+
+def _segment(ids: Sequence[int], first_position: int, pair: int, part: int) -> list[tuple[int, int, int, int]]:
+    return [(int(t), first_position + k, pair, part) for k, t in enumerate(ids)]

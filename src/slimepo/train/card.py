@@ -7,6 +7,7 @@ from typing import Any
 
 from slimepo.config import TrainConfig
 from slimepo.losses import get_loss
+from slimepo.report import lookup
 
 SUMMARY_ROWS = (
     ("preference accuracy", ("accuracy",)),
@@ -15,14 +16,6 @@ SUMMARY_ROWS = (
     ("mean margin (nats/token)", ("margin", "mean")),
     ("rejected tokens with p < 1e-4", ("collapse", "rejected_p_lt_1e-4")),
 )
-
-
-def lookup(metrics: dict[str, Any], path: tuple[str, ...]) -> Any:
-    for key in path:
-        if not isinstance(metrics, dict) or key not in metrics:
-            return None
-        metrics = metrics[key]
-    return metrics
 
 
 def summary_table(before: dict[str, Any], after: dict[str, Any]) -> str:

@@ -7,21 +7,24 @@ import logging
 import random
 import shutil
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
+from accelerate import PartialState
 from transformers import TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from slimepo.config import DEMO, TrainConfig
-from slimepo.data import prepare_pairs
+from slimepo.data import demo_file, prepare_pairs
 from slimepo.data.collate import PairCollator
 from slimepo.eval.metrics import preference_metrics
 from slimepo.losses import get_loss
 from slimepo.model import load_policy, load_reference, load_tokenizer, resolve_model_path
 from slimepo.scoring import score_pairs
 from slimepo.train.card import write_model_card
+from slimepo.train.checkpoint import latest_complete_checkpoint, manifest_step, trim_metrics
+from slimepo.train.dry_run import dry_run_config
+from slimepo.train.monitor import StabilityMonitor
 from slimepo.train.trainer import PreferenceTrainer
 
 logger = logging.getLogger(__name__)
@@ -32,10 +35,6 @@ RUN_MARKERS = ("config.yaml", "metrics.jsonl")
 
 class OutputExistsError(RuntimeError):
     pass
-
-
-def demo_file(split: str) -> str:
-    return str(resources.files("slimepo.data") / "demo" / f"{split}.jsonl")
 
 
 def check_output_dir(config: TrainConfig) -> Path:
@@ -51,6 +50,23 @@ def check_output_dir(config: TrainConfig) -> Path:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def resume_point(config: TrainConfig, out: Path, is_main: bool) -> str | None:
+    """The complete checkpoint to continue from (None: step 0); metrics.jsonl is cut back to its step."""
+    if config.resume is None:
+        return None
+    checkpoint = latest_complete_checkpoint(out) if config.resume == "auto" else Path(config.resume)
+    step = manifest_step(checkpoint) if checkpoint else 0
+    if checkpoint is None:
+        logger.info("--resume auto: no complete checkpoint in %s, starting from step 0", out)
+    else:
+        logger.info("resuming from %s (step %d)", checkpoint, step)
+    if is_main:
+        dropped = trim_metrics(out / "metrics.jsonl", step)
+        if dropped:
+            logger.info("metrics.jsonl: dropped %d line(s) written after step %d", dropped, step)
+    return str(checkpoint) if checkpoint else None
 
 
 def load_data(config: TrainConfig, tokenizer) -> tuple[list, list]:
@@ -76,6 +92,8 @@ def load_data(config: TrainConfig, tokenizer) -> tuple[list, list]:
             held_out = [train[i] for i in sorted(order[:n_eval])]
             train = [train[i] for i in sorted(order[n_eval:])]
             eval_report = None
+    if config.dataset_cut:
+        train = cut(train, config.dataset_cut, config.dataset_cut_seed)
     logger.info("training data: %s", report)
     if eval_report is not None:
         logger.info("held-out data: %s", eval_report)
@@ -88,6 +106,16 @@ def load_data(config: TrainConfig, tokenizer) -> tuple[list, list]:
     return train, held_out
 
 
+def cut(pairs: list, spec: str, seed: int) -> list:
+    """``first:F`` keeps the first share F of a seeded shuffle, ``rest:F`` the remainder (order kept)."""
+    part, _, share = spec.partition(":")
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_first = round(len(pairs) * float(share))
+    chosen = order[:n_first] if part == "first" else order[n_first:]
+    return [pairs[i] for i in sorted(chosen)]
+
+
 class MetricsJsonl(TrainerCallback):
     """Writes every log as one JSON line: ``{"step", "split", "epoch", ...metrics}``."""
 
@@ -95,7 +123,7 @@ class MetricsJsonl(TrainerCallback):
         self.path = path
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
+        if args.process_index != 0 or not logs:
             return
         split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
         if any(k.startswith("train_") for k in logs):
@@ -117,7 +145,7 @@ class TrainResult:
     global_step: int
 
 
-def training_arguments(config: TrainConfig, out: Path, has_eval: bool) -> TrainingArguments:
+def training_arguments(config: TrainConfig, out: Path) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=config.batch_size,
@@ -132,7 +160,7 @@ def training_arguments(config: TrainConfig, out: Path, has_eval: bool) -> Traini
         max_steps=config.max_steps,
         logging_steps=config.logging_steps,
         logging_first_step=True,
-        eval_strategy="steps" if has_eval and config.eval_steps else "no",
+        eval_strategy="steps" if config.eval_steps else "no",
         eval_steps=config.eval_steps or None,
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,
@@ -143,42 +171,54 @@ def training_arguments(config: TrainConfig, out: Path, has_eval: bool) -> Traini
         remove_unused_columns=False,
         dataloader_num_workers=0,
         optim="adamw_torch",
+        # Without an accelerator, say so: it is what lets torchrun/accelerate use gloo DDP on CPUs.
+        use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
 
 
 def train(config: TrainConfig) -> TrainResult:
     """Run one preference-optimization job described by ``config``."""
     config.validate()
-    out = check_output_dir(config)
+    if config.dry_run:
+        config = dry_run_config(config)
+        config.validate()
+    out = Path(config.output_dir)
+    args = training_arguments(config, out)  # also sets up the process group under torchrun
+    if args.process_index == 0:
+        check_output_dir(config)
+    PartialState().wait_for_everyone()
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     train_pairs, held_out = load_data(config, tokenizer)
     loss_fn = get_loss(config.loss, **config.loss_params)
     model = load_policy(config)
     ref_model = load_reference(config) if loss_fn.requires_reference else None
-    (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
-
-    args = training_arguments(config, out, bool(held_out))
+    if args.process_index == 0:
+        (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     trainer = PreferenceTrainer(
         model=model,
         args=args,
         train_dataset=train_pairs,
         eval_dataset=held_out or None,
-        data_collator=PairCollator(tokenizer.pad_token_id),
+        data_collator=PairCollator(tokenizer.pad_token_id, layout=config.layout, pack_tokens=config.pack_tokens),
         processing_class=tokenizer,
         loss_fn=loss_fn,
         ref_model=ref_model,
         logprob_chunk_size=config.logprob_chunk_size,
+        max_bad_steps=config.max_bad_steps,
         callbacks=[MetricsJsonl(out / "metrics.jsonl")],
     )
     chunk = config.logprob_chunk_size or None
-    score = dict(pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, chunk_size=chunk)
+    if config.monitor_steps and held_out:
+        trainer.add_callback(StabilityMonitor(
+            held_out[: config.monitor_pairs], pad_token_id=tokenizer.pad_token_id, every=config.monitor_steps,
+            unlearning_alarm=config.unlearning_alarm, collapse_alarm=config.collapse_alarm, chunk_size=chunk,
+            metrics_path=out / "metrics.jsonl",
+        ))
+    score = dict(pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, chunk_size=chunk, layout=config.layout)
     before_scores = score_pairs(trainer.model, held_out, **score) if held_out else None
 
-    resume = config.resume
-    if resume == "auto":
-        resume = get_last_checkpoint(str(out))
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume_point(config, out, is_main=args.process_index == 0))
 
     before: dict[str, Any] = {}
     after: dict[str, Any] = {}
@@ -186,7 +226,8 @@ def train(config: TrainConfig) -> TrainResult:
         after_scores = score_pairs(trainer.model, held_out, **score)
         before = preference_metrics(*before_scores.as_tuple())
         after = preference_metrics(*after_scores.as_tuple(), base=before_scores.as_tuple())
-        (out / "eval.json").write_text(json.dumps({"before": before, "after": after}, indent=2), encoding="utf-8")
+        # The held-out metrics after training, with the initial model as the base (drift, unlearning).
+        (out / "eval.json").write_text(json.dumps(after, indent=2), encoding="utf-8")
     save_outputs(trainer, tokenizer, config, out, before, after)
     return TrainResult(out, before, after, trainer.state.global_step)
 

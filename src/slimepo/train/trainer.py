@@ -8,6 +8,7 @@ users of TRL expect. Everything specific to preference optimization is in
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import defaultdict
@@ -16,8 +17,12 @@ import torch
 from torch import Tensor
 from transformers import Trainer
 
-from slimepo.logprobs import sequence_token_logps
+from slimepo.logprobs import pair_token_logps
 from slimepo.losses import PreferenceLoss
+from slimepo.train.checkpoint import read_run_state, rotate, staged_checkpoint, write_run_state
+from slimepo.train.faults import NonFiniteStepGuard
+
+logger = logging.getLogger(__name__)
 
 #: A rejected token "collapses" below this probability (PAPER.md's formatting collapse).
 COLLAPSE_PROB = 1e-4
@@ -32,12 +37,6 @@ def collapse_metrics(rejected_logps: Tensor, rejected_mask: Tensor) -> dict[str,
     }
 
 
-def split_pairs(logps: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``[2B, T]`` rows (chosen first, then rejected) into (chosen, chosen_mask, rejected, rejected_mask)."""
-    n = logps.shape[0] // 2
-    return logps[:n], mask[:n], logps[n:], mask[n:]
-
-
 class PreferenceTrainer(Trainer):
     """``transformers.Trainer`` whose loss is any :mod:`slimepo.losses` objective.
 
@@ -45,8 +44,12 @@ class PreferenceTrainer(Trainer):
     the policy's own base weights with adapters disabled.
     """
 
-    def __init__(self, *args, loss_fn: PreferenceLoss, ref_model=None, logprob_chunk_size: int = 512, **kwargs):
+    def __init__(self, *args, loss_fn: PreferenceLoss, ref_model=None, logprob_chunk_size: int = 512,
+                 max_bad_steps: int = 5, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fault_guard = NonFiniteStepGuard(max_bad_steps, self.args.output_dir)
+        self.add_callback(self.fault_guard)
+        self._checkpoint_root: str | None = None
         self.loss_fn = loss_fn
         self.ref_model = ref_model
         if ref_model is not None:
@@ -58,11 +61,10 @@ class PreferenceTrainer(Trainer):
         self._window_tokens = 0
         self._window_start = time.perf_counter()
 
-    def token_logps(self, model, batch: dict[str, Tensor]) -> Tensor:
+    def token_logps(self, model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(chosen_logps [B, Lc], rejected_logps [B, Lr])``, 0 where masked."""
         chunk = None if self.is_fsdp_enabled else self.chunk_size  # FSDP shards the head outside forward
-        return sequence_token_logps(
-            model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], chunk_size=chunk
-        )
+        return pair_token_logps(model, batch, chunk_size=chunk)
 
     @torch.no_grad()
     def reference_logps(self, model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor] | tuple[None, None]:
@@ -70,18 +72,16 @@ class PreferenceTrainer(Trainer):
         if not self.loss_fn.requires_reference:
             return None, None
         if self.ref_model is not None:
-            logps = self.token_logps(self.ref_model, batch)
+            chosen, rejected = self.token_logps(self.ref_model, batch)
         else:
             peft_model = self.accelerator.unwrap_model(model)
             with peft_model.disable_adapter():
-                logps = self.token_logps(model, batch)
-        sums = logps.sum(-1)
-        n = sums.shape[0] // 2
-        return sums[:n], sums[n:]
+                chosen, rejected = self.token_logps(model, batch)
+        return chosen.sum(-1), rejected.sum(-1)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logps = self.token_logps(model, inputs)
-        chosen, chosen_mask, rejected, rejected_mask = split_pairs(logps, inputs["response_mask"])
+        chosen, rejected = self.token_logps(model, inputs)
+        chosen_mask, rejected_mask = inputs["chosen_mask"], inputs["rejected_mask"]
         ref_chosen, ref_rejected = self.reference_logps(model, inputs)
         out = self.loss_fn(chosen, chosen_mask, rejected, rejected_mask, ref_chosen, ref_rejected)
 
@@ -93,7 +93,7 @@ class PreferenceTrainer(Trainer):
         for key, value in metrics.items():
             self._stored[split][key].append(float(value))
         if split == "train":
-            self._window_tokens += int(inputs["attention_mask"].sum())
+            self._window_tokens += int(inputs["num_tokens"])
         return (out.loss, out) if return_outputs else out.loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -117,6 +117,47 @@ class PreferenceTrainer(Trainer):
                 torch.tensor(self._window_tokens, device=self.args.device), reduction="sum"
             )
             logs["tokens_per_second"] = float(tokens) / max(elapsed, 1e-9)
+            logs["skipped_steps"] = self.fault_guard.skipped_steps
             self._window_tokens = 0
             self._window_start = time.perf_counter()
         super().log(logs, start_time)
+
+    # --- Reliability: skip non-finite steps (faults.py), crash-safe checkpoints (checkpoint.py) ---
+
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs):
+        if isinstance(resume_from_checkpoint, str):
+            self.fault_guard.load_state(read_run_state(resume_from_checkpoint))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.fault_guard.observe_loss(loss)
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The Trainer asks for the global grad norm right before the optimizer step: decide on it here."""
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        self.fault_guard.decide(grad_norm, self.state.global_step, lambda t: self.accelerator.reduce(t, "sum"))
+        return grad_norm
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written in a staging folder and renamed into place when complete."""
+        if self.fault_guard.consecutive_bad:
+            logger.warning("step %d: no checkpoint while optimizer steps are being skipped", self.state.global_step)
+            return
+        out, step = self.args.output_dir, self.state.global_step
+        is_writer = self.args.should_save
+        with staged_checkpoint(out, step, is_writer=is_writer, wait_for_everyone=self.accelerator.wait_for_everyone) as root:
+            self._checkpoint_root = str(root)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._checkpoint_root = None
+            if is_writer:
+                write_run_state(root / f"checkpoint-{step}", self.fault_guard.state())
+        if is_writer:
+            rotate(out, self.args.save_total_limit)
+
+    def _get_output_dir(self, trial) -> str:
+        # While a checkpoint is being saved, the Trainer writes (and rotates) inside the staging folder.
+        return self._checkpoint_root or super()._get_output_dir(trial)

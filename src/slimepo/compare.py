@@ -1,0 +1,110 @@
+"""``compare(losses, config, out_root)``: one study, one run per loss, then one report.
+
+Every run shares the data, seed and budget of ``config``; only ``loss`` and
+``output_dir = out_root/<loss>`` differ. Each run is trained, then evaluated on
+training's own held-out pairs against the initial model (so its ``eval.json`` holds the
+drift, unlearning rate, collapse, generation health and constraint pass rate), and
+``out_root/report/report.md`` puts them side by side.
+
+A study can be resumed: a run whose folder holds the ``eval.json`` of a finished
+evaluation is skipped; an unfinished one resumes from its newest checkpoint, or starts
+again when it has none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from slimepo.config import DEMO, ConfigError, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def run_configs(losses: Sequence[str], base_config: TrainConfig, out_root: Path) -> list[TrainConfig]:
+    """One validated copy of ``base_config`` per loss, writing to ``out_root/<loss>``."""
+    if not losses:
+        raise ConfigError("losses: give at least one loss to compare")
+    if base_config.dry_run:
+        raise ConfigError("dry_run: a study keeps its runs; check the options with slimepo train --dry-run first")
+    repeated = sorted({loss for loss in losses if list(losses).count(loss) > 1})
+    if repeated:
+        raise ConfigError(f"losses: {', '.join(repeated)} given more than once")
+    configs = []
+    for loss in losses:
+        config = dataclasses.replace(base_config, loss=loss, output_dir=str(Path(out_root) / loss))
+        config.validate()
+        configs.append(config)
+    return configs
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds an evaluation written by ``evaluate`` (not only training's)."""
+    try:
+        evaluation = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(evaluation, dict) and "settings" in evaluation
+
+
+def held_out_source(config: TrainConfig) -> tuple[str, str]:
+    """The dataset and split that training's held-out pairs come from (their constraints too)."""
+    if config.dataset == DEMO:
+        return DEMO, "test"
+    if config.eval_dataset is not None:
+        return config.eval_dataset, config.eval_split
+    return config.dataset, config.dataset_split
+
+
+def compare(
+    losses: Sequence[str],
+    base_config: TrainConfig,
+    out_root: str | Path,
+    eval_kwargs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Train and evaluate one run per loss, then write the report; return ``report.md``'s path.
+
+    ``eval_kwargs`` go to :func:`slimepo.eval.run.evaluate` (e.g. ``max_new_tokens``,
+    ``generate``, ``mt_bench``); the held-out pairs, base model, dtype and seed come
+    from the config.
+    """
+    from slimepo.report import write_report
+    from slimepo.train import train
+
+    out_root = Path(out_root)
+    configs = run_configs(losses, base_config, out_root)
+    for config in configs:
+        run_dir = Path(config.output_dir)
+        if is_finished(run_dir):
+            logger.info("%s: skipped, %s already holds a finished run", config.loss, run_dir)
+            continue
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            resumable = any(run_dir.glob("checkpoint-*"))
+            logger.info("%s: unfinished run in %s, %s", config.loss, run_dir,
+                        "resuming from its newest checkpoint" if resumable else "starting it again")
+            config = dataclasses.replace(config, resume="auto" if resumable else None, overwrite=not resumable)
+        logger.info("%s: training into %s", config.loss, run_dir)
+        train(config)
+        evaluate_run(config, eval_kwargs)
+    return write_report([Path(c.output_dir) for c in configs], out_root / "report")
+
+
+def evaluate_run(config: TrainConfig, eval_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate the run of ``config`` into its folder, on training's own held-out pairs."""
+    from slimepo.eval.run import evaluate
+    from slimepo.model import load_tokenizer
+    from slimepo.train.run import load_data
+
+    run_dir = Path(config.output_dir)
+    _, held_out = load_data(config, load_tokenizer(str(run_dir), config.trust_remote_code))
+    dataset, split = held_out_source(config)
+    kwargs = dict(base=config.model, dtype=config.dtype, seed=config.seed, batch_size=config.batch_size)
+    kwargs.update(eval_kwargs or {})
+    return evaluate(
+        run_dir, dataset, split=split, held_out=held_out, out_dir=run_dir,
+        prepare_options={"columns": config.columns or None}, **kwargs,
+    )

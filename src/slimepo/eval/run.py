@@ -1,0 +1,313 @@
+"""``evaluate(model, dataset)``: does a trained model still prefer, still talk, still obey?
+
+It measures the failures SLIME claims to fix (``shared/PAPER.md``) on held-out pairs:
+
+1. preference metrics from log-probs (:func:`slimepo.eval.metrics.preference_metrics`):
+   accuracy and margin, and against a ``base`` model the chosen-likelihood drift,
+   the unlearning rate and rejected-token collapse of both;
+2. generations for the held-out prompts: formatting health
+   (:func:`slimepo.eval.health.generation_health`) and, where a row carries a
+   ``constraint`` (:class:`slimepo.constraints.Constraint` as a dict), whether the
+   response obeys it;
+3. optionally MT-Bench answers, graded by an LLM judge when one is given.
+
+Outputs in ``out_dir``: ``eval.json`` (the returned dict), ``generations.jsonl`` (one
+line per held-out prompt: origin, prompt, response, checks) and ``mt_bench/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slimepo.constraints import Constraint, check
+from slimepo.data import Origin, TokenizedPair, load_rows, prepare_pairs
+from slimepo.eval.generate import chat_generator, end_of_turn_ids
+from slimepo.eval.generate import generate as generate_responses
+from slimepo.eval.health import generation_health, summarize_health
+from slimepo.eval.judge import CompletionClient, judge_answers, summarize_scores
+from slimepo.eval.metrics import preference_metrics
+from slimepo.eval.mtbench import answer_questions, load_questions, write_answers
+from slimepo.model import load_causal_lm, load_tokenizer, resolve_model_path
+from slimepo.report import GENERATION_COLUMNS, PREFERENCE_COLUMNS, lookup, markdown_table
+from slimepo.scoring import PairScores, score_pairs
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+Questions = Sequence[Mapping[str, Any]] | str | os.PathLike[str] | None
+
+
+def load_model(
+    model: str | os.PathLike[str], adapter: str | os.PathLike[str] | None = None, *, dtype: str = "auto"
+) -> tuple[torch.nn.Module, Any, str | None]:
+    """The model to evaluate, its tokenizer, and the base path under its LoRA adapter (if any).
+
+    ``model`` is a Hub id, a local folder, ``"default"``, or a folder holding a PEFT
+    adapter (its base then comes from ``adapter_config.json``). The tokenizer is the
+    adapter folder's when it saved one (training does), else the model's.
+    """
+    model = str(model)
+    if adapter is None and (Path(model) / ADAPTER_CONFIG).is_file():
+        adapter, model = model, _adapter_base(model)
+    device = _device()
+    if adapter is None:
+        return load_causal_lm(model, dtype=dtype).to(device).eval(), load_tokenizer(model), None
+    from peft import PeftModel
+
+    adapter = str(adapter)
+    tokenizer = load_tokenizer(adapter if (Path(adapter) / "tokenizer_config.json").is_file() else model)
+    base = load_causal_lm(model, dtype=dtype)
+    return PeftModel.from_pretrained(base, adapter).to(device).eval(), tokenizer, resolve_model_path(model)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _adapter_base(adapter: str) -> str:
+    base = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise FileNotFoundError(f"{adapter}/{ADAPTER_CONFIG} does not name its base model; pass it as --model")
+    return base
+
+
+def _same_model(a: str, b: str) -> bool:
+    a, b = resolve_model_path(a), resolve_model_path(b)
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+
+
+def _source(dataset: str | os.PathLike[str], split: str) -> str:
+    if str(dataset) == "demo":
+        from slimepo.data import demo_file
+
+        return demo_file(split)
+    return str(dataset)
+
+
+def _row_constraint(data: Any) -> Constraint | None:
+    """The row's ``constraint`` (a dict, or its JSON text as CSV holds it); None if absent."""
+    raw = data.get("constraint") if isinstance(data, dict) else None
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = json.loads(raw)
+    return Constraint.from_dict(raw)
+
+
+def _constraint_check(data: Any, response: str) -> dict[str, Any] | None:
+    try:
+        constraint = _row_constraint(data)
+    except ValueError as err:  # a malformed constraint is reported, not counted
+        return {"error": str(err)}
+    if constraint is None:
+        return None
+    result = check(constraint, response)
+    return {**constraint.to_dict(), "passed": result.passed, "detail": result.detail}
+
+
+def _constraint_rates(checks: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """``constraint_pass_rate`` (None without any valid constraint), per family, and counts."""
+    valid = [c for c in checks if c is not None and "passed" in c]
+    families: dict[str, list[bool]] = {}
+    for c in valid:
+        families.setdefault(c["family"], []).append(c["passed"])
+    return {
+        "constraint_pass_rate": sum(c["passed"] for c in valid) / len(valid) if valid else None,
+        "constraint_pass_rate_by_family": {f: sum(p) / len(p) for f, p in sorted(families.items())},
+        "constraints_checked": len(valid),
+        "constraints_invalid": sum(1 for c in checks if c is not None and "error" in c),
+    }
+
+
+def evaluate(
+    model: str | os.PathLike[str],
+    dataset: str | os.PathLike[str] = "demo",
+    *,
+    out_dir: str | os.PathLike[str],
+    adapter: str | os.PathLike[str] | None = None,
+    base: str | None = None,
+    split: str = "test",
+    max_pairs: int | None = None,
+    generate: bool = True,
+    max_new_tokens: int = 128,
+    sampling: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    dtype: str = "auto",
+    prepare_options: Mapping[str, Any] | None = None,
+    held_out: Sequence[TokenizedPair] | None = None,
+    mt_bench: bool = False,
+    questions: Questions = None,
+    bench_max_new_tokens: int = 1024,
+    judge: CompletionClient | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` (+ ``adapter``) on the held-out ``split`` of ``dataset``; write ``out_dir``.
+
+    Args:
+        dataset: as ``prepare_pairs`` takes it; ``"demo"`` is the shipped set (its
+            ``split`` is ``test`` or ``train``). Rows may carry a ``constraint``.
+        base: the model the drift is measured against (e.g. the initial weights); the
+            adapter's own base is scored with the adapter disabled, with no second copy.
+        max_pairs: the first this many held-out pairs only.
+        generate: also generate a response per held-out prompt and check it.
+        sampling, temperature, top_p, seed: decoding (greedy unless ``sampling``).
+        prepare_options: further keyword arguments of ``prepare_pairs`` (``columns``,
+            ``max_length``, ``max_prompt_length``, ``chat_template``...).
+        held_out: already tokenized pairs to use instead of tokenizing ``dataset``
+            (e.g. training's own held-out share); their origins locate each row's
+            constraint in ``dataset``.
+        mt_bench, questions, bench_max_new_tokens, judge: answer MT-Bench (``questions``:
+            records or a question.jsonl; default the installed set) and grade the
+            answers with ``judge`` (e.g. a :class:`slimepo.eval.judge.JudgeClient`).
+
+    Returns (and writes as ``eval.json``) the ``preference_metrics`` dict, plus with
+    ``generate``: ``generation`` (``summarize_health``), ``constraint_pass_rate``,
+    ``constraint_pass_rate_by_family``, ``constraints_checked``, ``constraints_invalid``;
+    with ``mt_bench``: ``mt_bench`` {questions, answers file, and with a judge
+    judgments file + ``summarize_scores``}; and ``settings`` (what was evaluated, how).
+    """
+    out = Path(out_dir)
+    question_list = _questions(questions) if mt_bench else None  # fail before loading a model
+    policy, tokenizer, adapter_base = load_model(model, adapter, dtype=dtype)
+    source = _source(dataset, split)
+    if held_out is None:
+        held_out, report = prepare_pairs(source, tokenizer, split=split, **dict(prepare_options or {}))
+        logger.info("held-out data: %s", report)
+    pairs = list(held_out)[:max_pairs] if max_pairs else list(held_out)
+
+    score = dict(pad_token_id=tokenizer.pad_token_id, batch_size=batch_size)
+    scores = score_pairs(policy, pairs, **score)
+    base_scores = _base_scores(policy, base, adapter_base, pairs, dtype, score) if base else None
+    result = preference_metrics(*scores.as_tuple(), base=base_scores.as_tuple() if base_scores else None)
+
+    decoding = dict(max_new_tokens=max_new_tokens, sampling=sampling, temperature=temperature, top_p=top_p, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    if generate:
+        rows = {row.origin: row.data for row in load_rows(source, split, (prepare_options or {}).get("columns"))}
+        records = _generation_checks(policy, tokenizer, pairs, rows, batch_size=batch_size, **decoding)
+        with (out / "generations.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(record) + "\n" for record in records)
+        result["generation"] = summarize_health(r["checks"]["health"] for r in records)
+        result.update(_constraint_rates([r["checks"]["constraint"] for r in records]))
+    if question_list is not None:
+        model_id = Path(str(adapter or model)).name or "model"
+        answers_path = out / "mt_bench" / "answers" / f"{model_id}.jsonl"
+        answers = answer_mtbench(
+            policy, tokenizer, answers_path, question_list, model_id=model_id,
+            max_new_tokens=bench_max_new_tokens, **{k: v for k, v in decoding.items() if k != "max_new_tokens"},
+        )
+        result["mt_bench"] = {"questions": len(question_list), "answers": str(answers_path)}
+        if judge is not None:
+            result["mt_bench"].update(judge_mtbench(question_list, answers, judge, out / "mt_bench" / "judgments.jsonl"))
+    result["settings"] = {
+        "model": str(model), "adapter": None if adapter is None else str(adapter), "base": base,
+        "dataset": str(dataset), "split": split, "generate": generate, **decoding,
+    }
+    (out / "eval.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+def _base_scores(
+    policy: torch.nn.Module, base: str, adapter_base: str | None, pairs: list, dtype: str, score: dict[str, Any]
+) -> PairScores:
+    if adapter_base is not None and _same_model(base, adapter_base):
+        with policy.disable_adapter():
+            return score_pairs(policy, pairs, **score)
+    return score_pairs(load_causal_lm(base, dtype=dtype).to(_device()), pairs, **score)
+
+
+def _generation_checks(
+    model: torch.nn.Module, tokenizer: Any, pairs: Sequence[TokenizedPair], rows: Mapping[Origin, Any], **options: Any
+) -> list[dict[str, Any]]:
+    """One record per pair: ``{"origin", "prompt", "response", "checks": {"health", "constraint"}}``."""
+    generations = generate_responses(model, tokenizer, [p.prompt_ids for p in pairs], **options)
+    eot_ids = end_of_turn_ids(tokenizer)
+    records = []
+    for pair, generation in zip(pairs, generations, strict=True):
+        data = rows.get(pair.origin)
+        prompt = data.get("prompt") if isinstance(data, dict) else None
+        health = generation_health(generation.text, generation.token_ids, eot_ids, options["max_new_tokens"])
+        records.append({
+            "origin": str(pair.origin),
+            "prompt": prompt if prompt is not None else tokenizer.decode(pair.prompt_ids),
+            "response": generation.text,
+            "checks": {"health": health, "constraint": _constraint_check(data, generation.text)},
+        })
+    return records
+
+
+def _questions(questions: Questions) -> list[dict[str, Any]]:
+    if questions is None or isinstance(questions, (str, os.PathLike)):
+        return load_questions(questions)
+    return [dict(q) for q in questions]
+
+
+def answer_mtbench(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    out_path: str | os.PathLike[str],
+    questions: Questions = None,
+    *,
+    model_id: str = "slimepo",
+    max_new_tokens: int = 1024,
+    **decoding: Any,
+) -> list[dict[str, Any]]:
+    """Answer both turns of MT-Bench and write FastChat answer records to ``out_path``.
+
+    ``questions``: records, a question.jsonl, or None for the installed set;
+    ``decoding``: ``sampling``, ``temperature``, ``top_p``, ``seed``, ``batch_size`` of
+    :func:`slimepo.eval.generate.generate` (FastChat's default of 1024 new tokens).
+    """
+    generate = chat_generator(model, tokenizer, max_new_tokens=max_new_tokens, **decoding)
+    records = answer_questions(_questions(questions), generate, model_id, seed=decoding.get("seed", 0))
+    write_answers(records, out_path)
+    return records
+
+
+def judge_mtbench(
+    questions: Sequence[Mapping[str, Any]],
+    answers: Sequence[Mapping[str, Any]],
+    client: CompletionClient,
+    out_path: str | os.PathLike[str],
+    **options: Any,
+) -> dict[str, Any]:
+    """Grade ``answers`` with ``client``, write the judgments as JSON lines to ``out_path``;
+    return ``{"judgments": path, **summarize_scores(...)}``. ``options`` go to ``judge_answers``."""
+    records = judge_answers(questions, answers, client, **options)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(record) + "\n" for record in records)
+    return {"judgments": str(out_path), **summarize_scores(records)}
+
+
+def format_eval_table(result: Mapping[str, Any]) -> str:
+    """A Markdown table of an ``evaluate`` result: one row per metric, model vs base."""
+    has_base = isinstance(result.get("base"), Mapping)
+    rows: list[tuple[Any, ...]] = []
+    for header, keys in PREFERENCE_COLUMNS:
+        if keys[0] == "drift" and not has_base:
+            continue
+        base_value = lookup(result.get("base"), keys) if has_base and keys[0] not in ("pairs", "drift") else None
+        rows.append((header, lookup(result, keys), base_value))
+    if has_base:
+        rows.append(("rejected drift vs base (nats/token)", lookup(result, ("drift", "rejected_drift_mean")), None))
+    rows += [(header, lookup(result, keys), None) for header, keys in GENERATION_COLUMNS]
+    by_family = result.get("constraint_pass_rate_by_family") or {}
+    rows += [(f"  pass rate: {family}", rate, None) for family, rate in by_family.items()]
+    bench = result.get("mt_bench")
+    if isinstance(bench, Mapping):
+        rows.append(("MT-Bench questions answered", bench.get("questions"), None))
+        rows.append(("MT-Bench score (1-10)", bench.get("overall"), None))
+        rows += [(f"  turn {turn}", score, None) for turn, score in (bench.get("per_turn") or {}).items()]
+    headers = ("metric", "model", "base") if has_base else ("metric", "model")
+    return "\n".join(markdown_table(headers, [row[: len(headers)] for row in rows]))

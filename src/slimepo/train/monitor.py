@@ -1,0 +1,79 @@
+"""Training-time stability monitor: is the chosen answer still likely, are rejected tokens collapsing?
+
+Every ``monitor_steps`` optimizer steps it scores a fixed handful of held-out pairs and logs,
+against the same pairs at step 0:
+
+- ``monitor/chosen_drift``: mean r(y_w) now minus at the start (nats/token; negative =
+  the chosen answers became less likely, i.e. unlearning);
+- ``monitor/collapse``: fraction of rejected tokens with p < 1e-4.
+
+It warns once per condition when the drift falls below ``-unlearning_alarm`` or the
+collapse fraction rises above ``collapse_alarm``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from slimepo.scoring import PairScores, score_pairs
+from slimepo.train.trainer import COLLAPSE_PROB
+
+logger = logging.getLogger(__name__)
+
+
+def chosen_mean_logp(scores: PairScores) -> float:
+    per_pair = scores.chosen_logps.sum(-1) / scores.chosen_mask.sum(-1)
+    return float(per_pair.mean())
+
+
+def rejected_collapse(scores: PairScores) -> float:
+    valid = scores.rejected_logps[scores.rejected_mask]
+    return float((valid < math.log(COLLAPSE_PROB)).float().mean())
+
+
+class StabilityMonitor(TrainerCallback):
+    def __init__(self, pairs, *, pad_token_id: int, every: int, unlearning_alarm: float, collapse_alarm: float,
+                 chunk_size: int | None, metrics_path: Path):
+        self.pairs = list(pairs)
+        self.score = dict(pad_token_id=pad_token_id, chunk_size=chunk_size)
+        self.every = every
+        self.unlearning_alarm = unlearning_alarm
+        self.collapse_alarm = collapse_alarm
+        self.metrics_path = metrics_path
+        self.start_logp: float | None = None
+        self.warned: set[str] = set()
+
+    def _measure(self, model) -> PairScores:
+        return score_pairs(model, self.pairs, **self.score)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if args.process_index == 0 and self.pairs and self.start_logp is None:
+            self.start_logp = chosen_mean_logp(self._measure(model))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if args.process_index != 0 or not self.pairs or state.global_step % self.every:
+            return
+        scores = self._measure(model)
+        drift = chosen_mean_logp(scores) - self.start_logp
+        collapse = rejected_collapse(scores)
+        record = {"step": state.global_step, "split": "monitor", "epoch": state.epoch,
+                  "monitor/chosen_drift": drift, "monitor/collapse": collapse}
+        with self.metrics_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if drift < -self.unlearning_alarm and "unlearning" not in self.warned:
+            self.warned.add("unlearning")
+            logger.warning(
+                "step %d: chosen log-likelihood fell by %.3f nats/token since the start (alarm at %.3f): "
+                "the model is unlearning the preferred answers", state.global_step, -drift, self.unlearning_alarm,
+            )
+        if collapse > self.collapse_alarm and "collapse" not in self.warned:
+            self.warned.add("collapse")
+            logger.warning(
+                "step %d: %.1f%% of rejected tokens have p < %g (alarm at %.1f%%): formatting collapse",
+                state.global_step, 100 * collapse, COLLAPSE_PROB, 100 * self.collapse_alarm,
+            )

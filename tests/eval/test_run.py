@@ -1,0 +1,293 @@
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from slimepo.cli_eval import register, run
+from slimepo.constraints import Constraint, check
+from slimepo.data import prepare_pairs
+from slimepo.eval.generate import end_of_turn_ids, generate
+from slimepo.eval.run import evaluate, format_eval_table
+from slimepo.testing import TINY_MODEL_KINDS, tiny_model, tiny_tokenizer
+
+HIDDEN = 32  # tiny_model's hidden size
+
+
+def context_free_llama(tokenizer, head_weights):
+    """A model whose next-token distribution is the same at every position.
+
+    Layers zeroed (the residual stream is the token embedding), every embedding e_0, and
+    the final norm keeps dimension 0 only, so every hidden state is h0·e_0 with
+    h0 = 1/sqrt(1/HIDDEN + eps) and the logit of token t is h0 · head_weights.get(t, 0).
+    """
+    model = tiny_model("llama").eval()
+    with torch.no_grad():
+        for param in model.model.layers.parameters():
+            param.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+        model.lm_head.weight.zero_()
+        for token, weight in head_weights.items():
+            model.lm_head.weight[token, 0] = weight
+    return model
+
+
+def h0(model):
+    return 1.0 / math.sqrt(1.0 / HIDDEN + model.config.rms_norm_eps)
+
+
+def save(model, tokenizer, path):
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+CONSTRAINED_ROWS = [
+    {"prompt": "Describe the sea.", "chosen": "the sea is wide.", "rejected": "The Sea.",
+     "constraint": {"family": "lowercase"}},
+    {"prompt": "Shout about the wind.", "chosen": "THE WIND IS COLD.", "rejected": "the wind.",
+     "constraint": {"family": "uppercase"}},
+    {"prompt": "Name a city.", "chosen": "Paris.", "rejected": "The capital of France is Paris.",
+     "constraint": {"family": "max_words", "params": {"n": 3}}},
+    {"prompt": "Say something about a cat.", "chosen": "The cat sat on the mat.", "rejected": "A cat sat.",
+     "constraint": {"family": "include_word", "params": {"word": "the"}}},
+    {"prompt": "What is two plus two?", "chosen": "Four.", "rejected": "Five."},
+]
+
+
+def test_evaluate_writes_eval_json_and_one_generation_per_prompt(tmp_path):
+    tokenizer = tiny_tokenizer()
+    the = tokenizer.encode(" the")[0]
+    model_dir = save(context_free_llama(tokenizer, {the: 10.0}), tokenizer, tmp_path / "model")
+    data = write_jsonl(tmp_path / "test.jsonl", CONSTRAINED_ROWS)
+
+    result = evaluate(model_dir, data, split="train", out_dir=tmp_path / "out", max_new_tokens=6, batch_size=2)
+
+    written = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert written == json.loads(json.dumps(result))
+    for key in ("pairs", "accuracy", "margin", "chosen_logp_mean", "rejected_logp_mean", "collapse",
+                "generation", "constraint_pass_rate", "constraint_pass_rate_by_family", "settings"):
+        assert key in written, key
+    assert "base" not in written and "drift" not in written
+    assert written["pairs"] == len(CONSTRAINED_ROWS)
+
+    lines = (tmp_path / "out" / "generations.jsonl").read_text().splitlines()
+    generations = [json.loads(line) for line in lines]
+    assert len(generations) == len(CONSTRAINED_ROWS)
+    assert [g["prompt"] for g in generations] == [row["prompt"] for row in CONSTRAINED_ROWS]
+    # greedy on a model that always prefers " the": six of them, no end of turn
+    assert {g["response"] for g in generations} == {"the the the the the the"}
+
+    # 6 words -> 4 word trigrams, all the same: repetition 1 - 1/4
+    assert written["generation"] == {
+        "count": 5, "ended_rate": 0.0, "empty_rate": 0.0, "degenerate_rate": 1.0,
+        "repetition_mean": 0.75, "length_tokens_mean": 6.0,
+    }
+    expected = [check(Constraint.from_dict(row["constraint"]), "the the the the the the").passed
+                for row in CONSTRAINED_ROWS if "constraint" in row]
+    assert expected == [True, False, False, True]
+    assert written["constraint_pass_rate"] == 0.5
+    assert written["constraint_pass_rate_by_family"] == {
+        "include_word": 1.0, "lowercase": 1.0, "max_words": 0.0, "uppercase": 0.0,
+    }
+    assert written["constraints_checked"] == 4
+    assert generations[-1]["checks"]["constraint"] is None
+
+
+def test_model_that_ends_at_once_gives_empty_ended_generations_failing_every_constraint(tmp_path):
+    tokenizer = tiny_tokenizer()
+    model_dir = save(context_free_llama(tokenizer, {tokenizer.eos_token_id: 10.0}), tokenizer, tmp_path / "m")
+    data = write_jsonl(tmp_path / "test.jsonl", CONSTRAINED_ROWS)
+
+    result = evaluate(model_dir, data, split="train", out_dir=tmp_path / "out", max_new_tokens=5)
+
+    assert result["generation"]["ended_rate"] == 1.0
+    assert result["generation"]["empty_rate"] == 1.0
+    assert result["generation"]["length_tokens_mean"] == 1.0  # the end-of-turn token itself
+    assert result["constraint_pass_rate"] == 0.0
+
+
+DRIFT_ROWS = [
+    {"prompt": "What is the capital of France?", "chosen": "It is Paris.", "rejected": "I do not know."},
+    {"prompt": "Where is the train going?", "chosen": "The train goes to Paris today.", "rejected": "To the sea."},
+    {"prompt": "Name a city.", "chosen": "I like Paris and Paris likes me.", "rejected": "A good city."},
+]
+
+
+def expected_chosen_drift(tokenizer, data, token, logit):
+    """Per pair: mean over chosen tokens of log p_model − log p_base, base uniform over V,
+    model uniform except ``token`` whose logit is ``logit``."""
+    vocab = len(tokenizer)
+    log_z = math.log(vocab - 1 + math.exp(logit))
+    pairs, _ = prepare_pairs(data, tokenizer)
+    drifts = []
+    for pair in pairs:
+        assert token in pair.chosen_ids and token not in pair.rejected_ids  # the construction
+        per_token = [(logit if t == token else 0.0) - log_z + math.log(vocab) for t in pair.chosen_ids]
+        drifts.append(sum(per_token) / len(per_token))
+    return drifts, math.log(vocab) - log_z
+
+
+def test_lowering_one_chosen_token_gives_negative_drift_and_full_unlearning(tmp_path):
+    tokenizer = tiny_tokenizer()
+    paris = tokenizer.encode(" Paris")[0]
+    base_dir = save(context_free_llama(tokenizer, {}), tokenizer, tmp_path / "base")
+    lowered = context_free_llama(tokenizer, {paris: -1.0})
+    model_dir = save(lowered, tokenizer, tmp_path / "model")
+    data = write_jsonl(tmp_path / "pairs.jsonl", DRIFT_ROWS)
+    drifts, rejected_drift = expected_chosen_drift(tokenizer, data, paris, -h0(lowered))
+
+    result = evaluate(model_dir, data, split="train", base=str(base_dir), generate=False, out_dir=tmp_path / "out")
+
+    vocab = len(tokenizer)
+    assert result["base"]["chosen_logp_mean"] == pytest.approx(-math.log(vocab))
+    assert result["base"]["margin"]["mean"] == pytest.approx(0.0, abs=1e-5)  # uniform: equal r
+    assert "collapse" in result["base"] and "collapse" in result
+    assert max(drifts) < 0
+    assert result["drift"]["chosen_drift_mean"] == pytest.approx(sum(drifts) / len(drifts), abs=1e-5)
+    assert result["drift"]["unlearning_rate"] == 1.0
+    assert result["drift"]["rejected_drift_mean"] == pytest.approx(rejected_drift, abs=1e-5)
+    assert rejected_drift > 0
+    assert not (tmp_path / "out" / "generations.jsonl").exists()
+
+    table = format_eval_table(result)
+    assert "| metric | model | base |" in table
+    assert "unlearning rate | 1 |" in table
+
+
+def test_adapter_folder_is_evaluated_on_its_base_and_base_scores_disable_the_adapter(tmp_path, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    import slimepo.eval.run as run_module
+
+    tokenizer = tiny_tokenizer()
+    base_dir = save(context_free_llama(tokenizer, {}), tokenizer, tmp_path / "base")
+    lora = LoraConfig(r=4, target_modules=["lm_head"], init_lora_weights=False)
+    torch.manual_seed(1)
+    peft_model = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), lora)
+    peft_model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    save(peft_model, tokenizer, tmp_path / "run")
+    data = write_jsonl(tmp_path / "pairs.jsonl", DRIFT_ROWS)
+    loaded = []
+    load = run_module.load_causal_lm
+    monkeypatch.setattr(run_module, "load_causal_lm", lambda name, **kw: loaded.append(name) or load(name, **kw))
+
+    result = evaluate(tmp_path / "run", data, split="train", base=str(base_dir), generate=False,
+                      out_dir=tmp_path / "out")
+
+    assert loaded == [str(base_dir)]  # one copy of the base: under the adapter, scored with it disabled
+
+    assert result["base"]["chosen_logp_mean"] == pytest.approx(-math.log(len(tokenizer)))
+    assert result["chosen_logp_mean"] != pytest.approx(-math.log(len(tokenizer)))
+    assert result["settings"]["model"] == str(tmp_path / "run")
+
+
+@pytest.mark.parametrize("kind", TINY_MODEL_KINDS)
+def test_left_padded_batched_greedy_generation_equals_one_by_one(kind):
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(kind, seed=3).eval()
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+        for text in ("Hi", "What is the capital of France?", "Please write a short poem about the sea and the wind.",
+                     "Good morning", "Is this true or false?")
+    ]
+    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    assert len({len(p) for p in prompts}) > 1  # the batch really is padded
+
+    batched = generate(model, tokenizer, prompts, max_new_tokens=12, batch_size=5)
+    single = [generate(model, tokenizer, [p], max_new_tokens=12, batch_size=1)[0] for p in prompts]
+
+    assert batched == single
+    assert sum(len(g.token_ids) for g in batched) > 2 * len(prompts)
+
+
+def test_generations_stop_at_the_first_end_of_turn_and_keep_it():
+    tokenizer = tiny_tokenizer()
+    model = context_free_llama(tokenizer, {tokenizer.eos_token_id: 10.0})
+    [generation] = generate(model, tokenizer, [[5, 6, 7]], max_new_tokens=8)
+    assert generation.token_ids == [tokenizer.eos_token_id]
+    assert generation.text == ""
+
+
+def test_end_of_turn_ids_are_eos_plus_known_turn_tokens_in_the_vocab():
+    tokenizer = tiny_tokenizer()
+    assert end_of_turn_ids(tokenizer) == {tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|eot_id|>"]})
+    tokenizer.eos_token = "<|endoftext|>"
+    assert end_of_turn_ids(tokenizer) == {
+        tokenizer.convert_tokens_to_ids(token) for token in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>")
+    }
+
+
+def test_sampling_is_reproducible_for_a_seed():
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("llama", seed=4).eval()
+    prompts = [[5, 6, 7], [8, 9]]
+    options = dict(max_new_tokens=10, sampling=True, temperature=1.5, top_p=0.95)
+    first = generate(model, tokenizer, prompts, seed=1, **options)
+    assert generate(model, tokenizer, prompts, seed=1, **options) == first
+    assert generate(model, tokenizer, prompts, seed=2, **options) != first
+
+
+class FixedJudge:
+    def __init__(self):
+        self.requests = 0
+
+    def complete(self, messages):
+        self.requests += 1
+        return "Fine answer. Rating: [[7]]"
+
+
+def test_mt_bench_answers_and_judge_summary_go_into_eval_json(tmp_path):
+    tokenizer = tiny_tokenizer()
+    the = tokenizer.encode(" the")[0]
+    model_dir = save(context_free_llama(tokenizer, {the: 10.0}), tokenizer, tmp_path / "model")
+    questions = write_jsonl(tmp_path / "question.jsonl", [
+        {"question_id": 1, "category": "writing", "turns": ["Write a poem.", "Shorter."]},
+        {"question_id": 2, "category": "roleplay", "turns": ["Be a cat.", "Now a dog."]},
+    ])
+    judge = FixedJudge()
+
+    result = evaluate(model_dir, write_jsonl(tmp_path / "d.jsonl", DRIFT_ROWS), split="train", generate=False,
+                      out_dir=tmp_path / "out", mt_bench=True, questions=questions, bench_max_new_tokens=3,
+                      judge=judge)
+
+    bench = json.loads((tmp_path / "out" / "eval.json").read_text())["mt_bench"]
+    answers = [json.loads(line) for line in Path(bench["answers"]).read_text().splitlines()]
+    assert [a["question_id"] for a in answers] == [1, 2]
+    assert answers[0]["choices"][0]["turns"] == ["the the the", "the the the"]
+    assert judge.requests == 4
+    assert len(Path(bench["judgments"]).read_text().splitlines()) == 4
+    assert bench["overall"] == 7.0 and bench["questions"] == 2
+    assert result["mt_bench"] == bench
+    assert "MT-Bench score (1-10) | 7" in format_eval_table(result)
+
+
+def test_eval_command_writes_outputs_and_prints_the_table(tmp_path, capsys):
+    tokenizer = tiny_tokenizer()
+    model_dir = save(context_free_llama(tokenizer, {}), tokenizer, tmp_path / "model")
+    data = write_jsonl(tmp_path / "test.jsonl", CONSTRAINED_ROWS)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args([
+        "eval", "--model", str(model_dir), "--dataset", str(data), "--split", "train", "--base", str(model_dir),
+        "--max-pairs", "2", "--max-new-tokens", "3", "--out", str(tmp_path / "out"),
+    ])
+
+    assert run(args) == 0
+
+    assert "| metric | model | base |" in capsys.readouterr().out
+    result = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert result["pairs"] == 2 and result["drift"]["chosen_drift_mean"] == 0.0
+    assert len((tmp_path / "out" / "generations.jsonl").read_text().splitlines()) == 2

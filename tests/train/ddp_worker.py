@@ -1,0 +1,26 @@
+"""Run by test_distributed.py under torchrun: one short training run, global batch 4."""
+
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+from slimepo.config import TrainConfig
+from slimepo.train import train
+
+
+def main() -> None:
+    model, data, out, world = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    config = TrainConfig(
+        model=model, dataset=str(data / "train.jsonl"), eval_dataset=str(data / "test.jsonl"), eval_split="train",
+        output_dir=out, max_steps=3, batch_size=4 // world, learning_rate=1e-2, logging_steps=1, save_steps=0,
+        lora_r=8, lora_alpha=16, lora_dropout=0.0, warmup_ratio=0.0, seed=0,
+        loss="slime", loss_params={"stabilizer_reduction": "sequence"},
+    )
+    train(config)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The model-facing log-prob path: every layout and the chunked head give the same numbers.
+
+The reference is computed by hand: each response scored from the model's own logits on
+``[prompt + response]`` alone, one sequence at a time, with ``log_softmax``.
+"""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from slimepo.data.collate import LAYOUTS, PairCollator
+from slimepo.logprobs import output_projection, pair_token_logps
+from slimepo.testing import TINY_MODEL_KINDS, tiny_model
+
+
+class Pair:
+    def __init__(self, prompt, chosen, rejected):
+        self.prompt_ids, self.chosen_ids, self.rejected_ids = prompt, chosen, rejected
+
+
+PAIRS = [
+    Pair([5, 6, 7, 8], [9, 10, 11], [12, 13]),
+    Pair([20, 21], [22, 23, 24, 25, 26], [27]),
+    Pair([30, 31, 32, 33, 34, 35], [36], [37, 38, 39]),
+]
+
+
+def by_hand(model, pairs):
+    """Log-probs of each response token, one unpadded sequence at a time."""
+    out = {"chosen": [], "rejected": []}
+    for p in pairs:
+        for side in out:
+            response = getattr(p, f"{side}_ids")
+            ids = torch.tensor([p.prompt_ids + response])
+            logps = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+            n = len(p.prompt_ids)
+            out[side].append(torch.stack([logps[n - 1 + k, t] for k, t in enumerate(response)]))
+    return out
+
+
+def weighted_sum(chosen, rejected):
+    """A loss that weighs every token differently, so gradients test the index bookkeeping."""
+    w = torch.arange(1, chosen.numel() + 1, dtype=torch.float32).view_as(chosen)
+    v = torch.arange(1, rejected.numel() + 1, dtype=torch.float32).view_as(rejected)
+    return (chosen * w.sin()).sum() + (rejected * v.cos()).sum()
+
+
+def grads_of(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("kind", TINY_MODEL_KINDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_every_layout_and_head_path_gives_the_unshared_log_probs(kind, layout, chunk_size):
+    model = tiny_model(kind)
+    reference = by_hand(model, PAIRS)
+    batch = PairCollator(pad_token_id=0, layout=layout, pack_tokens=24)(PAIRS)
+    chosen, rejected = pair_token_logps(model, batch, chunk_size=chunk_size)
+    for i, p in enumerate(PAIRS):
+        torch.testing.assert_close(chosen[i, : len(p.chosen_ids)], reference["chosen"][i], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rejected[i, : len(p.rejected_ids)], reference["rejected"][i], rtol=1e-5, atol=1e-5)
+    assert torch.equal(chosen[~batch["chosen_mask"]], torch.zeros_like(chosen[~batch["chosen_mask"]]))
+
+
+@pytest.mark.parametrize("kind", TINY_MODEL_KINDS)
+@pytest.mark.parametrize("layout", ["shared", "packed"])
+def test_shared_and_packed_gradients_equal_the_separate_layout(kind, layout):
+    model = tiny_model(kind)
+    separate = PairCollator(pad_token_id=0, layout="separate")(PAIRS)
+    expected = grads_of(model, weighted_sum(*pair_token_logps(model, separate, chunk_size=None)))
+    batch = PairCollator(pad_token_id=0, layout=layout, pack_tokens=24)(PAIRS)
+    got = grads_of(model, weighted_sum(*pair_token_logps(model, batch, chunk_size=2)))
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_layouts_process_fewer_tokens_and_pack_rows_within_the_budget():
+    separate = PairCollator(0, layout="separate")(PAIRS)
+    shared = PairCollator(0, layout="shared")(PAIRS)
+    packed = PairCollator(0, layout="packed", pack_tokens=24)(PAIRS)
+    prompt_tokens = sum(len(p.prompt_ids) for p in PAIRS)
+    assert int(separate["num_tokens"]) - int(shared["num_tokens"]) == prompt_tokens
+    assert int(packed["num_tokens"]) == int(shared["num_tokens"])
+    assert packed["input_ids"].shape == (2, 17)  # pairs of 9 + 8 tokens share a row (17 <= 24); 10 go alone
+    # positions restart with each packed pair; both responses continue the prompt
+    assert packed["position_ids"][0, :9].tolist() == [0, 1, 2, 3, 4, 5, 6, 4, 5]
+    assert packed["position_ids"][0, 9:17].tolist() == [0, 1, 2, 3, 4, 5, 6, 2]
+
+
+def test_block_mask_isolates_responses_and_pairs():
+    batch = PairCollator(0, layout="packed", pack_tokens=24)(PAIRS[:2])
+    allowed = batch["attention_mask"][0, 0] == 0
+    # pair 0: prompt 0-3, chosen 4-6, rejected 7-8; pair 1 starts at 9
+    assert allowed[7, :4].all() and not allowed[7, 4:7].any() and allowed[7, 7]
+    assert allowed[6, 4:7].all() and not allowed[6, 7:].any()
+    assert not allowed[9:, :9].any()
+
+
+@pytest.mark.parametrize("modules_to_save", [None, ["lm_head"]])
+def test_chunked_path_with_lora_and_trained_head_matches_exact(modules_to_save):
+    model = tiny_model("llama")
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", modules_to_save=modules_to_save, lora_dropout=0.0)
+    )
+    with torch.no_grad():  # make adapters and the saved head differ from the base
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    weight, _ = output_projection(peft_model)
+    assert weight.requires_grad == (modules_to_save is not None)
+    batch = PairCollator(0, layout="shared")(PAIRS)
+    exact = pair_token_logps(peft_model, batch, chunk_size=None)
+    exact_grads = grads_of(peft_model, weighted_sum(*exact))
+    chunked = pair_token_logps(peft_model, batch, chunk_size=2)
+    chunked_grads = grads_of(peft_model, weighted_sum(*chunked))
+    for a, b in zip(chunked, exact):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for name in exact_grads:
+        torch.testing.assert_close(chunked_grads[name], exact_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+    # The reference pass (adapters disabled) must use the original head, chunked or not.
+    with peft_model.disable_adapter():
+        disabled_chunked = pair_token_logps(peft_model, batch, chunk_size=2)
+        disabled_exact = pair_token_logps(peft_model, batch, chunk_size=None)
+    for a, b in zip(disabled_chunked, disabled_exact):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(disabled_exact[0], exact[0])
+
+
+def test_collator_refuses_empty_prompts_and_unknown_layouts():
+    with pytest.raises(ValueError, match="at least one prompt token"):
+        PairCollator(0)([Pair([], [1], [2])])
+    with pytest.raises(ValueError, match="layout must be one of separate, shared, packed"):
+        PairCollator(0, layout="zigzag")
