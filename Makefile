@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo clean
+.PHONY: install test test-fast lint demo bench clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,18 +19,22 @@ $(STAMP): pyproject.toml requirements-dev.txt
 install: $(STAMP)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts bench
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests scripts
-	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts bench
+	$(VENV)/bin/ruff format --check src tests scripts bench
 
 demo: $(STAMP)
 	$(VENV)/bin/slimepo train
+
+bench: $(STAMP)
+	$(PIP) install -q -e '.[bench]'
+	$(PY) bench/bench_step.py --all --out docs/performance.md
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info

@@ -146,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as err:  # one clear line for errors we raise on purpose
         from slimepo.data import DataError
+        from slimepo.train.faults import NonFiniteTrainingError
         from slimepo.train.run import OutputExistsError
 
-        if isinstance(err, (DataError, OutputExistsError, FileNotFoundError)):
+        if isinstance(err, (DataError, OutputExistsError, FileNotFoundError, NonFiniteTrainingError)):
             print(f"slimepo: error: {err}", file=sys.stderr)
             return 2
         raise

@@ -52,8 +52,15 @@ class StabilityMonitor(TrainerCallback):
         return score_pairs(model, self.pairs, **self.score)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if args.process_index == 0 and self.pairs and self.start_logp is None:
-            self.start_logp = chosen_mean_logp(self._measure(model))
+        """Measure the start once; a resumed run reads it back, so drift stays relative to step 0."""
+        if args.process_index != 0 or not self.pairs or self.start_logp is not None:
+            return
+        saved = self.metrics_path.with_name("monitor_start.json")
+        if saved.is_file():
+            self.start_logp = json.loads(saved.read_text())["chosen_logp"]
+            return
+        self.start_logp = chosen_mean_logp(self._measure(model))
+        saved.write_text(json.dumps({"chosen_logp": self.start_logp}))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if args.process_index != 0 or not self.pairs or state.global_step % self.every:

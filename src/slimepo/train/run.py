@@ -176,8 +176,11 @@ def training_arguments(config: TrainConfig, out: Path) -> TrainingArguments:
     )
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Run one preference-optimization job described by ``config``."""
+def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+    """Run one preference-optimization job described by ``config``.
+
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects (timers, custom logs).
+    """
     config.validate()
     if config.dry_run:
         config = dry_run_config(config)
@@ -206,7 +209,7 @@ def train(config: TrainConfig) -> TrainResult:
         ref_model=ref_model,
         logprob_chunk_size=config.logprob_chunk_size,
         max_bad_steps=config.max_bad_steps,
-        callbacks=[MetricsJsonl(out / "metrics.jsonl")],
+        callbacks=[MetricsJsonl(out / "metrics.jsonl"), *(callbacks or [])],
     )
     chunk = config.logprob_chunk_size or None
     if config.monitor_steps and held_out:

@@ -126,8 +126,15 @@ class PreferenceTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs):
         if isinstance(resume_from_checkpoint, str):
-            self.fault_guard.load_state(read_run_state(resume_from_checkpoint))
+            self.fault_guard.load_state_dict(read_run_state(resume_from_checkpoint))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed at max_steps in mid-epoch, transformers would train one step too many.
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return
+        super()._run_epoch(*args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -154,7 +161,7 @@ class PreferenceTrainer(Trainer):
             finally:
                 self._checkpoint_root = None
             if is_writer:
-                write_run_state(root / f"checkpoint-{step}", self.fault_guard.state())
+                write_run_state(root / f"checkpoint-{step}", self.fault_guard.state_dict())
         if is_writer:
             rotate(out, self.args.save_total_limit)
 
