@@ -123,6 +123,10 @@ class TrainConfig:
         "of up to --pack-tokens)", group="training", choices=("shared", "separate", "packed"),
     )
     pack_tokens: int = option(2048, "row length budget of --layout packed", group="training")
+    max_tokens_per_batch: int | None = option(
+        None, "length-bucketed training batches of at most this many tokens (pairs x longest pair) instead of "
+        "--batch-size pairs", group="training",
+    )
     logprob_chunk_size: int = option(512, "tokens per chunk of the output projection (0: materialize all logits)", group="training")
     merge: bool = option(False, "also write the LoRA adapter merged into the base weights", group="training")
     dry_run: bool = option(
@@ -147,6 +151,10 @@ class TrainConfig:
                 raise ConfigError(f"{f.name}: got {getattr(self, f.name)!r}; allowed: {', '.join(choices)}")
         positive = ("learning_rate", "lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps", "max_length",
                     "max_prompt_length", "logging_steps", "pack_tokens")
+        if self.max_tokens_per_batch is not None and (
+            not isinstance(self.max_tokens_per_batch, int) or self.max_tokens_per_batch < 1
+        ):
+            raise ConfigError(f"max_tokens_per_batch: must be a whole number >= 1, got {self.max_tokens_per_batch!r}")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:

@@ -154,3 +154,22 @@ def test_cli_help_lists_every_option():
     assert result.returncode == 0
     for name in field_names():
         assert "--" + name.replace("_", "-") in result.stdout
+
+
+def test_token_budget_batches_train_and_respect_the_budget(tiny_model_dir, toy_data, tmp_path, monkeypatch):
+    from slimepo.data.batching import TokenBudgetBatchSampler
+
+    yielded = []
+    original = TokenBudgetBatchSampler.__iter__
+
+    def recording_iter(self):
+        for batch in original(self):
+            yielded.append([self.lengths[i] for i in batch])
+            yield batch
+
+    monkeypatch.setattr(TokenBudgetBatchSampler, "__iter__", recording_iter)
+    result = train(toy_config(tiny_model_dir, toy_data, tmp_path / "run", max_tokens_per_batch=90, max_steps=6))
+    assert result.global_step == 6
+    assert len(yielded) >= 6
+    assert all(len(b) == 1 or max(b) * len(b) <= 90 for b in yielded)
+    assert any(len(b) > 1 for b in yielded)

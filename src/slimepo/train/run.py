@@ -209,6 +209,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         ref_model=ref_model,
         logprob_chunk_size=config.logprob_chunk_size,
         max_bad_steps=config.max_bad_steps,
+        max_tokens_per_batch=config.max_tokens_per_batch,
         callbacks=[MetricsJsonl(out / "metrics.jsonl"), *(callbacks or [])],
     )
     chunk = config.logprob_chunk_size or None

@@ -15,8 +15,10 @@ from collections import defaultdict
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 from transformers import Trainer
 
+from slimepo.data.batching import TokenBudgetBatchSampler, pair_tokens
 from slimepo.logprobs import pair_token_logps
 from slimepo.losses import PreferenceLoss
 from slimepo.train.checkpoint import read_run_state, rotate, staged_checkpoint, write_run_state
@@ -45,8 +47,9 @@ class PreferenceTrainer(Trainer):
     """
 
     def __init__(self, *args, loss_fn: PreferenceLoss, ref_model=None, logprob_chunk_size: int = 512,
-                 max_bad_steps: int = 5, **kwargs):
+                 max_bad_steps: int = 5, max_tokens_per_batch: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.max_tokens_per_batch = max_tokens_per_batch
         self.fault_guard = NonFiniteStepGuard(max_bad_steps, self.args.output_dir)
         self.add_callback(self.fault_guard)
         self._checkpoint_root: str | None = None
@@ -60,6 +63,17 @@ class PreferenceTrainer(Trainer):
         self._stored: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._window_tokens = 0
         self._window_start = time.perf_counter()
+
+    def get_train_dataloader(self) -> DataLoader:
+        """Fixed-size batches, or length-bucketed ones under ``max_tokens_per_batch``."""
+        if not self.max_tokens_per_batch:
+            return super().get_train_dataloader()
+        sampler = TokenBudgetBatchSampler(
+            [pair_tokens(p) for p in self.train_dataset], self.max_tokens_per_batch, seed=self.args.seed
+        )
+        loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers)
+        return self.accelerator.prepare(loader)
 
     def token_logps(self, model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(chosen_logps [B, Lc], rejected_logps [B, Lr])``, 0 where masked."""
