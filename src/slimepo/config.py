@@ -127,6 +127,7 @@ class TrainConfig:
         None, "length-bucketed training batches of at most this many tokens (pairs x longest pair) instead of "
         "--batch-size pairs", group="training",
     )
+    compile_loss: bool = option(False, "torch.compile the loss computation (from per-token log-probs to the loss)", group="training")
     logprob_chunk_size: int = option(512, "tokens per chunk of the output projection (0: materialize all logits)", group="training")
     merge: bool = option(False, "also write the LoRA adapter merged into the base weights", group="training")
     dry_run: bool = option(

@@ -126,3 +126,19 @@ def test_losses_module_imports_only_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["slime", "simpo"])
+def test_compiled_loss_gives_the_same_values_and_gradients(name):
+    plain = get_loss(name)
+    compiled = get_loss(name).compiled()
+    chosen, chosen_mask, rejected, rejected_mask = random_batch()
+    a = chosen.clone().requires_grad_(True)
+    b = chosen.clone().requires_grad_(True)
+    out_plain = plain(a, chosen_mask, rejected, rejected_mask)
+    out_compiled = compiled(b, chosen_mask, rejected, rejected_mask)
+    out_plain.loss.backward()
+    out_compiled.loss.backward()
+    torch.testing.assert_close(out_compiled.loss, out_plain.loss)
+    torch.testing.assert_close(b.grad, a.grad)

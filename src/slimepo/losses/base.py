@@ -148,6 +148,11 @@ class PreferenceLoss:
         )
         return LossOutput(loss=loss, metrics=metrics)
 
+    def compiled(self) -> PreferenceLoss:
+        """This loss with its arithmetic compiled by ``torch.compile`` (same values)."""
+        self.compute = torch.compile(self.compute)
+        return self
+
     def compute(
         self,
         chosen: SequenceStats,

@@ -194,6 +194,8 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     train_pairs, held_out = load_data(config, tokenizer)
     loss_fn = get_loss(config.loss, **config.loss_params)
+    if config.compile_loss:
+        loss_fn = loss_fn.compiled()
     model = load_policy(config)
     ref_model = load_reference(config) if loss_fn.requires_reference else None
     if args.process_index == 0:
