@@ -260,7 +260,7 @@ def run_trl(case: str, path: str, rows: list[dict], timer: StepTimer, total: int
     else:
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-        args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=0.5, max_completion_length=1024)
+        args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=1.0, max_completion_length=1024)
         trainer = CPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                              peft_config=lora_config(), callbacks=[timer.callback()])
     with PeakRss() as rss:

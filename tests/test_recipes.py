@@ -133,12 +133,6 @@ def assert_dry_run_passes(result: subprocess.CompletedProcess) -> None:
     assert "2 optimizer steps" in result.stdout
 
 
-# The dry run stands in a tiny Gemma 2 for Gemma models but keeps the recipe's
-# attn_implementation; this transformers' Gemma 2 refuses sdpa (Gemma 3 accepts it), so the
-# Gemma recipes' dry runs need eager attention until slimepo/train/dry_run.py picks it.
-STAND_IN_OVERRIDES = {"gemma-3-4b": ("--attn-implementation", "eager")}
-
-
 @pytest.mark.parametrize("stage", STAGES)
 def test_qwen3_recipe_passes_the_dry_run(stage, sft_outputs):
     assert_dry_run_passes(dry_run("qwen3-4b", stage, sft_outputs))
@@ -147,10 +141,4 @@ def test_qwen3_recipe_passes_the_dry_run(stage, sft_outputs):
 @pytest.mark.slow
 @pytest.mark.parametrize(("model", "stage"), [r for r in RECIPES if r[0] != "qwen3-4b"])
 def test_every_other_recipe_passes_the_dry_run(model, stage, sft_outputs):
-    assert_dry_run_passes(dry_run(model, stage, sft_outputs, *STAND_IN_OVERRIDES.get(model, ())))
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="dry run keeps sdpa for its tiny Gemma 2 stand-in, which refuses it")
-def test_gemma_recipe_passes_the_dry_run_without_overrides(sft_outputs):
-    assert_dry_run_passes(dry_run("gemma-3-4b", "sft", sft_outputs))
+    assert_dry_run_passes(dry_run(model, stage, sft_outputs))

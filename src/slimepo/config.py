@@ -116,7 +116,10 @@ class TrainConfig:
     monitor_steps: int = option(20, "score a fixed held-out batch every this many steps for drift and collapse (0: off)", group="monitoring")
     monitor_pairs: int = option(8, "held-out pairs the monitor scores", group="monitoring")
     unlearning_alarm: float = option(0.5, "warn once when chosen log-lik has fallen by more than this (nats/token)", group="monitoring")
-    collapse_alarm: float = option(0.05, "warn once when this share of rejected tokens has p < 1e-4", group="monitoring")
+    collapse_alarm: float = option(
+        0.02, "warn once when the share of rejected tokens with p < 1e-4 has risen by more than this since the start",
+        group="monitoring",
+    )
     layout: str = option(
         "shared", "how pairs become token rows: shared (prompt encoded once, responses attend to it but not to each "
         "other) | separate (prompt+chosen and prompt+rejected rows, as TRL) | packed (shared pairs packed into rows "
@@ -181,7 +184,8 @@ class TrainConfig:
             raise ConfigError("num_epochs: must be > 0 when max_steps is not set")
         for name in ("dataset", "eval_dataset", "ref_model", "model"):
             value = getattr(self, name)
-            if value in (None, DEMO, DEFAULT_MODEL):
+            # A dry run replaces models and unreadable data, e.g. the SFT output a stage-2 recipe starts from.
+            if value in (None, DEMO, DEFAULT_MODEL) or self.dry_run:
                 continue
             if _looks_local(value) and not Path(value).exists():
                 raise ConfigError(f"{name}: path {value!r} does not exist")

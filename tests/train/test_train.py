@@ -173,3 +173,14 @@ def test_token_budget_batches_train_and_respect_the_budget(tiny_model_dir, toy_d
     assert len(yielded) >= 6
     assert all(len(b) == 1 or max(b) * len(b) <= 90 for b in yielded)
     assert any(len(b) > 1 for b in yielded)
+
+
+def test_a_chat_template_override_is_saved_with_the_tokenizer(tiny_model_dir, toy_data, tmp_path):
+    from transformers import AutoTokenizer
+
+    template = (
+        "{% for m in messages %}{{ '[' + m['role'] + '] ' + m['content'] + '<|im_end|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '[assistant] ' }}{% endif %}"
+    )
+    result = train(toy_config(tiny_model_dir, toy_data, tmp_path / "run", max_steps=1, chat_template=template))
+    assert AutoTokenizer.from_pretrained(result.output_dir).chat_template == template

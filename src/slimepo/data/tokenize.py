@@ -121,11 +121,11 @@ def _encoder(
             raise ValueError("plain-text pairs need a tokenizer with an eos token to end responses")
         bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
         return lambda pair: _encode_plain(pair, tokenizer, bos)
-    template = None if chat_template == "auto" else _template_text(chat_template)
+    template = None if chat_template == "auto" else template_text(chat_template)
     return lambda pair: _encode_chat(pair, tokenizer, template)
 
 
-def _template_text(chat_template: str | os.PathLike[str]) -> str:
+def template_text(chat_template: str | os.PathLike[str]) -> str:
     text = str(chat_template)
     if "{{" in text or "{%" in text:
         return text

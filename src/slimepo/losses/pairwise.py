@@ -138,15 +138,15 @@ class SimpoLoss(PreferenceLoss):
     Reward", NeurIPS 2024.
 
     ``L = −log σ(β r(y_w) − β r(y_l) − γ)``. Rewards: ``β r(y)``.
-    (TRL's ``simpo_gamma`` is the ratio γ/β; the default here, γ = 1.0 with β = 2.0,
-    equals TRL's default ratio 0.5.)
+    Defaults β = 2.0, γ = 1.0 (γ/β = 0.5) lie in the paper's recommended ranges. TRL's
+    CPOTrainer takes γ itself as ``simpo_gamma`` (default 0.5, with β = 0.1).
     """
 
     name = "simpo"
     citation = "Meng et al., NeurIPS 2024 (arXiv:2405.14734)"
 
     beta: float = param(2.0, "β, scale of the length-normalized reward")
-    gamma: float = param(1.0, "γ, target reward margin (TRL's simpo_gamma is γ/β)")
+    gamma: float = param(1.0, "γ, target reward margin (TRL's simpo_gamma)")
     label_smoothing: float = param(0.0, "ε in [0, 0.5), as in DPO's conservative variant")
 
     def validate(self) -> None:

@@ -30,12 +30,15 @@ def tiny_kind(model_name: str) -> str:
 
 def dry_run_config(config: TrainConfig) -> TrainConfig:
     folder = Path(tempfile.mkdtemp(prefix="slimepo-dry-run-"))
-    model_dir = save_tiny_model(folder / "model", kind=tiny_kind(config.model))
+    kind = tiny_kind(config.model)
+    model_dir = save_tiny_model(folder / "model", kind=kind)
     changes: dict = dict(
         model=str(model_dir), ref_model=str(model_dir) if config.ref_model else None, dry_run=False,
         output_dir=str(folder / "out"), overwrite=True, resume=None, max_steps=2, save_steps=1,
         logging_steps=1, report_to="none", max_train_pairs=8, max_eval_pairs=4, monitor_steps=1,
-        monitor_pairs=2, trust_remote_code=False, dtype="float32" if config.dtype == "auto" else config.dtype,
+        monitor_pairs=2, trust_remote_code=False,
+        # the tiny Gemma 2 stand-in refuses sdpa in transformers (Gemma 3 accepts it)
+        attn_implementation="eager" if kind == "gemma2" else config.attn_implementation, dtype="float32" if config.dtype == "auto" else config.dtype,
     )
     if config.dataset != DEMO and not Path(config.dataset).exists():
         sample = folder / "sample.jsonl"

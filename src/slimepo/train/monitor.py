@@ -8,7 +8,8 @@ against the same pairs at step 0:
 - ``monitor/collapse``: fraction of rejected tokens with p < 1e-4.
 
 It warns once per condition when the drift falls below ``-unlearning_alarm`` or the
-collapse fraction rises above ``collapse_alarm``.
+collapse fraction has risen by more than ``collapse_alarm`` (a share, e.g. 0.02 = two
+percentage points) above its value at the start.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class StabilityMonitor(TrainerCallback):
         self.unlearning_alarm = unlearning_alarm
         self.collapse_alarm = collapse_alarm
         self.metrics_path = metrics_path
-        self.start_logp: float | None = None
+        self.start: dict[str, float] | None = None
         self.warned: set[str] = set()
 
     def _measure(self, model) -> PairScores:
@@ -53,20 +54,21 @@ class StabilityMonitor(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         """Measure the start once; a resumed run reads it back, so drift stays relative to step 0."""
-        if args.process_index != 0 or not self.pairs or self.start_logp is not None:
+        if args.process_index != 0 or not self.pairs or self.start is not None:
             return
         saved = self.metrics_path.with_name("monitor_start.json")
         if saved.is_file():
-            self.start_logp = json.loads(saved.read_text())["chosen_logp"]
+            self.start = json.loads(saved.read_text())
             return
-        self.start_logp = chosen_mean_logp(self._measure(model))
-        saved.write_text(json.dumps({"chosen_logp": self.start_logp}))
+        scores = self._measure(model)
+        self.start = {"chosen_logp": chosen_mean_logp(scores), "collapse": rejected_collapse(scores)}
+        saved.write_text(json.dumps(self.start))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if args.process_index != 0 or not self.pairs or state.global_step % self.every:
             return
         scores = self._measure(model)
-        drift = chosen_mean_logp(scores) - self.start_logp
+        drift = chosen_mean_logp(scores) - self.start["chosen_logp"]
         collapse = rejected_collapse(scores)
         record = {"step": state.global_step, "split": "monitor", "epoch": state.epoch,
                   "monitor/chosen_drift": drift, "monitor/collapse": collapse}
@@ -78,9 +80,10 @@ class StabilityMonitor(TrainerCallback):
                 "step %d: chosen log-likelihood fell by %.3f nats/token since the start (alarm at %.3f): "
                 "the model is unlearning the preferred answers", state.global_step, -drift, self.unlearning_alarm,
             )
-        if collapse > self.collapse_alarm and "collapse" not in self.warned:
+        if collapse - self.start["collapse"] > self.collapse_alarm and "collapse" not in self.warned:
             self.warned.add("collapse")
             logger.warning(
-                "step %d: %.1f%% of rejected tokens have p < %g (alarm at %.1f%%): formatting collapse",
-                state.global_step, 100 * collapse, COLLAPSE_PROB, 100 * self.collapse_alarm,
+                "step %d: %.1f%% of rejected tokens have p < %g, up from %.1f%% at the start (alarm at +%.1f "
+                "points): formatting collapse", state.global_step, 100 * collapse, COLLAPSE_PROB,
+                100 * self.start["collapse"], 100 * self.collapse_alarm,
             )

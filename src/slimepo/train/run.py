@@ -17,6 +17,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 from slimepo.config import DEMO, TrainConfig
 from slimepo.data import demo_file, prepare_pairs
 from slimepo.data.collate import PairCollator
+from slimepo.data.tokenize import template_text
 from slimepo.eval.metrics import preference_metrics
 from slimepo.losses import get_loss
 from slimepo.model import load_policy, load_reference, load_tokenizer, resolve_model_path
@@ -245,6 +246,9 @@ def save_outputs(
     trainer.save_model(str(out))
     if not trainer.is_world_process_zero():
         return
+    if config.chat_template not in ("auto", "none"):
+        # Inference must see the template training used, so the saved tokenizer carries it.
+        tokenizer.chat_template = template_text(config.chat_template)
     tokenizer.save_pretrained(out)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if config.use_lora:
