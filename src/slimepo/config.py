@@ -43,6 +43,10 @@ class TrainConfig:
     ref_model: str | None = option(
         None, "reference model for reference-based losses (default: the initial weights)", group="model"
     )
+    precompute_ref_logps: bool = option(
+        False, "score every training pair under the reference once before training (no reference pass per step)",
+        group="model",
+    )
     dtype: str = option(
         "auto", "auto (bf16 on GPUs that support it, fp32 otherwise) | float32 | bfloat16 | float16", group="model",
         choices=("auto", "float32", "bfloat16", "float16"),

@@ -184,3 +184,29 @@ def test_a_chat_template_override_is_saved_with_the_tokenizer(tiny_model_dir, to
     )
     result = train(toy_config(tiny_model_dir, toy_data, tmp_path / "run", max_steps=1, chat_template=template))
     assert AutoTokenizer.from_pretrained(result.output_dir).chat_template == template
+
+
+def test_precomputed_reference_log_probs_give_the_same_dpo_run(tiny_model_dir, toy_data, tmp_path, monkeypatch):
+    from slimepo.train.trainer import PreferenceTrainer
+
+    passes = []
+    original = PreferenceTrainer.token_logps
+
+    def counting(self, model, batch):
+        passes.append(1)
+        return original(self, model, batch)
+
+    monkeypatch.setattr(PreferenceTrainer, "token_logps", counting)
+    runs, calls = {}, {}
+    for precompute in (False, True):
+        out = tmp_path / f"run-{precompute}"
+        passes.clear()
+        train(toy_config(tiny_model_dir, toy_data, out, loss="dpo", max_steps=4, logging_steps=1,
+                         precompute_ref_logps=precompute))
+        calls[precompute] = len(passes)
+        runs[precompute] = [r for r in read_metrics(out) if r["split"] == "train" and "loss" in r]
+    assert len(runs[True]) == len(runs[False]) == 4
+    assert calls[False] == 2 * 4 and calls[True] == 4  # no reference pass during training
+    for live, pre in zip(runs[False], runs[True]):
+        assert pre["loss"] == pytest.approx(live["loss"], rel=1e-4, abs=1e-6)
+        assert pre["rewards/chosen"] == pytest.approx(live["rewards/chosen"], rel=1e-3, abs=1e-5)

@@ -56,7 +56,8 @@ class PairCollator:
     Returns ``input_ids`` ``[R, T]``; ``attention_mask`` (``[R, T]`` for ``separate``, a
     float additive ``[R, 1, T, T]`` mask otherwise); ``position_ids`` ``[R, T]``;
     ``chosen_target``/``chosen_source``/``chosen_mask`` ``[B, Lc]`` and the same for
-    rejected; ``num_tokens`` (non-padding tokens, a 0-d tensor).
+    rejected; ``num_tokens`` (non-padding tokens, a 0-d tensor); ``ref_chosen_logps`` and
+    ``ref_rejected_logps`` ``[B]`` when every pair carries precomputed reference sums.
     """
 
     pad_token_id: int
@@ -88,6 +89,9 @@ class PairCollator:
             batch["attention_mask"] = (pair_of >= 0).long()
         else:
             batch["attention_mask"] = self._block_mask(pair_of, part_of)
+        if all(getattr(p, "ref_chosen_logp", None) is not None for p in pairs):
+            batch["ref_chosen_logps"] = torch.tensor([p.ref_chosen_logp for p in pairs], dtype=torch.float32)
+            batch["ref_rejected_logps"] = torch.tensor([p.ref_rejected_logp for p in pairs], dtype=torch.float32)
         for side in ("chosen", "rejected"):
             lengths = [len(getattr(p, f"{side}_ids")) for p in pairs]
             target, source, mask = _response_indices(placed[side], lengths, width)

@@ -43,6 +43,9 @@ class TokenizedPair:
     chosen_ids: list[int]
     rejected_ids: list[int]
     origin: Origin
+    #: Summed reference log-probs, filled in by ``--precompute-ref-logps``.
+    ref_chosen_logp: float | None = None
+    ref_rejected_logp: float | None = None
 
 
 @dataclass(frozen=True)

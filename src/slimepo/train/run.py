@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -225,6 +226,8 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     score = dict(pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, chunk_size=chunk, layout=config.layout)
     before_scores = score_pairs(trainer.model, held_out, **score) if held_out else None
 
+    if config.precompute_ref_logps and loss_fn.requires_reference:
+        precompute_reference(ref_model or trainer.model, train_pairs, score)
     trainer.train(resume_from_checkpoint=resume_point(config, out, is_main=args.process_index == 0))
 
     before: dict[str, Any] = {}
@@ -237,6 +240,17 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         (out / "eval.json").write_text(json.dumps(after, indent=2), encoding="utf-8")
     save_outputs(trainer, tokenizer, config, out, before, after)
     return TrainResult(out, before, after, trainer.state.global_step)
+
+
+def precompute_reference(reference, pairs: list, score: dict[str, Any]) -> None:
+    """Attach summed reference log-probs to every training pair, in place.
+
+    Called before training, while the policy still holds its initial weights (zero LoRA
+    update), unless a separate reference model is given.
+    """
+    scores = score_pairs(reference, pairs, **score)
+    for i, (chosen, rejected) in enumerate(zip(scores.chosen_logps.sum(-1), scores.rejected_logps.sum(-1))):
+        pairs[i] = dataclasses.replace(pairs[i], ref_chosen_logp=float(chosen), ref_rejected_logp=float(rejected))
 
 
 def save_outputs(

@@ -85,6 +85,8 @@ class PreferenceTrainer(Trainer):
         """Per-sequence summed reference log-probs ``([B], [B])``, when the loss needs them."""
         if not self.loss_fn.requires_reference:
             return None, None
+        if "ref_chosen_logps" in batch:  # precomputed before training
+            return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         if self.ref_model is not None:
             chosen, rejected = self.token_logps(self.ref_model, batch)
         else:
