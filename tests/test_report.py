@@ -182,3 +182,18 @@ def test_missing_files_still_give_a_report(tmp_path):
     assert "config.yaml could not be read" in markdown
     assert "eval.json could not be read" in markdown
     assert len(table_after(markdown, "## Runs")) == 1
+
+
+def test_the_trainers_end_of_run_summary_line_is_not_reported_as_a_problem(tmp_path):
+    import json as _json
+
+    from slimepo.report import write_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("loss: slime\n")
+    lines = [{"step": 1, "split": "train", "epoch": 0.1, "loss": 1.0, "logps/chosen": -1.0, "logps/rejected": -2.0},
+             {"step": 1, "split": "summary", "epoch": 0.1, "train_runtime": 3.0}]
+    (run / "metrics.jsonl").write_text("".join(_json.dumps(x) + "\n" for x in lines))
+    text = write_report([run], tmp_path / "report").read_text()
+    assert "line 2" not in text

@@ -255,6 +255,8 @@ def _read_metrics(path: Path, notes: list[str]) -> list[dict[str, Any]]:
             continue
         if not isinstance(row, dict):
             problems.append(f"line {number}: not a JSON object")
+        elif row.get("split") == "summary":  # the trainer's end-of-run totals, not a curve
+            continue
         elif not _is_step(row.get("step")) or row.get("split") not in SPLITS:
             problems.append(f"line {number}: needs an integer `step` and a `split` in {SPLITS}")
         else:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from slimepo.scoring import PairScores, score_pairs
-from slimepo.train.trainer import COLLAPSE_PROB
+from slimepo.train.trainer import COLLAPSE_PROB, collapse_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +32,7 @@ def chosen_mean_logp(scores: PairScores) -> float:
 
 
 def rejected_collapse(scores: PairScores) -> float:
-    valid = scores.rejected_logps[scores.rejected_mask]
-    return float((valid < math.log(COLLAPSE_PROB)).float().mean())
+    return float(collapse_metrics(scores.rejected_logps, scores.rejected_mask)["collapse/rejected_p_lt_1e-4"])
 
 
 class StabilityMonitor(TrainerCallback):
