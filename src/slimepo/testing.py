@@ -91,6 +91,21 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+# --- chat messages ----------------------------------------------------------------------
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def system(text: str) -> dict:
+    return {"role": "system", "content": text}
+
+
 # --- tiny causal LMs -------------------------------------------------------------------
 
 TINY_MODEL_KINDS = ("llama", "qwen2", "qwen3", "gemma2")

@@ -18,20 +18,12 @@ from slimepo.data import (
     prepare_pairs,
 )
 from slimepo.data.formats import REASONS
+from slimepo.testing import assistant, system, user
 
 GOOD = {"prompt": "What is two plus two?", "chosen": "Four.", "rejected": "Five."}
 
 
-def user(text):
-    return {"role": "user", "content": text}
 
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def system(text):
-    return {"role": "system", "content": text}
 
 
 BAD_ROWS = {

@@ -22,7 +22,7 @@ from slimepo.data import (
     prepare_pairs,
     tokenize_pairs,
 )
-from slimepo.testing import tiny_tokenizer
+from slimepo.testing import assistant, tiny_tokenizer, user
 
 TOKENIZER = tiny_tokenizer()
 
@@ -47,12 +47,6 @@ MESSAGE = st.fixed_dictionaries(
 FIELD = st.one_of(TEXT, BLANK, JUNK, st.lists(MESSAGE, max_size=4), MESSAGE)
 
 
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
 
 
 @st.composite

@@ -19,21 +19,20 @@ from slimepo.data import (
     normalize_rows,
     tokenize_pairs,
 )
-from slimepo.testing import CHATML_TEMPLATE, ENDOFTEXT, IM_END, _tiny_tokenizer_json
+from slimepo.testing import (
+    CHATML_TEMPLATE,
+    ENDOFTEXT,
+    IM_END,
+    _tiny_tokenizer_json,
+    assistant,
+    system,
+    user,
+)
 
 QUESTION = "What is two plus two?"
 
 
-def user(text):
-    return {"role": "user", "content": text}
 
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def system(text):
-    return {"role": "system", "content": text}
 
 
 def pair(prompt, chosen="Four.", rejected="Five.", row=1):
