@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,24 @@ from slimepo.testing import save_tiny_model
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Import ``scripts/<name>.py`` as a module (the scripts are not a package)."""
+    loaded = []
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        loaded.append(name)
+        return module
+
+    yield load
+    for name in loaded:
+        sys.modules.pop(name, None)
 
 
 @pytest.fixture(scope="session")

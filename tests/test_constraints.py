@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -240,14 +238,8 @@ def _rows(name: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def make_demo_data():
-    path = REPO / "scripts" / "make_demo_data.py"
-    spec = importlib.util.spec_from_file_location("make_demo_data", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+def make_demo_data(load_script):
+    return load_script("make_demo_data")
 
 
 @pytest.mark.parametrize("split", ["train", "test"])

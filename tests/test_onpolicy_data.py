@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,14 +18,8 @@ FIELDS = {"id", "prompt", "chosen", "rejected", "family", "constraint"}
 
 
 @pytest.fixture(scope="module")
-def generator():
-    path = REPO / "scripts" / "make_onpolicy_data.py"
-    spec = importlib.util.spec_from_file_location("make_onpolicy_data", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+def generator(load_script):
+    return load_script("make_onpolicy_data")
 
 
 def read_jsonl_gz(path: Path) -> list[dict]:
