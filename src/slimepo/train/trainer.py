@@ -60,7 +60,7 @@ class PreferenceTrainer(Trainer):
         self.chunk_size = logprob_chunk_size or None
         # Our loss is a per-micro-batch mean: the Trainer must divide it by the accumulation steps.
         self.loss_is_scaled_for_ga = False
-        self._stored: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._stored: dict[str, dict[str, list[Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._window_tokens = 0
         self._window_start = time.perf_counter()
 
@@ -106,10 +106,11 @@ class PreferenceTrainer(Trainer):
         metrics["logps/rejected_sum"] = rejected.detach().sum(-1).mean()
         metrics.update(collapse_metrics(rejected, rejected_mask))
         split = "train" if model.training else "eval"
+        # Kept as device tensors: converting each to float here would sync the GPU every micro-batch.
         for key, value in metrics.items():
-            self._stored[split][key].append(float(value))
+            self._stored[split][key].append(value.detach())
         if split == "train":
-            self._window_tokens += int(inputs["num_tokens"])
+            self._window_tokens = self._window_tokens + inputs["num_tokens"]
         return (out.loss, out) if return_outputs else out.loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -124,13 +125,13 @@ class PreferenceTrainer(Trainer):
         prefix = "" if split == "train" else "eval_"
         for key, values in self._stored[split].items():
             reduce = torch.min if key.endswith("min_logp") else torch.mean
-            local = reduce(torch.tensor(values, dtype=torch.float64, device=self.args.device)).reshape(1)
+            local = reduce(torch.stack(values).to(self.args.device, torch.float64)).reshape(1)
             logs[prefix + key] = float(reduce(self.accelerator.gather(local)))
         self._stored[split].clear()
         if split == "train":
             elapsed = time.perf_counter() - self._window_start
             tokens = self.accelerator.reduce(
-                torch.tensor(self._window_tokens, device=self.args.device), reduction="sum"
+                torch.as_tensor(self._window_tokens, device=self.args.device), reduction="sum"
             )
             logs["tokens_per_second"] = float(tokens) / max(elapsed, 1e-9)
             logs["skipped_steps"] = self.fault_guard.skipped_steps
