@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo bench clean
+.PHONY: install test test-fast lint demo bench study study-report clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install -q -e '.[bench]'
 	$(PY) bench/bench_step.py --all --out docs/performance.md
+
+# The SLIME study (docs/results.md): trains and evaluates every missing run, then writes the
+# report. Hours on 2 cores; stop it any time, rerun to continue. MINUTES=110 stops starting runs after that.
+study: $(STAMP)
+	$(PY) scripts/study.py run $(if $(MINUTES),--max-minutes $(MINUTES))
+
+study-report: $(STAMP)
+	$(PY) scripts/study.py report
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info

@@ -1,0 +1,166 @@
+"""scripts/study.py: the job plan, the learning-rate choice, resuming, and the report."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def study(load_script):
+    return load_script("study")
+
+
+def write_eval(results: Path, name: str, split: str, decoding: str, **values) -> None:
+    path = results / "runs" / name / f"eval-{split}-{decoding}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(values))
+
+
+def grid_results(study, results: Path, scores: dict[tuple[str, float], tuple[float, float]]) -> None:
+    for (loss, lr), (pass_rate, accuracy) in scores.items():
+        write_eval(results, study.run_name(loss, lr, 0), "validation", "greedy",
+                   constraint_pass_rate=pass_rate, accuracy=accuracy)
+
+
+def test_plan_starts_with_the_base_model_then_the_grid_with_the_middle_rate_first(study, tmp_path):
+    jobs = study.pending(tmp_path)
+    assert jobs[0].name == "base/seed0"
+    assert jobs[0].evals == (("validation", "greedy"), ("test", "greedy"), ("test", "sampled"),
+                             ("heldout", "greedy"), ("heldout", "sampled"))
+    grid = [job.name for job in jobs[1:10]]
+    assert grid == ["slime/lr3e-04-seed0", "dpo/lr3e-04-seed0", "simpo/lr3e-04-seed0",
+                    "slime/lr1e-04-seed0", "dpo/lr1e-04-seed0", "simpo/lr1e-04-seed0",
+                    "slime/lr1e-03-seed0", "dpo/lr1e-03-seed0", "simpo/lr1e-03-seed0"]
+    assert all(job.evals == (("validation", "greedy"),) for job in jobs[1:10])
+    # Nothing is trained at a chosen rate before the grid has chosen one.
+    assert not any(("test", "greedy") in job.evals for job in jobs[1:])
+    assert len(study.undecided(tmp_path)) == 10
+
+
+def test_the_rate_is_chosen_on_validation_pass_rate_then_accuracy_then_the_smaller_rate(study, tmp_path):
+    grid_results(study, tmp_path, {
+        ("slime", 3e-4): (0.5, 0.6), ("slime", 1e-4): (0.6, 0.5), ("slime", 1e-3): (0.4, 0.9),
+        ("dpo", 3e-4): (0.5, 0.6), ("dpo", 1e-4): (0.5, 0.7), ("dpo", 1e-3): (0.5, 0.6),
+        ("simpo", 3e-4): (0.5, 0.6), ("simpo", 1e-4): (0.3, 0.6), ("simpo", 1e-3): (0.5, 0.6),
+    })
+    assert study.chosen_rates(tmp_path) == {"slime": 1e-4, "dpo": 1e-4, "simpo": 3e-4}
+
+
+def test_an_incomplete_grid_chooses_nothing_for_that_loss(study, tmp_path):
+    grid_results(study, tmp_path, {("slime", 3e-4): (0.9, 0.9), ("slime", 1e-4): (0.1, 0.1)})
+    assert study.chosen_rates(tmp_path) == {}
+
+
+def test_after_the_grid_every_loss_runs_every_seed_at_its_familys_rate(study, tmp_path):
+    grid_results(study, tmp_path, {
+        (loss, lr): ((0.7 if lr == 1e-3 else 0.2) if loss == "simpo" else (0.7 if lr == 1e-4 else 0.2), 0.5)
+        for loss in ("slime", "dpo", "simpo") for lr in (3e-4, 1e-4, 1e-3)
+    })
+    jobs = {job.name: job for job in study.pending(tmp_path)}
+    # The grid's seed-0 run at the chosen rate is reused: only its test evaluations are owed.
+    assert jobs["slime/lr1e-04-seed0"].evals == study.TEST
+    assert "slime/lr3e-04-seed0" not in jobs
+    for loss in ("slime-no-anchor", "slime-no-stabilizer", "slime-hard", "slime-soft", "ipo"):
+        assert {f"{loss}/lr1e-04-seed{s}" for s in (0, 1, 2)} <= set(jobs)
+    for loss in ("cpo", "orpo"):
+        assert {f"{loss}/lr1e-03-seed{s}" for s in (0, 1, 2)} <= set(jobs)
+    order = list(jobs)
+    # Seeds of the compared losses come before the ablations and other baselines.
+    assert order.index("simpo/lr1e-03-seed2") < order.index("base/seed1") < order.index("slime-no-anchor/lr1e-04-seed0")
+    assert study.undecided(tmp_path) == []
+
+
+def test_report_gives_mean_and_std_over_seeds_and_lists_what_is_missing(study, tmp_path):
+    results, doc = tmp_path / "results", tmp_path / "docs" / "results.md"
+    grid_results(study, results, {(loss, lr): (0.5 if lr == 3e-4 else 0.1, 0.5)
+                                  for loss in ("slime", "dpo", "simpo") for lr in (3e-4, 1e-4, 1e-3)})
+    for seed, rate in ((0, 0.5), (1, 0.7)):
+        for split in ("test", "heldout"):
+            for decoding in ("greedy", "sampled"):
+                write_eval(results, study.run_name("slime", 3e-4, seed), split, decoding,
+                           constraint_pass_rate=rate, accuracy=0.8, drift={"chosen_drift_mean": -0.1 * (seed + 1)},
+                           constraint_pass_rate_by_family={"max_words": rate})
+    (results / "reading.md").write_text("## Reading\n\nHand-written words.")
+    study.report(results, doc, tmp_path / "docs" / "img")
+    text = doc.read_text()
+    slime_row = next(line for line in text.splitlines() if line.startswith("| slime (lr 3e-04)"))
+    cells = [c.strip() for c in slime_row.strip("|").split("|")]
+    assert cells[1] == "0.600 ± 0.141 (2)"  # mean and sample std of 0.5 and 0.7
+    assert cells[6] == "-0.150 ± 0.071 (2)"  # chosen drift -0.1, -0.2
+    assert "Hand-written words." in text
+    assert "| slime | 3e-04 | 0.500 | 0.500 |" in text.replace("**chosen**", "").replace("  ", " ")
+    assert "- slime/lr3e-04-seed2: test/greedy" in text  # the missing seed
+    assert "- base/seed0: validation/greedy" in text
+    assert (tmp_path / "docs" / "img" / "study-pass-rates.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_run_trains_evaluates_and_skips_finished_jobs_on_a_tiny_model(study, tmp_path, tiny_model_dir, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    words = ["river", "garden", "train", "letter", "forest", "window", "market", "bridge"]
+    for file in (*study.SPLITS.values(), "train.jsonl.gz"):
+        rows = [{"prompt": f"Say something about the {w}. Use the word 'good'.", "chosen": f"The {w} is good.",
+                 "rejected": f"The {w} is bad.", "constraint": {"family": "include_word", "params": {"word": "good"}}}
+                for w in words]
+        with gzip.open(data / file, "wt") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    monkeypatch.setattr(study, "MODEL", str(tiny_model_dir))
+    monkeypatch.setattr(study, "DATA", data)
+    monkeypatch.setattr(study, "BASE_OPTIONS", {
+        **study.BASE_OPTIONS, "dataset": str(data / "train.jsonl.gz"),
+        "eval_dataset": str(data / "validation.jsonl.gz"), "monitor_steps": 1,
+    })
+    monkeypatch.setattr(study, "GRID_LOSSES", ("slime",))
+    monkeypatch.setattr(study, "LEARNING_RATES", (1e-3,))
+    monkeypatch.setattr(study, "INHERIT", {})
+    monkeypatch.setattr(study, "MAIN_LOSSES", ("slime",))
+    monkeypatch.setattr(study, "SEEDS", (0,))
+    monkeypatch.setattr(study, "MAX_NEW_TOKENS", 4)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+
+    # The base model; slime's grid run on validation; the same run (not retrained) on test once chosen.
+    assert study.run(results, runs, max_minutes=None, max_jobs=None) == 3
+    assert study.pending(results) == []
+    run = results / "runs" / "slime" / "lr1e-03-seed0"
+    train = json.loads((run / "train.json").read_text())
+    assert train["steps"] == 2 and train["learning_rate"] == 1e-3
+    for split, decoding in (("validation", "greedy"), *study.TEST):
+        evaluation = json.loads((run / f"eval-{split}-{decoding}.json").read_text())
+        assert evaluation["constraints_checked"] == 8 and evaluation["pairs"] == 8
+        assert "drift" in evaluation  # measured against the base model
+        with gzip.open(run / f"generations-{split}-{decoding}.jsonl.gz", "rt") as f:
+            assert len(f.readlines()) == 8
+    assert (run / "metrics.jsonl").is_file()
+    # Finished jobs are not redone.
+    assert study.run(results, runs, max_minutes=None, max_jobs=None) == 0
+    doc = study.report(results, tmp_path / "results.md", tmp_path / "img")
+    assert "Every planned job is done." in doc.read_text()
+
+
+def test_a_failing_job_is_recorded_skipped_and_reported_while_the_study_goes_on(study, tmp_path, monkeypatch):
+    calls = []
+
+    def run_job(job, results, runs):
+        calls.append(job.name)
+        if job.name == "slime/lr3e-04-seed0":
+            raise RuntimeError("loss diverged")
+        for split, decoding in job.evals:
+            write_eval(results, job.name, split, decoding, constraint_pass_rate=0.5, accuracy=0.5)
+
+    monkeypatch.setattr(study, "run_job", run_job)
+    results = tmp_path / "results"
+    assert study.run(results, tmp_path / "runs", max_minutes=None, max_jobs=3) == 3
+    assert calls == ["base/seed0", "slime/lr3e-04-seed0", "dpo/lr3e-04-seed0"]
+    failure = json.loads((results / "runs" / "slime" / "lr3e-04-seed0" / "failed.json").read_text())
+    assert failure == {"error": "RuntimeError: loss diverged"}
+    assert "slime/lr3e-04-seed0" not in [job.name for job in study.pending(results)]
+    # In the grid, a failed rate loses: the other two decide.
+    grid_results(study, results, {("slime", 1e-4): (0.2, 0.5), ("slime", 1e-3): (0.1, 0.5)})
+    assert study.chosen_rates(results)["slime"] == 1e-4
+    study.report(results, tmp_path / "results.md", tmp_path / "img")
+    assert "- slime/lr3e-04-seed0: failed (RuntimeError: loss diverged)" in (tmp_path / "results.md").read_text()
