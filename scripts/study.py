@@ -418,10 +418,26 @@ def report(results: Path, doc: Path, img: Path) -> Path:
     todo += [f"{r.loss}/{folder_label(r)}: failed ({failed(results, f'{r.loss}/{folder_label(r)}')['error']})"
              for r in runs if failed(results, f"{r.loss}/{folder_label(r)}")]
     lines += ["## Not run yet", ""]
+    lines += remaining_cost(runs, results)
     lines += [f"- {item}" for item in todo] if todo else ["Every planned job is done."]
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return doc
+
+
+def remaining_cost(runs: Sequence[RunResult], results: Path) -> list[str]:
+    """How long the pending jobs should take, from the median run and evaluation so far."""
+    train_walls = [r.train["wall_seconds"] for r in runs if r.train]
+    eval_walls = [e["wall_seconds"] for r in runs for e in r.evals.values() if "wall_seconds" in e]
+    jobs = pending(results)
+    if not jobs or not train_walls or not eval_walls:
+        return []
+    to_train = sum(1 for job in jobs if job.lr is not None and not (results / "runs" / job.name / "train.json").is_file())
+    evals = sum(len(job.evals) for job in jobs)
+    hours = (to_train * statistics.median(train_walls) + evals * statistics.median(eval_walls)) / 3600
+    return [f"{to_train} runs to train and {evals} evaluations, about {hours:.1f} h on the machine above "
+            f"(median {statistics.median(train_walls) / 60:.1f} min per training run, "
+            f"{statistics.median(eval_walls) / 60:.1f} min per evaluation):", ""]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
