@@ -44,6 +44,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from slimepo.report import lookup, markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "onpolicy"
 RESULTS = ROOT / "results" / "study"
@@ -326,14 +328,6 @@ def folder_label(run: RunResult) -> str:
     return run_name(run.loss, run.lr, run.seed).split("/", 1)[1]
 
 
-def lookup(data: Any, keys: Sequence[str]) -> Any:
-    for key in keys:
-        if not isinstance(data, Mapping):
-            return None
-        data = data.get(key)
-    return data
-
-
 #: Columns of the main table: (header, split, decoding, keys into eval json).
 MAIN_COLUMNS = (
     ("test pass, greedy", "test", "greedy", ("constraint_pass_rate",)),
@@ -396,7 +390,7 @@ def report(results: Path, doc: Path, img: Path) -> Path:
     if reading.is_file():
         lines += [reading.read_text(encoding="utf-8").strip(), ""]
     lines += ["## Results on test prompts (mean ± std over seeds, number of seeds in brackets)", ""]
-    lines += table(["run", *(c[0] for c in MAIN_COLUMNS)],
+    lines += markdown_table(["run", *(c[0] for c in MAIN_COLUMNS)],
                    [[label, *(mean_std(values(members, s, d, k)) for _, s, d, k in MAIN_COLUMNS)]
                     for label, members in groups])
     lines += ["", "Pass rates are shares of prompts whose generated answer obeys the prompt's constraint "
@@ -440,12 +434,6 @@ def remaining_cost(runs: Sequence[RunResult], results: Path) -> list[str]:
             f"{statistics.median(eval_walls) / 60:.1f} min per evaluation):", ""]
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return out
-
-
 def family_table(groups: Sequence[tuple[str, list[RunResult]]]) -> list[str]:
     families = sorted({f for _, members in groups for r in members
                        for f in lookup(r.evals.get(("test", "greedy")), ("constraint_pass_rate_by_family",)) or {}})
@@ -459,7 +447,7 @@ def family_table(groups: Sequence[tuple[str, list[RunResult]]]) -> list[str]:
             cells.append(f"{statistics.mean(found):.2f}" if found else "—")
         rows.append([label, *cells])
     return ["### Greedy test pass rate by family (mean over seeds)", "",
-            *table(["run", *families], rows), ""]
+            *markdown_table(["run", *families], rows), ""]
 
 
 def grid_section(runs: Sequence[RunResult], chosen: Mapping[str, float]) -> list[str]:
@@ -484,7 +472,7 @@ def grid_section(runs: Sequence[RunResult], chosen: Mapping[str, float]) -> list
             "Chosen per loss by the greedy constraint pass rate on validation, ties broken by preference "
             "accuracy, then by the smaller rate; the test split is never looked at. "
             f"Losses outside the grid use their family's rate: {', '.join(f'{k} ← {v}' for k, v in INHERIT.items())}.",
-            "", *table(["loss", "lr", "val pass (greedy)", "val accuracy", "chosen drift", "ended", ""], rows),
+            "", *markdown_table(["loss", "lr", "val pass (greedy)", "val accuracy", "chosen drift", "ended", ""], rows),
             "", note, ""]
 
 
@@ -528,7 +516,7 @@ def setup_section() -> list[str]:
         "",
         "Loss hyperparameters (every run of a loss uses these):",
         "",
-        *table(["loss", "hyperparameters"], [[loss, loss_hyperparameters(loss)] for loss in MAIN_LOSSES]),
+        *markdown_table(["loss", "hyperparameters"], [[loss, loss_hyperparameters(loss)] for loss in MAIN_LOSSES]),
         "",
     ]
 
@@ -566,11 +554,7 @@ def make_plots(groups: Sequence[tuple[str, list[RunResult]]], img: Path) -> list
     ax.set_ylabel("constraint pass rate (share of prompts)")
     ax.set_title("Constraint pass rate after one epoch (base: untrained; mean ± std over seeds)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = img / "study-pass-rates.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    plots.append(("pass rates", path))
+    plots.append(("pass rates", save(fig, img / "study-pass-rates.png")))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, members in present:
@@ -584,11 +568,7 @@ def make_plots(groups: Sequence[tuple[str, list[RunResult]]], img: Path) -> list
     ax.set_ylabel("greedy test pass rate")
     ax.set_title("Unlearning vs obeying (one point per run)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = img / "study-drift-vs-pass.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    plots.append(("drift vs pass rate", path))
+    plots.append(("drift vs pass rate", save(fig, img / "study-drift-vs-pass.png")))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for label, members in present:
@@ -607,12 +587,17 @@ def make_plots(groups: Sequence[tuple[str, list[RunResult]]], img: Path) -> list
     axes[1].set_title("Monitor: rejected-token collapse (seed 0)")
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=7)
+    plots.append(("training monitor", save(fig, img / "study-monitor.png")))
+    return plots
+
+
+def save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = img / "study-monitor.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    plots.append(("training monitor", path))
-    return plots
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
