@@ -166,11 +166,9 @@ def plan(results: Path) -> list[Job]:
     chosen = chosen_rates(results)
     rate = {loss: chosen.get(INHERIT.get(loss, loss)) for loss in MAIN_LOSSES}
     # The grid losses over every seed first, then the base model's other sampled answers, then the rest.
-    for losses in (GRID_LOSSES, None, tuple(INHERIT)):
-        if losses is None:
-            jobs += [Job(BASELINE, None, seed, tuple(e for e in TEST if e[1] == "sampled")) for seed in SEEDS[1:]]
-            continue
-        jobs += [Job(loss, rate[loss], seed, TEST) for seed in SEEDS for loss in losses if rate[loss] is not None]
+    jobs += [Job(loss, rate[loss], seed, TEST) for seed in SEEDS for loss in GRID_LOSSES if rate[loss] is not None]
+    jobs += [Job(BASELINE, None, seed, tuple(e for e in TEST if e[1] == "sampled")) for seed in SEEDS[1:]]
+    jobs += [Job(loss, rate[loss], seed, TEST) for seed in SEEDS for loss in INHERIT if rate[loss] is not None]
     return jobs
 
 
@@ -305,6 +303,10 @@ class RunResult:
     evals: dict[tuple[str, str], dict[str, Any]]
     metrics: list[dict[str, Any]]
 
+    @property
+    def name(self) -> str:
+        return run_name(self.loss, self.lr, self.seed)
+
 
 def load_results(results: Path) -> list[RunResult]:
     runs = []
@@ -322,10 +324,6 @@ def load_results(results: Path) -> list[RunResult]:
             metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
         runs.append(RunResult(loss, lr, int(seed_text), read_json(folder / "train.json"), evals, metrics))
     return runs
-
-
-def folder_label(run: RunResult) -> str:
-    return run_name(run.loss, run.lr, run.seed).split("/", 1)[1]
 
 
 #: Columns of the main table: (header, split, decoding, keys into eval json).
@@ -409,8 +407,7 @@ def report(results: Path, doc: Path, img: Path) -> Path:
     lines += setup_section()
     todo = [f"{job.name}: {', '.join('/'.join(e) for e in job.evals)}" for job in pending(results)]
     todo += undecided(results)
-    todo += [f"{r.loss}/{folder_label(r)}: failed ({failed(results, f'{r.loss}/{folder_label(r)}')['error']})"
-             for r in runs if failed(results, f"{r.loss}/{folder_label(r)}")]
+    todo += [f"{r.name}: failed ({failure['error']})" for r in runs if (failure := failed(results, r.name))]
     lines += ["## Not run yet", ""]
     lines += remaining_cost(runs, results)
     lines += [f"- {item}" for item in todo] if todo else ["Every planned job is done."]
