@@ -164,3 +164,20 @@ def test_a_failing_job_is_recorded_skipped_and_reported_while_the_study_goes_on(
     assert study.chosen_rates(results)["slime"] == 1e-4
     study.report(results, tmp_path / "results.md", tmp_path / "img")
     assert "- slime/lr3e-04-seed0: failed (RuntimeError: loss diverged)" in (tmp_path / "results.md").read_text()
+
+
+def test_the_study_results_are_not_ignored_by_git_but_the_adapters_are(study):
+    """Results are the study's record and must be committable; adapters (hundreds of MB) must not be."""
+    import shutil
+    import subprocess
+
+    root = study.ROOT
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+
+    def ignored(path: Path) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", "--no-index", str(path)], cwd=root).returncode == 0
+
+    assert not ignored(study.RESULTS / "runs" / "slime" / "lr1e-03-seed0" / "train.json")
+    assert not ignored(study.RESULTS / "runs" / "base" / "seed0" / "generations-test-greedy.jsonl.gz")
+    assert ignored(study.RUNS / "slime" / "lr1e-03-seed0" / "adapter_model.safetensors")
