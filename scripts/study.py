@@ -398,6 +398,7 @@ def report(results: Path, doc: Path, img: Path) -> Path:
               "unlearning and collapse are measured on the 45 test pairs (drift and unlearning "
               "relative to the base model); "
               "ended/degenerate/length describe the greedy test answers.", ""]
+    lines += difference_section(results, groups)
     lines += family_table(groups)
     lines += grid_section(runs, chosen)
     plots = make_plots(groups, img)
@@ -429,6 +430,76 @@ def remaining_cost(runs: Sequence[RunResult], results: Path) -> list[str]:
     return [f"{to_train} runs to train and {evals} evaluations, about {hours:.1f} h on the machine above "
             f"(median {statistics.median(train_walls) / 60:.1f} min per training run, "
             f"{statistics.median(eval_walls) / 60:.1f} min per evaluation):", ""]
+
+
+def prompt_passes(results: Path, name: str, split: str, decoding: str) -> dict[str, float] | None:
+    """Per-prompt pass (1.0/0.0) of one run's answers, keyed by the prompt's file and line."""
+    path = results / "runs" / name / f"generations-{split}-{decoding}.jsonl.gz"
+    if not path.is_file():
+        return None
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {Path(row["origin"]).name: float(lookup(row, ("checks", "constraint", "passed")) is True) for row in rows}
+
+
+def paired_difference(a: Sequence[Mapping[str, float]], b: Sequence[Mapping[str, float]], *,
+                      resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float] | None:
+    """Pass rate of ``a`` minus ``b`` (each a list of seeds' per-prompt passes) and a 95% interval.
+
+    The prompts both sides answered are paired; the interval is a two-level bootstrap: the prompts are
+    resampled (the same draw for both sides) and, independently per side, its seeds. With one seed a side
+    contributes no seed noise, so the interval is too narrow for it.
+    """
+    import numpy as np
+
+    if not a or not b:
+        return None
+    prompts = sorted(set.intersection(*(set(run) for run in (*a, *b))))
+    if not prompts:
+        return None
+    rng = np.random.default_rng(seed)
+    draw = rng.integers(0, len(prompts), size=(resamples, len(prompts)))
+
+    def side(runs: Sequence[Mapping[str, float]]) -> tuple[float, Any]:
+        passes = np.array([[run[p] for p in prompts] for run in runs])  # seeds x prompts
+        per_seed = passes[:, draw].mean(axis=2)  # seeds x resamples
+        seeds = rng.integers(0, len(runs), size=(len(runs), resamples))
+        return float(passes.mean()), np.take_along_axis(per_seed, seeds, axis=0).mean(axis=0)
+
+    (mean_a, boot_a), (mean_b, boot_b) = side(a), side(b)
+    low, high = np.quantile(boot_a - boot_b, [0.025, 0.975])
+    return mean_a - mean_b, float(low), float(high)
+
+
+def difference_section(results: Path, groups: Sequence[tuple[str, list[RunResult]]]) -> list[str]:
+    """SLIME's pass rates minus every other row's, paired by prompt, with bootstrap intervals."""
+    columns = [(header, split, decoding) for header, split, decoding, keys in MAIN_COLUMNS
+               if keys == ("constraint_pass_rate",)]
+
+    def passes(members: Sequence[RunResult], split: str, decoding: str) -> list[dict[str, float]]:
+        found = (prompt_passes(results, r.name, split, decoding) for r in members if (split, decoding) in r.evals)
+        return [p for p in found if p]
+
+    slime = next((members for label, members in groups if members and members[0].loss == "slime"), None)
+    if slime is None:
+        return []
+    rows = []
+    for label, members in groups:
+        if not members or members is slime:
+            continue
+        cells = []
+        for _, split, decoding in columns:
+            found = paired_difference(passes(slime, split, decoding), passes(members, split, decoding))
+            cells.append("—" if found is None else f"{found[0]:+.3f} [{found[1]:+.2f}, {found[2]:+.2f}]")
+        rows.append([f"slime − {label}", *cells])
+    if not rows:
+        return []
+    return ["### SLIME minus each other run, paired by prompt (95% bootstrap interval)", "",
+            *markdown_table(["difference", *(c[0] for c in columns)], rows), "",
+            "Each cell is SLIME's pass rate minus the row's, over the prompts both answered, with every seed each "
+            "side has; the interval resamples prompts (the same prompts for both sides) and each side's seeds "
+            "(10,000 draws). An interval that contains 0 does not separate the two; a side with one seed "
+            "contributes no seed noise, so its interval is too narrow.", ""]
 
 
 def family_table(groups: Sequence[tuple[str, list[RunResult]]]) -> list[str]:

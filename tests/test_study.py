@@ -181,3 +181,43 @@ def test_the_study_results_are_not_ignored_by_git_but_the_adapters_are(study):
     assert not ignored(study.RESULTS / "runs" / "slime" / "lr1e-03-seed0" / "train.json")
     assert not ignored(study.RESULTS / "runs" / "base" / "seed0" / "generations-test-greedy.jsonl.gz")
     assert ignored(study.RUNS / "slime" / "lr1e-03-seed0" / "adapter_model.safetensors")
+
+
+def write_generations(results: Path, name: str, split: str, decoding: str, passed: list[bool]) -> None:
+    path = results / "runs" / name / f"generations-{split}-{decoding}.jsonl.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"origin": f"/somewhere/{split}.jsonl.gz:{i + 1}", "prompt": f"p{i}", "response": "r",
+             "checks": {"constraint": {"family": "max_words", "passed": ok}}} for i, ok in enumerate(passed)]
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def test_paired_difference_pairs_prompts_and_averages_seeds(study):
+    a = [{"x:1": 1.0, "x:2": 1.0, "x:3": 0.0, "x:4": 0.0}, {"x:1": 1.0, "x:2": 1.0, "x:3": 1.0, "x:4": 0.0}]
+    b = [{"x:1": 1.0, "x:2": 0.0, "x:3": 0.0, "x:4": 0.0, "x:5": 1.0}]  # x:5 has no partner: left out
+    diff, low, high = study.paired_difference(a, b)
+    assert diff == pytest.approx(0.625 - 0.25)
+    assert low < diff < high and -1 <= low and high <= 1
+    # One seed a side, identical answers: 0 in every draw. Two seeds: each side's seeds are drawn on
+    # their own, so the interval widens around 0. Opposite sides differ by exactly 1.
+    assert study.paired_difference(b, b) == (0.0, 0.0, 0.0)
+    diff, low, high = study.paired_difference(a, a)
+    assert diff == 0.0 and low < 0 < high
+    ones, zeros = [{"x:1": 1.0, "x:2": 1.0}], [{"x:1": 0.0, "x:2": 0.0}]
+    assert study.paired_difference(ones, zeros) == (1.0, 1.0, 1.0)
+    assert study.paired_difference(a, []) is None
+    assert study.paired_difference(a, [{"y:1": 1.0}]) is None  # no prompt in common
+
+
+def test_report_has_slime_minus_each_run_from_the_generations(study, tmp_path):
+    results, doc = tmp_path / "results", tmp_path / "docs" / "results.md"
+    grid_results(study, results, {(loss, lr): (0.5 if lr == 3e-4 else 0.1, 0.5)
+                                  for loss in ("slime", "dpo", "simpo") for lr in (3e-4, 1e-4, 1e-3)})
+    for loss, passed in (("slime", [True, True, False, False]), ("dpo", [True, False, False, False])):
+        name = study.run_name(loss, 3e-4, 0)
+        write_eval(results, name, "test", "greedy", constraint_pass_rate=sum(passed) / 4)
+        write_generations(results, name, "test", "greedy", passed)
+    study.report(results, doc, tmp_path / "docs" / "img")
+    row = next(line for line in doc.read_text().splitlines() if line.startswith("| slime − dpo"))
+    assert row.split("|")[2].strip().startswith("+0.250 [")  # 2/4 - 1/4
+    assert "| slime − simpo" not in doc.read_text()  # no simpo run at its rate: no row
