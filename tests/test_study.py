@@ -197,7 +197,7 @@ def test_paired_difference_pairs_prompts_and_averages_seeds(study):
     b = [{"x:1": 1.0, "x:2": 0.0, "x:3": 0.0, "x:4": 0.0, "x:5": 1.0}]  # x:5 has no partner: left out
     diff, low, high = study.paired_difference(a, b)
     assert diff == pytest.approx(0.625 - 0.25)
-    assert low < diff < high and -1 <= low and high <= 1
+    assert low < diff < high and low >= -1 and high <= 1
     # One seed a side, identical answers: 0 in every draw. Two seeds: each side's seeds are drawn on
     # their own, so the interval widens around 0. Opposite sides differ by exactly 1.
     assert study.paired_difference(b, b) == (0.0, 0.0, 0.0)
