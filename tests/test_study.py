@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -168,9 +170,6 @@ def test_a_failing_job_is_recorded_skipped_and_reported_while_the_study_goes_on(
 
 def test_the_study_results_are_not_ignored_by_git_but_the_adapters_are(study):
     """Results are the study's record and must be committable; adapters (hundreds of MB) must not be."""
-    import shutil
-    import subprocess
-
     root = study.ROOT
     if shutil.which("git") is None or not (root / ".git").exists():
         pytest.skip("not a git checkout")
