@@ -406,22 +406,22 @@ def report(results: Path, doc: Path, img: Path) -> Path:
         lines += ["## Plots", ""] + [f"![{title}]({os.path.relpath(path, doc.parent)})" for title, path in plots] + [""]
     lines += compute_section(runs)
     lines += setup_section()
-    todo = [f"{job.name}: {', '.join('/'.join(e) for e in job.evals)}" for job in pending(results)]
+    jobs = pending(results)
+    todo = [f"{job.name}: {', '.join('/'.join(e) for e in job.evals)}" for job in jobs]
     todo += undecided(results)
     todo += [f"{r.name}: failed ({failure['error']})" for r in runs if (failure := failed(results, r.name))]
     lines += ["## Not run yet", ""]
-    lines += remaining_cost(runs, results)
+    lines += remaining_cost(runs, jobs, results)
     lines += [f"- {item}" for item in todo] if todo else ["Every planned job is done."]
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return doc
 
 
-def remaining_cost(runs: Sequence[RunResult], results: Path) -> list[str]:
-    """How long the pending jobs should take, from the median run and evaluation so far."""
+def remaining_cost(runs: Sequence[RunResult], jobs: Sequence[Job], results: Path) -> list[str]:
+    """How long the pending ``jobs`` should take, from the median run and evaluation so far."""
     train_walls = [r.train["wall_seconds"] for r in runs if r.train]
     eval_walls = [e["wall_seconds"] for r in runs for e in r.evals.values() if "wall_seconds" in e]
-    jobs = pending(results)
     if not jobs or not train_walls or not eval_walls:
         return []
     to_train = sum(1 for job in jobs if job.lr is not None and not (results / "runs" / job.name / "train.json").is_file())
@@ -483,13 +483,14 @@ def difference_section(results: Path, groups: Sequence[tuple[str, list[RunResult
     slime = next((members for label, members in groups if members and members[0].loss == "slime"), None)
     if slime is None:
         return []
+    slime_passes = {(split, decoding): passes(slime, split, decoding) for _, split, decoding in columns}
     rows = []
     for label, members in groups:
         if not members or members is slime:
             continue
         cells = []
         for _, split, decoding in columns:
-            found = paired_difference(passes(slime, split, decoding), passes(members, split, decoding))
+            found = paired_difference(slime_passes[split, decoding], passes(members, split, decoding))
             cells.append("—" if found is None else f"{found[0]:+.3f} [{found[1]:+.2f}, {found[2]:+.2f}]")
         rows.append([f"slime − {label}", *cells])
     if not rows:
