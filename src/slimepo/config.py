@@ -52,7 +52,10 @@ class TrainConfig:
         choices=("auto", "float32", "bfloat16", "float16"),
     )
     trust_remote_code: bool = option(False, "allow the model repository's own Python code to run", group="model")
-    attn_implementation: str = option("sdpa", "attention kernel: sdpa | eager | flash_attention_2", group="model")
+    attn_implementation: str = option(
+        "sdpa", "attention kernel: sdpa | eager | flex_attention (CUDA: skips the masked blocks of shared and packed "
+        "rows) | flash_attention_2 (only with --layout separate)", group="model",
+    )
     use_lora: bool = option(True, "train LoRA adapters (false: full fine-tuning)", group="model")
     lora_r: int = option(16, "LoRA rank", group="model")
     lora_alpha: int = option(32, "LoRA alpha (scale = alpha / r)", group="model")
@@ -183,6 +186,12 @@ class TrainConfig:
             raise ConfigError(
                 f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length}) "
                 "so that responses keep at least one token"
+            )
+        if self.attn_implementation.startswith("flash_attention") and self.layout != "separate":
+            raise ConfigError(
+                f"attn_implementation: {self.attn_implementation} takes no per-pair attention mask, which --layout "
+                f"{self.layout} needs (responses must not see each other); use --layout separate with it, or "
+                "sdpa / flex_attention"
             )
         if self.max_steps <= 0 and self.num_epochs <= 0:
             raise ConfigError("num_epochs: must be > 0 when max_steps is not set")

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from slimepo import attention
+
 DEFAULT_CHUNK_SIZE = 512
 
 
@@ -151,6 +153,22 @@ def _base_model(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def uses_flex_attention(model: nn.Module) -> bool:
+    return getattr(_base_model(model).config, "_attn_implementation", None) == "flex_attention"
+
+
+def attention_mask(model: nn.Module, batch: dict[str, Tensor]):
+    """The mask to call ``model`` with: a FlexAttention BlockMask for a flex model (shared and
+    packed rows), else the batch's own mask, built densely when the collator left it out."""
+    if "pair_ids" not in batch:
+        return batch["attention_mask"]
+    if uses_flex_attention(model):
+        return attention.flex_block_mask(batch["pair_ids"], batch["part_ids"])
+    if "attention_mask" in batch:
+        return batch["attention_mask"]
+    return attention.dense_mask(batch["pair_ids"], batch["part_ids"])
+
+
 def final_logit_softcap(model: nn.Module) -> float | None:
     config = _base_model(model).config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -178,7 +196,7 @@ def pair_token_logps(
     labels = batch["input_ids"].reshape(-1)[target]
     inputs = {
         "input_ids": batch["input_ids"],
-        "attention_mask": batch["attention_mask"],
+        "attention_mask": attention_mask(model, batch),
         "position_ids": batch.get("position_ids"),
         "use_cache": False,
     }

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from slimepo.data.collate import PairCollator
-from slimepo.logprobs import DEFAULT_CHUNK_SIZE, pair_token_logps
+from slimepo.logprobs import DEFAULT_CHUNK_SIZE, pair_token_logps, uses_flex_attention
 
 
 @dataclass
@@ -43,7 +43,7 @@ def score_pairs(
     layout: str = "shared",
 ) -> PairScores:
     """Score every pair's chosen and rejected response tokens (model in eval mode)."""
-    collate = PairCollator(pad_token_id, layout=layout)
+    collate = PairCollator(pad_token_id, layout=layout, dense_mask=not uses_flex_attention(model))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

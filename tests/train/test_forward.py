@@ -8,8 +8,10 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from slimepo.attention import flex_block_mask
 from slimepo.data.collate import LAYOUTS, PairCollator
 from slimepo.logprobs import output_projection, pair_token_logps
+from slimepo.scoring import score_pairs
 from slimepo.testing import TINY_MODEL_KINDS, tiny_model
 
 
@@ -98,6 +100,56 @@ def test_block_mask_isolates_responses_and_pairs():
     assert allowed[7, :4].all() and not allowed[7, 4:7].any() and allowed[7, 7]
     assert allowed[6, 4:7].all() and not allowed[6, 7:].any()
     assert not allowed[9:, :9].any()
+
+
+@pytest.mark.parametrize("layout", ["shared", "packed"])
+def test_flex_block_mask_allows_exactly_what_the_dense_mask_allows(layout):
+    from torch.nn.attention.flex_attention import create_mask
+
+    batch = PairCollator(0, layout=layout, pack_tokens=24)(PAIRS)
+    block_mask = flex_block_mask(batch["pair_ids"], batch["part_ids"])
+    rows, width = batch["input_ids"].shape
+    assert block_mask.shape == (rows, 1, width, width)
+    dense_allowed = batch["attention_mask"] == 0
+    assert torch.equal(create_mask(block_mask.mask_mod, rows, 1, width, width), dense_allowed)
+
+
+def test_flex_block_mask_skips_other_pairs_blocks_in_a_packed_row():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    long_pairs = [Pair(list(range(1, 201)), list(range(1, 61)), list(range(1, 61))) for _ in range(3)]  # 320 each
+    batch = PairCollator(0, layout="packed", pack_tokens=1024, dense_mask=False)(long_pairs)
+    assert "attention_mask" not in batch and batch["input_ids"].shape == (1, 960)
+    block_mask = flex_block_mask(batch["pair_ids"], batch["part_ids"])
+    causal = create_block_mask(lambda b, h, q, k: k <= q, 1, None, 960, 960, device="cpu")
+    # 128-token blocks: 8 query blocks; causal keeps 36 of 64; the pairs (0-319, 320-639, 640-959)
+    # keep 1+2+3 | 2+3 | 1+2+3 per query block = 17 (block 2 holds the end of pair 0 and the start of pair 1).
+    assert int(causal.kv_num_blocks.sum() + causal.full_kv_num_blocks.sum()) == 36
+    assert int(block_mask.kv_num_blocks.sum() + block_mask.full_kv_num_blocks.sum()) == 17
+
+
+def test_a_batch_without_its_dense_mask_gives_the_same_log_probs():
+    model = tiny_model("qwen3")
+    with_mask = PairCollator(0, layout="packed", pack_tokens=24)(PAIRS)
+    without = PairCollator(0, layout="packed", pack_tokens=24, dense_mask=False)(PAIRS)
+    assert "attention_mask" not in without
+    for a, b in zip(pair_token_logps(model, with_mask), pair_token_logps(model, without)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_flex_attention_scores_equal_the_unshared_log_probs():
+    """FlexAttention has no backward pass on CPU, so this checks scoring (no grad); training uses it on CUDA."""
+    model = tiny_model("llama")
+    reference = by_hand(model, PAIRS)
+    model.set_attn_implementation("flex_attention")
+    for layout in ("shared", "packed"):
+        scores = score_pairs(model, PAIRS, pad_token_id=0, batch_size=3, chunk_size=2, layout=layout)
+        for i, p in enumerate(PAIRS):
+            torch.testing.assert_close(scores.chosen_logps[i, : len(p.chosen_ids)], reference["chosen"][i], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                scores.rejected_logps[i, : len(p.rejected_ids)], reference["rejected"][i], rtol=1e-5, atol=1e-5
+            )
 
 
 @pytest.mark.parametrize("modules_to_save", [None, ["lm_head"]])

@@ -106,6 +106,8 @@ def test_output_dir_holding_a_run_is_not_overwritten(tiny_model_dir, toy_data, t
         ({"warmup_ratio": 2.0}, "warmup_ratio: must be in"),
         ({"columns": {"question": "q"}}, "columns: unknown key"),
         ({"resume": "/no/such/checkpoint"}, "resume:"),
+        ({"attn_implementation": "flash_attention_2"}, "attn_implementation: flash_attention_2 takes no per-pair"),
+        ({"attn_implementation": "flash_attention_2", "layout": "packed"}, "which --layout packed needs"),
     ],
 )
 def test_invalid_options_fail_before_any_model_is_loaded(overrides, message, monkeypatch):
@@ -115,6 +117,15 @@ def test_invalid_options_fail_before_any_model_is_loaded(overrides, message, mon
     with pytest.raises(ConfigError) as err:
         train(TrainConfig(**overrides))
     assert message in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="FlexAttention trains on CUDA")
+def test_flex_attention_training_on_cpu_is_refused_before_any_model_is_loaded(monkeypatch, tmp_path):
+    import slimepo.train.run as run
+
+    monkeypatch.setattr(run, "load_tokenizer", lambda *a, **k: pytest.fail("tokenizer loaded before the check"))
+    with pytest.raises(ConfigError, match="attn_implementation: flex_attention cannot train on CPU"):
+        train(TrainConfig(attn_implementation="flex_attention", output_dir=str(tmp_path / "out")))
 
 
 def run_cli(*args, cwd=None):

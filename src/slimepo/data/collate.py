@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from slimepo import attention
+
 LAYOUTS = ("separate", "shared", "packed")
 
 
@@ -54,7 +56,9 @@ class PairCollator:
     ``chosen_ids``, ``rejected_ids``) into a batch.
 
     Returns ``input_ids`` ``[R, T]``; ``attention_mask`` (``[R, T]`` for ``separate``, a
-    float additive ``[R, 1, T, T]`` mask otherwise); ``position_ids`` ``[R, T]``;
+    float additive ``[R, 1, T, T]`` mask otherwise, left out when ``dense_mask`` is False);
+    for ``shared`` and ``packed``, ``pair_ids`` and ``part_ids`` ``[R, T]`` (see
+    :mod:`slimepo.attention`, which builds either mask from them); ``position_ids`` ``[R, T]``;
     ``chosen_target``/``chosen_source``/``chosen_mask`` ``[B, Lc]`` and the same for
     rejected; ``num_tokens`` (non-padding tokens, a 0-d tensor); ``ref_chosen_logps`` and
     ``ref_rejected_logps`` ``[B]`` when every pair carries precomputed reference sums.
@@ -63,6 +67,7 @@ class PairCollator:
     pad_token_id: int
     layout: str = "shared"
     pack_tokens: int = 4096
+    dense_mask: bool = True
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -88,7 +93,9 @@ class PairCollator:
         if self.layout == "separate":
             batch["attention_mask"] = (pair_of >= 0).long()
         else:
-            batch["attention_mask"] = self._block_mask(pair_of, part_of)
+            batch["pair_ids"], batch["part_ids"] = pair_of, part_of
+            if self.dense_mask:
+                batch["attention_mask"] = attention.dense_mask(pair_of, part_of)
         if all(getattr(p, "ref_chosen_logp", None) is not None for p in pairs):
             batch["ref_chosen_logps"] = torch.tensor([p.ref_chosen_logp for p in pairs], dtype=torch.float32)
             batch["ref_rejected_logps"] = torch.tensor([p.ref_rejected_logp for p in pairs], dtype=torch.float32)
@@ -121,22 +128,6 @@ class PairCollator:
             placed["rejected"].append(_Placed(len(rows) - 1, len(row), prompt_last))
             row += _segment(p.rejected_ids, n_prompt, i, 2)
         return rows, placed
-
-    @staticmethod
-    def _block_mask(pair_of: Tensor, part_of: Tensor) -> Tensor:
-        """Additive ``[R, 1, T, T]`` mask: 0 where query i may attend key j, dtype-min elsewhere.
-
-        i attends j iff j <= i, both belong to the same pair, and j is a prompt token or
-        in the same response as i. Padding queries attend to themselves only.
-        """
-        same_pair = pair_of[:, :, None] == pair_of[:, None, :]
-        visible_part = (part_of[:, None, :] == 0) | (part_of[:, :, None] == part_of[:, None, :])
-        causal = torch.ones(pair_of.shape[1], pair_of.shape[1], dtype=torch.bool).tril()
-        allowed = same_pair & visible_part & causal & (pair_of[:, None, :] >= 0)
-        allowed |= torch.eye(pair_of.shape[1], dtype=torch.bool)
-        mask = torch.zeros(allowed.shape, dtype=torch.float32)
-        mask.masked_fill_(~allowed, torch.finfo(torch.float32).min)
-        return mask[:, None]
 
 
 def _segment(ids: Sequence[int], first_position: int, pair: int, part: int) -> list[tuple[int, int, int, int]]:

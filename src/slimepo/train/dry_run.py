@@ -37,8 +37,10 @@ def dry_run_config(config: TrainConfig) -> TrainConfig:
         output_dir=str(folder / "out"), overwrite=True, resume=None, max_steps=2, save_steps=1,
         logging_steps=1, report_to="none", max_train_pairs=8, max_eval_pairs=4, monitor_steps=1,
         monitor_pairs=2, trust_remote_code=False,
-        # the tiny Gemma 2 stand-in refuses sdpa in transformers (Gemma 3 accepts it)
-        attn_implementation="eager" if kind == "gemma2" else config.attn_implementation, dtype="float32" if config.dtype == "auto" else config.dtype,
+        # The tiny Gemma 2 stand-in refuses sdpa in transformers (Gemma 3 accepts it); kernels that need a GPU
+        # (flex_attention's backward, flash_attention_*) are not what a dry run checks.
+        attn_implementation="eager" if kind == "gemma2" or config.attn_implementation == "eager" else "sdpa",
+        dtype="float32" if config.dtype == "auto" else config.dtype,
     )
     if config.dataset != DEMO and not Path(config.dataset).exists():
         sample = folder / "sample.jsonl"

@@ -15,7 +15,7 @@ import torch
 from accelerate import PartialState
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
-from slimepo.config import DEMO, TrainConfig
+from slimepo.config import DEMO, ConfigError, TrainConfig
 from slimepo.data import demo_file, prepare_pairs
 from slimepo.data.collate import PairCollator
 from slimepo.data.tokenize import template_text
@@ -189,6 +189,11 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         config.validate()
     out = Path(config.output_dir)
     args = training_arguments(config, out)  # also sets up the process group under torchrun
+    if config.attn_implementation == "flex_attention" and args.device.type == "cpu":
+        raise ConfigError(
+            f"attn_implementation: flex_attention cannot train on CPU (PyTorch {torch.__version__} has no FlexAttention "
+            "backward pass there); use sdpa on CPU"
+        )
     if args.process_index == 0:
         check_output_dir(config)
     PartialState().wait_for_everyone()
@@ -207,7 +212,10 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         args=args,
         train_dataset=train_pairs,
         eval_dataset=held_out or None,
-        data_collator=PairCollator(tokenizer.pad_token_id, layout=config.layout, pack_tokens=config.pack_tokens),
+        data_collator=PairCollator(
+            tokenizer.pad_token_id, layout=config.layout, pack_tokens=config.pack_tokens,
+            dense_mask=config.attn_implementation != "flex_attention",
+        ),
         processing_class=tokenizer,
         loss_fn=loss_fn,
         ref_model=ref_model,
