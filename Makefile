@@ -27,7 +27,6 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts bench
-	$(VENV)/bin/ruff format --check src tests scripts bench
 
 demo: $(STAMP)
 	$(VENV)/bin/slimepo train
