@@ -35,6 +35,7 @@ SLIMEPO_CASES = {
     "slimepo-chunked": dict(layout="separate", logprob_chunk_size=512),
     "slimepo-shared": dict(layout="shared", logprob_chunk_size=512),
     "slimepo-packed": dict(layout="packed", logprob_chunk_size=512, pack_tokens=4096),
+    "slimepo-packed-fill": dict(layout="packed", logprob_chunk_size=512),  # budget: the batch's longest pair
 }
 TRL_CASES = ("trl-dpo", "trl-cpo-simpo", "trl-dpo-defaults", "trl-cpo-simpo-defaults")
 CASES = (*SLIMEPO_CASES, *TRL_CASES, "floor")
@@ -205,7 +206,7 @@ def count_tokens(path: str, rows: list[dict], case: str) -> int:
     n = 0
     for r in rows:
         p, c, j = (len(tok(r[k], add_special_tokens=False).input_ids) for k in ("prompt", "chosen", "rejected"))
-        shared = case in ("slimepo-shared", "slimepo-packed", "floor")
+        shared = case in ("slimepo-shared", "slimepo-packed", "slimepo-packed-fill", "floor")
         n += p + c + j + 2 if shared else 2 * p + c + j + 2
     return n
 

@@ -132,7 +132,10 @@ class TrainConfig:
         "other) | separate (prompt+chosen and prompt+rejected rows, as TRL) | packed (shared pairs packed into rows "
         "of up to --pack-tokens)", group="training", choices=("shared", "separate", "packed"),
     )
-    pack_tokens: int = option(2048, "row length budget of --layout packed", group="training")
+    pack_tokens: int | None = option(
+        None, "row length budget of --layout packed (default: the batch's longest pair, so packing fills padding "
+        "without lengthening rows; larger budgets pay off with flex_attention)", group="training",
+    )
     max_tokens_per_batch: int | None = option(
         None, "length-bucketed training batches of at most this many tokens (pairs x longest pair) instead of "
         "--batch-size pairs", group="training",
@@ -161,11 +164,11 @@ class TrainConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"{f.name}: got {getattr(self, f.name)!r}; allowed: {', '.join(choices)}")
         positive = ("learning_rate", "lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps", "max_length",
-                    "max_prompt_length", "logging_steps", "pack_tokens")
-        if self.max_tokens_per_batch is not None and (
-            not isinstance(self.max_tokens_per_batch, int) or self.max_tokens_per_batch < 1
-        ):
-            raise ConfigError(f"max_tokens_per_batch: must be a whole number >= 1, got {self.max_tokens_per_batch!r}")
+                    "max_prompt_length", "logging_steps")
+        for name in ("max_tokens_per_batch", "pack_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name}: must be a whole number >= 1, got {value!r}")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:

@@ -93,6 +93,32 @@ def test_layouts_process_fewer_tokens_and_pack_rows_within_the_budget():
     assert packed["position_ids"][0, 9:17].tolist() == [0, 1, 2, 3, 4, 5, 6, 2]
 
 
+def test_packing_is_first_fit_and_by_default_never_lengthens_a_row():
+    sized = [Pair([1] * 6, [2] * 2, [3] * 2), Pair([4] * 2, [5], [6]), Pair([7] * 3, [8] * 2, [9]), Pair([1] * 3, [2], [3])]
+    # sizes 10, 4, 6, 5; default budget = the longest pair (10): rows [10], [4 + 6], [5]
+    packed = PairCollator(0, layout="packed")(sized)
+    assert packed["input_ids"].shape == (3, 10)
+    assert packed["pair_ids"].tolist() == [[0] * 10, [1] * 4 + [2] * 6, [3] * 5 + [-1] * 5]
+    # budget 12: 10 | 4 + 6 | 5 (no row has room for the 5)
+    assert PairCollator(0, layout="packed", pack_tokens=12)(sized)["input_ids"].shape == (3, 10)
+    # budget 15: the 4 joins the 10 (14); the 6 opens a row; the 5 fits only beside the 6
+    wide = PairCollator(0, layout="packed", pack_tokens=15)(sized)
+    assert wide["pair_ids"].tolist() == [[0] * 10 + [1] * 4, [2] * 6 + [3] * 5 + [-1] * 3]
+
+
+def test_first_fit_packing_out_of_order_gives_the_unshared_log_probs():
+    pairs = [Pair([5, 6, 7, 8], [9, 10], [11, 12, 13]), Pair([20, 21, 22, 23, 24, 25], [26, 27, 28], [29, 30, 31]),
+             Pair([40, 41, 42], [43, 44], [45, 46, 47])]  # sizes 9, 12, 8: budget 20 puts pair 2 beside pair 0
+    batch = PairCollator(0, layout="packed", pack_tokens=20)(pairs)
+    assert batch["pair_ids"].tolist() == [[0] * 9 + [2] * 8, [1] * 12 + [-1] * 5]
+    model = tiny_model("llama")
+    reference = by_hand(model, pairs)
+    chosen, rejected = pair_token_logps(model, batch, chunk_size=3)
+    for i, p in enumerate(pairs):
+        torch.testing.assert_close(chosen[i, : len(p.chosen_ids)], reference["chosen"][i], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rejected[i, : len(p.rejected_ids)], reference["rejected"][i], rtol=1e-5, atol=1e-5)
+
+
 def test_block_mask_isolates_responses_and_pairs():
     batch = PairCollator(0, layout="packed", pack_tokens=24)(PAIRS[:2])
     allowed = batch["attention_mask"][0, 0] == 0

@@ -106,6 +106,7 @@ def test_output_dir_holding_a_run_is_not_overwritten(tiny_model_dir, toy_data, t
         ({"warmup_ratio": 2.0}, "warmup_ratio: must be in"),
         ({"columns": {"question": "q"}}, "columns: unknown key"),
         ({"resume": "/no/such/checkpoint"}, "resume:"),
+        ({"pack_tokens": 0}, "pack_tokens: must be a whole number >= 1, got 0"),
         ({"attn_implementation": "flash_attention_2"}, "attn_implementation: flash_attention_2 takes no per-pair"),
         ({"attn_implementation": "flash_attention_2", "layout": "packed"}, "which --layout packed needs"),
     ],

@@ -7,8 +7,10 @@ rejected]`` (the prompt is encoded twice; a 2-D padding mask).
 attend to the prompt and to their own response only, never to each other (a 4-D mask),
 and both responses continue the prompt's positions. The prompt is encoded once.
 
-``packed``: ``shared`` pairs placed one after another in rows of up to ``pack_tokens``
-tokens; no token attends across pairs and positions restart with each pair.
+``packed``: ``shared`` pairs placed first-fit in rows of up to ``pack_tokens`` tokens
+(default: the batch's longest pair, so no row is longer than in ``shared`` and packing
+only fills the padding); no token attends across pairs and positions restart with each
+pair.
 
 Whatever the layout, each scored token ``k`` of a response is described by two flat
 indices into the ``[rows × tokens]`` grid: ``*_target`` (where the token is) and
@@ -66,7 +68,7 @@ class PairCollator:
 
     pad_token_id: int
     layout: str = "shared"
-    pack_tokens: int = 4096
+    pack_tokens: int | None = None
     dense_mask: bool = True
 
     def __post_init__(self) -> None:
@@ -116,16 +118,20 @@ class PairCollator:
                     placed[side].append(_Placed(len(rows), n_prompt, n_prompt - 1))
                     rows.append(_segment(p.prompt_ids, 0, i, 0) + _segment(getattr(p, f"{side}_ids"), n_prompt, i, part))
             return rows, placed
-        for i, p in enumerate(pairs):
-            size = len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)
-            if self.layout == "shared" or not rows or len(rows[-1]) + size > self.pack_tokens:
+        sizes = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+        budget = self.pack_tokens or max(sizes)
+        for i, (p, size) in enumerate(zip(pairs, sizes)):
+            # First fit: the first row with room, else a new one (a pair longer than the budget gets its own row).
+            fits = [r for r, row in enumerate(rows) if len(row) + size <= budget] if self.layout == "packed" else []
+            if not fits:
                 rows.append([])
-            row, n_prompt = rows[-1], len(p.prompt_ids)
+            r = fits[0] if fits else len(rows) - 1
+            row, n_prompt = rows[r], len(p.prompt_ids)
             prompt_last = len(row) + n_prompt - 1
             row += _segment(p.prompt_ids, 0, i, 0)
-            placed["chosen"].append(_Placed(len(rows) - 1, len(row), prompt_last))
+            placed["chosen"].append(_Placed(r, len(row), prompt_last))
             row += _segment(p.chosen_ids, n_prompt, i, 1)
-            placed["rejected"].append(_Placed(len(rows) - 1, len(row), prompt_last))
+            placed["rejected"].append(_Placed(r, len(row), prompt_last))
             row += _segment(p.rejected_ids, n_prompt, i, 2)
         return rows, placed
 
