@@ -122,10 +122,12 @@ class PairCollator:
         budget = self.pack_tokens or max(sizes)
         for i, (p, size) in enumerate(zip(pairs, sizes)):
             # First fit: the first row with room, else a new one (a pair longer than the budget gets its own row).
-            fits = [r for r, row in enumerate(rows) if len(row) + size <= budget] if self.layout == "packed" else []
-            if not fits:
+            r = None
+            if self.layout == "packed":
+                r = next((k for k, row in enumerate(rows) if len(row) + size <= budget), None)
+            if r is None:
                 rows.append([])
-            r = fits[0] if fits else len(rows) - 1
+                r = len(rows) - 1
             row, n_prompt = rows[r], len(p.prompt_ids)
             prompt_last = len(row) + n_prompt - 1
             row += _segment(p.prompt_ids, 0, i, 0)
