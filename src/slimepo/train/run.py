@@ -20,6 +20,7 @@ from slimepo.data import demo_file, prepare_pairs
 from slimepo.data.collate import PairCollator
 from slimepo.data.tokenize import template_text
 from slimepo.eval.metrics import preference_metrics
+from slimepo.logprobs import uses_flex_attention
 from slimepo.losses import get_loss
 from slimepo.model import load_policy, load_reference, load_tokenizer, resolve_model_path
 from slimepo.scoring import score_pairs
@@ -214,7 +215,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         eval_dataset=held_out or None,
         data_collator=PairCollator(
             tokenizer.pad_token_id, layout=config.layout, pack_tokens=config.pack_tokens,
-            dense_mask=config.attn_implementation != "flex_attention",
+            dense_mask=not uses_flex_attention(model),
         ),
         processing_class=tokenizer,
         loss_fn=loss_fn,
