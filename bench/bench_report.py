@@ -26,7 +26,13 @@ def _ratio(a, b, key):
     return f"{a[key] / b[key]:.2f}x" if a and b else "—"
 
 
+HAND_WRITTEN = "<!-- Written by hand below this line: bench_report.py keeps it when it rewrites the tables above. -->"
+
+
 def write_performance_md(results: list[dict], out: Path, machine: str, command: str, profile: str = "") -> None:
+    """Rewrites ``out``'s generated part; whatever follows the ``HAND_WRITTEN`` marker in the old file is kept."""
+    old = out.read_text(encoding="utf-8") if out.exists() else ""
+    tail = old[old.index(HAND_WRITTEN) + len(HAND_WRITTEN):].lstrip("\n") if HAND_WRITTEN in old else ""
     lines = ["# Performance", "", f"Machine: {machine}. GPU column: not measured (no GPU was lent to this task).", "",
              f"Command: `{command}`", "",
              "Each case runs in its own process: 4 preference pairs per optimizer step, LoRA r=16 on all linear "
@@ -57,6 +63,8 @@ def write_performance_md(results: list[dict], out: Path, machine: str, command: 
                 ("slimepo default vs TRL DPO (pairs/s)", _ratio(best, _find(results, "trl-dpo", shape, model), "pairs_per_s")),
                 ("slimepo default step time / floor", _ratio(best, _find(results, "floor", shape, model), "median_step_s")),
                 ("packed vs shared (pairs/s)", _ratio(_find(results, "slimepo-packed", shape, model), best, "pairs_per_s")),
+                ("packed-fill vs shared (pairs/s)",
+                 _ratio(_find(results, "slimepo-packed-fill", shape, model), best, "pairs_per_s")),
                 ("shared vs naive (pairs/s)", _ratio(best, _find(results, "slimepo-naive", shape, model), "pairs_per_s")),
                 ("slimepo default peak-RSS step increase / TRL CPO-SimPO's",
                  _ratio(best, _find(results, "trl-cpo-simpo", shape, model), "step_rss_increase_gb")),
@@ -64,5 +72,5 @@ def write_performance_md(results: list[dict], out: Path, machine: str, command: 
             lines += ["", "| ratio | value |", "| --- | ---: |", *[f"| {k} | {v} |" for k, v in rows], ""]
     lines += ["## Where slimepo's step time goes", "",
               "torch.profiler, one optimizer step of the default path (c), SmolLM2-135M, long-prompt shape, "
-              "top 15 operators by self CPU time:", "", "```", profile.strip(), "```", ""]
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+              "top 15 operators by self CPU time:", "", "```", profile.strip(), "```", "", HAND_WRITTEN, ""]
+    out.write_text("\n".join(lines) + "\n" + tail, encoding="utf-8")
