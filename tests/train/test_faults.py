@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -236,3 +238,20 @@ def test_cli_resume_from_an_incomplete_checkpoint_is_one_clear_error(tmp_path):
     assert result.returncode == 2
     assert f"slimepo: error: resume: {path!r} is not a complete checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_nan_only_one_of_two_processes_sees_skips_the_step_on_both(tiny_model_dir, toy_data, tmp_path):
+    worker = Path(__file__).with_name("nan_worker.py")
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29547", str(worker),
+           str(tiny_model_dir), str(toy_data["train"].parent), str(tmp_path)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    weights = {(r, s): torch.load(tmp_path / f"rank{r}-step{s}.pt") for r in (0, 1) for s in range(4)}
+    for step in range(4):
+        assert same(weights[0, step], weights[1, step]), f"processes disagree after step {step}"
+    assert same(weights[0, 2], weights[0, 1]), "the NaN step changed the weights"
+    assert not same(weights[0, 1], weights[0, 0]) and not same(weights[0, 3], weights[0, 2])
+    assert [train_logs(tmp_path / "run")[s]["skipped_steps"] for s in (1, 2, 3)] == [0, 1, 1]

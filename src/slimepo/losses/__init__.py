@@ -11,7 +11,13 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from slimepo.losses.base import LossOutput, PreferenceLoss, SequenceStats, sequence_stats
+from slimepo.losses.base import (
+    LossOutput,
+    PreferenceLoss,
+    SequenceStats,
+    StepTotals,
+    sequence_stats,
+)
 from slimepo.losses.pairwise import (
     CpoLoss,
     DpoLoss,
@@ -71,6 +77,7 @@ __all__ = [
     "LossOutput",
     "PreferenceLoss",
     "SequenceStats",
+    "StepTotals",
     "get_loss",
     "loss_class",
     "sequence_stats",

@@ -2,10 +2,18 @@
 
 Notation follows ``shared/PAPER.md``: ``ℓ_t`` is a per-token log-probability (natural
 log), ``r(y) = (1/|y|) Σ_t ℓ_t`` the length-normalized log-likelihood of a response.
+
+Every batch mean of every loss is a sum divided by a count: a mean over pairs
+(``SequenceStats.pair_mean``) or a mean over all valid tokens of one side
+(``SequenceStats.token_mean``). By default the counts are the batch's own. When one
+optimizer step is split into parts (micro-batches of gradient accumulation, processes of
+data parallelism), :class:`StepTotals` gives the counts of the whole step, so that the
+parts' losses add up to the loss of the unsplit step, and so do their gradients.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
@@ -36,12 +44,28 @@ def param(default: Any, help: str, **kwargs: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class StepTotals:
+    """The counts a batch mean divides by, over a whole optimizer step.
+
+    ``pairs``: pairs in the step; ``chosen_tokens`` / ``rejected_tokens``: valid response
+    tokens of each side. Scalars (numbers or 0-d tensors), summed over every micro-batch
+    and every process of the step.
+    """
+
+    pairs: Tensor | float
+    chosen_tokens: Tensor | float
+    rejected_tokens: Tensor | float
+
+
+@dataclass(frozen=True)
 class SequenceStats:
     """Per-pair reductions of one side (chosen or rejected) of a batch, in fp32.
 
     ``logps``: ``[batch, tokens]`` per-token log-probs with masked positions set to 0;
     ``mask``: ``[batch, tokens]`` bool; ``sum``: ``[batch]`` Σ_t ℓ_t; ``length``:
-    ``[batch]`` |y|; ``mean``: ``[batch]`` r(y) = sum / length.
+    ``[batch]`` |y|; ``mean``: ``[batch]`` r(y) = sum / length. ``num_pairs`` and
+    ``num_tokens``: what :meth:`pair_mean` and :meth:`token_mean` divide by (this batch's
+    counts, or the step's, see :class:`StepTotals`).
     """
 
     logps: Tensor
@@ -49,13 +73,27 @@ class SequenceStats:
     sum: Tensor
     length: Tensor
     mean: Tensor
+    num_pairs: Tensor | float
+    num_tokens: Tensor | float
+
+    def pair_mean(self, values: Tensor) -> Tensor:
+        """Mean over pairs of ``values`` ``[batch]``: ``Σ_pairs values / num_pairs``."""
+        return values.sum() / self.num_pairs
+
+    def token_mean(self, per_token: Tensor) -> Tensor:
+        """Mean over valid tokens of ``per_token`` ``[batch, tokens]`` (0 where masked): ``Σ / num_tokens``."""
+        return per_token.sum() / self.num_tokens
 
 
-def sequence_stats(logps: Tensor, mask: Tensor, side: str) -> SequenceStats:
+def sequence_stats(
+    logps: Tensor, mask: Tensor, side: str, num_pairs: Tensor | float | None = None,
+    num_tokens: Tensor | float | None = None,
+) -> SequenceStats:
     """Reduce per-token log-probs over the valid tokens given by ``mask``, in fp32.
 
     Masked-out positions may hold anything (0, -1e4, NaN): ``torch.where`` keeps them out
     of both the value and the gradient, which a multiplication by the mask would not.
+    ``num_pairs`` / ``num_tokens`` default to this batch's pairs and valid tokens.
     """
     if logps.dim() != 2 or mask.shape != logps.shape:
         raise ValueError(
@@ -71,7 +109,11 @@ def sequence_stats(logps: Tensor, mask: Tensor, side: str) -> SequenceStats:
     masked = torch.where(mask, logps.float(), torch.zeros((), dtype=torch.float32, device=logps.device))
     total = masked.sum(-1)
     length = length.to(torch.float32)
-    return SequenceStats(logps=masked, mask=mask, sum=total, length=length, mean=total / length)
+    return SequenceStats(
+        logps=masked, mask=mask, sum=total, length=length, mean=total / length,
+        num_pairs=float(mask.shape[0]) if num_pairs is None else num_pairs,
+        num_tokens=length.sum() if num_tokens is None else num_tokens,
+    )
 
 
 class PreferenceLoss:
@@ -106,7 +148,14 @@ class PreferenceLoss:
         rejected_mask: Tensor,
         ref_chosen_logps: Tensor | None = None,
         ref_rejected_logps: Tensor | None = None,
+        step_totals: StepTotals | None = None,
     ) -> LossOutput:
+        """The loss of one batch and its metrics.
+
+        ``step_totals``: when this batch is one part of an optimizer step, the step's
+        counts; every batch mean then divides by them, so the parts' losses sum to the
+        step's loss. The metrics stay this batch's own means either way.
+        """
         chosen = sequence_stats(chosen_logps, chosen_mask, "chosen")
         rejected = sequence_stats(rejected_logps, rejected_mask, "rejected")
         if chosen.sum.shape != rejected.sum.shape:
@@ -131,9 +180,17 @@ class PreferenceLoss:
                 stacklevel=2,
             )
             self._warned_unused_reference = True
-        loss, terms, chosen_rewards, rejected_rewards = self.compute(
-            chosen, rejected, ref_chosen_logps, ref_rejected_logps
-        )
+        # The metrics explain this batch: its own means. The loss to backpropagate divides by the step's counts.
+        with torch.no_grad() if step_totals is not None else contextlib.nullcontext():
+            loss, terms, chosen_rewards, rejected_rewards = self.compute(
+                chosen, rejected, ref_chosen_logps, ref_rejected_logps
+            )
+        if step_totals is not None:
+            loss = self.compute(
+                dataclasses.replace(chosen, num_pairs=step_totals.pairs, num_tokens=step_totals.chosen_tokens),
+                dataclasses.replace(rejected, num_pairs=step_totals.pairs, num_tokens=step_totals.rejected_tokens),
+                ref_chosen_logps, ref_rejected_logps,
+            )[0]
         margins = chosen_rewards - rejected_rewards
         metrics = {f"loss/{term}": value.detach() for term, value in terms.items()}
         metrics.update(

@@ -18,7 +18,7 @@ from slimepo.losses.base import PreferenceLoss, SequenceStats, param
 
 def chosen_token_nll(chosen: SequenceStats) -> Tensor:
     """Mean negative log-likelihood over all chosen tokens of the batch (TRL's cross-entropy)."""
-    return -chosen.logps.sum() / chosen.length.sum()
+    return -chosen.token_mean(chosen.logps)
 
 
 @dataclass
@@ -32,7 +32,7 @@ class SftLoss(PreferenceLoss):
     citation = "maximum likelihood on the chosen responses"
 
     def compute(self, chosen, rejected, ref_chosen, ref_rejected):
-        nll = -chosen.mean.mean()
+        nll = -chosen.pair_mean(chosen.mean)
         return nll, {"nll": nll}, chosen.mean, rejected.mean
 
 
@@ -65,7 +65,7 @@ class DpoLoss(PreferenceLoss):
         rejected_rewards = self.beta * (rejected.sum - ref_rejected)
         h = chosen_rewards - rejected_rewards
         eps = self.label_smoothing
-        loss = (-(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h)).mean()
+        loss = chosen.pair_mean(-(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h))
         return loss, {"sigmoid": loss}, chosen_rewards, rejected_rewards
 
 
@@ -99,7 +99,7 @@ class IpoLoss(PreferenceLoss):
             chosen_ratio = chosen_ratio / chosen.length
             rejected_ratio = rejected_ratio / rejected.length
         h = chosen_ratio - rejected_ratio
-        loss = ((h - 1 / (2 * self.tau)) ** 2).mean()
+        loss = chosen.pair_mean((h - 1 / (2 * self.tau)) ** 2)
         return loss, {"squared": loss}, self.tau * chosen_ratio, self.tau * rejected_ratio
 
 
@@ -126,7 +126,7 @@ class HingeLoss(PreferenceLoss):
     def compute(self, chosen, rejected, ref_chosen, ref_rejected):
         chosen_rewards = self.beta * (chosen.sum - ref_chosen)
         rejected_rewards = self.beta * (rejected.sum - ref_rejected)
-        loss = F.relu(1 - (chosen_rewards - rejected_rewards)).mean()
+        loss = chosen.pair_mean(F.relu(1 - (chosen_rewards - rejected_rewards)))
         return loss, {"hinge": loss}, chosen_rewards, rejected_rewards
 
 
@@ -159,7 +159,7 @@ class SimpoLoss(PreferenceLoss):
         rejected_rewards = self.beta * rejected.mean
         h = chosen_rewards - rejected_rewards - self.gamma
         eps = self.label_smoothing
-        loss = (-(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h)).mean()
+        loss = chosen.pair_mean(-(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h))
         return loss, {"sigmoid": loss}, chosen_rewards, rejected_rewards
 
 
@@ -186,7 +186,7 @@ class CpoLoss(PreferenceLoss):
     def compute(self, chosen, rejected, ref_chosen, ref_rejected):
         chosen_rewards = self.beta * chosen.sum
         rejected_rewards = self.beta * rejected.sum
-        prefer = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+        prefer = -chosen.pair_mean(F.logsigmoid(chosen_rewards - rejected_rewards))
         nll = chosen_token_nll(chosen)
         loss = prefer + self.alpha * nll
         return loss, {"sigmoid": prefer, "nll": nll}, chosen_rewards, rejected_rewards
@@ -226,7 +226,7 @@ class OrpoLoss(PreferenceLoss):
 
     def compute(self, chosen, rejected, ref_chosen, ref_rejected):
         ratio = log_odds(chosen.mean) - log_odds(rejected.mean)
-        odds_ratio = -F.logsigmoid(ratio).mean()
+        odds_ratio = -chosen.pair_mean(F.logsigmoid(ratio))
         nll = chosen_token_nll(chosen)
         loss = nll + self.lam * odds_ratio
         return loss, {"nll": nll, "odds_ratio": odds_ratio}, self.lam * chosen.mean, self.lam * rejected.mean

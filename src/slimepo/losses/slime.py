@@ -92,15 +92,15 @@ class SlimeLoss(PreferenceLoss):
         phi = F.softplus(-rejected.logps - self.stabilizer_shift).pow(self.stabilizer_power)
         phi = torch.where(rejected.mask, phi, torch.zeros_like(phi))
         if self.stabilizer_reduction == "batch_tokens":
-            reduced = phi.sum() / rejected.length.sum()
+            reduced = rejected.token_mean(phi)
         else:
-            reduced = (phi.sum(-1) / rejected.length).mean()
+            reduced = rejected.pair_mean(phi.sum(-1) / rejected.length)
         return self.stabilizer_weight * reduced
 
     def compute(self, chosen, rejected, ref_chosen, ref_rejected):
         delta = chosen.mean - rejected.mean
-        margin = self.margin_term(delta).mean()
-        anchor = -self.anchor_weight * chosen.mean.mean()
+        margin = chosen.pair_mean(self.margin_term(delta))
+        anchor = -self.anchor_weight * chosen.pair_mean(chosen.mean)
         stabilizer = self.stabilizer_term(rejected)
         loss = margin + anchor + stabilizer
         terms = {"margin": margin, "anchor": anchor, "stabilizer": stabilizer}

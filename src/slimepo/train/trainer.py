@@ -20,7 +20,7 @@ from transformers import Trainer
 
 from slimepo.data.batching import TokenBudgetBatchSampler, pair_tokens
 from slimepo.logprobs import pair_token_logps
-from slimepo.losses import PreferenceLoss
+from slimepo.losses import PreferenceLoss, StepTotals
 from slimepo.train.checkpoint import read_run_state, rotate, staged_checkpoint, write_run_state
 from slimepo.train.faults import NonFiniteStepGuard
 
@@ -58,8 +58,8 @@ class PreferenceTrainer(Trainer):
         if ref_model is not None:
             self.ref_model = ref_model.to(self.args.device)
         self.chunk_size = logprob_chunk_size or None
-        # Our loss is a per-micro-batch mean: the Trainer must divide it by the accumulation steps.
-        self.loss_is_scaled_for_ga = False
+        # Training losses divide by the whole step's counts (step_totals): the Trainer must not rescale them.
+        self.loss_is_scaled_for_ga = True
         self._stored: dict[str, dict[str, list[Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._window_tokens = 0
         self._window_start = time.perf_counter()
@@ -95,11 +95,30 @@ class PreferenceTrainer(Trainer):
                 chosen, rejected = self.token_logps(model, batch)
         return chosen.sum(-1), rejected.sum(-1)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def _get_num_items_in_batch(self, batch_samples: list[dict[str, Tensor]], device) -> StepTotals:
+        """The counts of one optimizer step: pairs and response tokens of all its micro-batches, all processes.
+
+        The Trainer hands them to :meth:`compute_loss` as ``num_items_in_batch``, as it hands
+        a causal LM its step's label count: every batch mean of the loss divides by them.
+        """
+        counts = torch.tensor(
+            [[len(b["chosen_mask"]), int(b["chosen_mask"].sum()), int(b["rejected_mask"].sum())] for b in batch_samples],
+            dtype=torch.float32, device=device,
+        ).sum(0)
+        counts = self.accelerator.reduce(counts, reduction="sum")
+        return StepTotals(pairs=counts[0], chosen_tokens=counts[1], rejected_tokens=counts[2])
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch: StepTotals | None = None):
         chosen, rejected = self.token_logps(model, inputs)
         chosen_mask, rejected_mask = inputs["chosen_mask"], inputs["rejected_mask"]
         ref_chosen, ref_rejected = self.reference_logps(model, inputs)
-        out = self.loss_fn(chosen, chosen_mask, rejected, rejected_mask, ref_chosen, ref_rejected)
+        out = self.loss_fn(chosen, chosen_mask, rejected, rejected_mask, ref_chosen, ref_rejected,
+                           step_totals=num_items_in_batch)
+        loss = out.loss
+        if num_items_in_batch is not None:
+            # This micro-batch's share of the step's loss; DDP and FSDP average gradients over
+            # processes, so the share is scaled back up by their number.
+            loss = loss * self.accelerator.num_processes
 
         metrics = dict(out.metrics)
         metrics["logps/chosen_sum"] = chosen.detach().sum(-1).mean()
@@ -111,7 +130,7 @@ class PreferenceTrainer(Trainer):
             self._stored[split][key].append(value.detach())
         if split == "train":
             self._window_tokens = self._window_tokens + inputs["num_tokens"]
-        return (out.loss, out) if return_outputs else out.loss
+        return (loss, out) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
