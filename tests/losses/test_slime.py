@@ -221,3 +221,53 @@ def test_invalid_margin_mode_and_reduction_name_the_allowed_values():
         get_loss("slime", stabilizer_reduction="token")
     with pytest.raises(ValueError, match="anchor_weight must be a number >= 0"):
         get_loss("slime", anchor_weight=-1)
+
+
+# Δ on both sides of both margins (m_s = 1.0, m_h = 1.5, k = 2.5, λ_m = 0.7), per mode:
+# (Δ, dual L_margin, dual dL/dΔ, hard L_margin, hard dL/dΔ, soft L_margin, soft dL/dΔ). Written
+# from PAPER.md with u = −k(Δ − m_s): dual = λ_m·max(0, m_h − Δ)·σ(u), its derivative
+# −λ_m·σ(u)·[1 + k(m_h − Δ)(1 − σ(u))] below m_h; hard = λ_m·max(0, m_h − Δ), derivative −λ_m;
+# soft = λ_m·softplus(u)/k, derivative −λ_m·σ(u). E.g. Δ = 1.0: σ(0) = 1/2, dual = 0.7·0.5·0.5.
+MARGIN_CASES = [
+    (-0.5, 1.367831682, -0.7624887774, 1.4, -0.7, 1.05650873, -0.6839158411),  # below m_s
+    (0.6, 0.4605669045, -0.8214047999, 0.63, -0.7, 0.3677132725, -0.511741005),  # below m_s
+    (1.0, 0.175, -0.56875, 0.35, -0.7, 0.1940812106, -0.35),  # at m_s
+    (1.2, 0.07928354045, -0.3876554171, 0.21, -0.7, 0.1327415556, -0.2642784682),  # between m_s and m_h
+    (1.5, 0.0, 0.0, 0.0, 0.0, 0.07054014278, -0.1558900972),  # at m_h
+    (2.0, 0.0, 0.0, 0.0, 0.0, 0.0220891256, -0.05310072601),  # above m_h
+]
+
+
+@pytest.mark.parametrize("mode", ["dual", "hard", "soft"])
+@pytest.mark.parametrize("case", MARGIN_CASES, ids=lambda c: f"delta={c[0]}")
+def test_margin_term_value_and_gradient_on_both_sides_of_both_margins(case, mode):
+    delta = case[0]
+    value, slope = {"dual": case[1:3], "hard": case[3:5], "soft": case[5:7]}[mode]
+    chosen = torch.tensor([[-0.25]], dtype=torch.float64, requires_grad=True)
+    rejected = torch.tensor([[-0.25 - delta]], dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    loss_fn = get_loss("slime", margin_mode=mode, margin_weight=0.7, anchor_weight=0.0, stabilizer_weight=0.0)
+    out = loss_fn(chosen, mask, rejected, mask)
+    out.loss.backward()
+    assert out.loss.item() == pytest.approx(value, rel=1e-6, abs=1e-9)
+    assert chosen.grad.item() == pytest.approx(slope, rel=1e-5, abs=1e-9)  # dL/dℓ_w = dL/dΔ for one token
+    assert rejected.grad.item() == pytest.approx(-slope, rel=1e-5, abs=1e-9)
+
+
+def test_full_objective_on_a_batch_across_the_margins_by_hand():
+    """Three one-token pairs, Δ = 0.6, 1.2, 2.0, with every term on and the defaults.
+
+    Defaults: λ_m = 1, m_h = 1.5, m_s = 1, k = 2.5, λ_w = 0.1, λ_l = 5e-4, δ = 1.25, p = 2.5.
+    Chosen ℓ = −0.5 each, so L_anchor = −0.1·(−0.5) = 0.05. Margins (λ_m = 1, the table above
+    divided by 0.7): 0.6579527208, 0.1132622006, 0, mean 0.2570716405. Rejected ℓ = −1.1,
+    −1.7, −2.5: φ = softplus(−ℓ − δ)^p = softplus(−0.15)^2.5, softplus(0.45)^2.5, softplus(1.25)^2.5
+    = 0.3038462646, 0.8641036139, 2.7645443800, mean 1.3108314195, times 5e-4.
+    """
+    chosen = torch.full((3, 1), -0.5, dtype=torch.float64)
+    rejected = torch.tensor([[-1.1], [-1.7], [-2.5]], dtype=torch.float64)
+    mask = torch.ones(3, 1, dtype=torch.bool)
+    out = get_loss("slime")(chosen, mask, rejected, mask)
+    assert out.metrics["loss/margin"].item() == pytest.approx(0.2570716405, rel=1e-6)
+    assert out.metrics["loss/anchor"].item() == pytest.approx(0.05, rel=1e-6)
+    assert out.metrics["loss/stabilizer"].item() == pytest.approx(5e-4 * 1.3108314195, rel=1e-6)
+    assert out.loss.item() == pytest.approx(0.2570716405 + 0.05 + 5e-4 * 1.3108314195, rel=1e-6)
