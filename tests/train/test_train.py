@@ -222,3 +222,15 @@ def test_precomputed_reference_log_probs_give_the_same_dpo_run(tiny_model_dir, t
     for live, pre in zip(runs[False], runs[True]):
         assert pre["loss"] == pytest.approx(live["loss"], rel=1e-4, abs=1e-6)
         assert pre["rewards/chosen"] == pytest.approx(live["rewards/chosen"], rel=1e-3, abs=1e-5)
+
+
+@pytest.mark.parametrize("ratio, shares", [(1.0, [0.0, 0.25, 0.5, 0.75]), (0.5, [0.0, 0.5, 1.0, 0.5])])
+def test_warmup_ratio_is_a_share_of_the_steps_one_included(tiny_model_dir, toy_data, tmp_path, ratio, shares):
+    # 4 steps, cosine after warm-up: ratio 1.0 warms up over all 4 (lr·s/4 for step s = 0..3), ratio 0.5
+    # over 2, then cos decay over the other 2: step 3 at lr·(1 + cos(π/2))/2 = lr/2. transformers alone
+    # reads a "warmup_steps" of 1.0 as one step: [0, 1, 0.75, 0.25].
+    config = toy_config(tiny_model_dir, toy_data, tmp_path / "run", max_steps=4, logging_steps=1, warmup_ratio=ratio,
+                        monitor_steps=0)
+    train(config)
+    rates = [r["learning_rate"] for r in read_metrics(tmp_path / "run") if r["split"] == "train" and "loss" in r]
+    assert rates == pytest.approx([1e-2 * s for s in shares], abs=1e-9)

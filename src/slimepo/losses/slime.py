@@ -36,7 +36,8 @@ class SlimeLoss(PreferenceLoss):
         L_stab = λ_l · mean_t φ(ℓ_t)                 stabilizer_reduction="batch_tokens"
                = λ_l · mean_pairs mean_{t∈y_l} φ(ℓ_t)   stabilizer_reduction="sequence"
 
-    Total: ``L = mean_pairs(L_margin + L_anchor) + L_stab``.
+    Total: ``L = mean_pairs(L_margin + L_anchor) + L_stab``. Under a split optimizer step the
+    means run over the whole step (see :class:`~slimepo.losses.base.StepTotals`).
 
     Rewards are ``r(y_w)`` and ``r(y_l)``; the margin metric is Δ.
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -148,15 +149,29 @@ class TrainResult:
     global_step: int
 
 
-def training_arguments(config: TrainConfig, out: Path) -> TrainingArguments:
-    return TrainingArguments(
+@dataclass
+class PreferenceTrainingArguments(TrainingArguments):
+    """transformers' arguments with the warm-up as a share of the steps, 1.0 included.
+
+    transformers reads ``warmup_steps`` below 1 as a share and from 1 up as a step count, so
+    a share of 1.0 would warm up for one step.
+    """
+
+    warmup_ratio: float = field(default=0.0, metadata={"help": "share of the training steps spent warming up"})
+
+    def get_warmup_steps(self, num_training_steps: int) -> int:
+        return math.ceil(num_training_steps * self.warmup_ratio)
+
+
+def training_arguments(config: TrainConfig, out: Path) -> PreferenceTrainingArguments:
+    return PreferenceTrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,
+        warmup_ratio=config.warmup_ratio,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         num_train_epochs=config.num_epochs,
