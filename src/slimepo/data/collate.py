@@ -97,7 +97,7 @@ class PairCollator:
         else:
             batch["pair_ids"], batch["part_ids"] = pair_of, part_of
             if self.dense_mask:
-                batch["attention_mask"] = attention.dense_mask(pair_of, part_of)
+                batch["attention_mask"] = attention.dense_mask(pair_of, part_of, position_ids)
         if all(getattr(p, "ref_chosen_logp", None) is not None for p in pairs):
             batch["ref_chosen_logps"] = torch.tensor([p.ref_chosen_logp for p in pairs], dtype=torch.float32)
             batch["ref_rejected_logps"] = torch.tensor([p.ref_rejected_logp for p in pairs], dtype=torch.float32)
