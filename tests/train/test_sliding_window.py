@@ -14,8 +14,10 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.masking_utils import sdpa_mask, sliding_window_causal_mask_function
 
 from slimepo.attention import dense_mask, flex_block_mask
+from slimepo.config import ConfigError, TrainConfig
 from slimepo.data.collate import PairCollator
 from slimepo.logprobs import attention_mask, layer_windows, pair_token_logps
+from slimepo.model import load_policy
 from slimepo.scoring import score_pairs
 
 from .test_forward import Pair, by_hand, grads_of, weighted_sum
@@ -154,3 +156,12 @@ def test_flex_attention_block_masks_score_the_unshared_log_probs(kind):
         scores = score_pairs(model, PAIRS, pad_token_id=0, batch_size=3, chunk_size=2, layout=layout)
         torch.testing.assert_close(scores.chosen_logps, expected[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(scores.rejected_logps, expected[1], rtol=1e-5, atol=1e-5)
+
+
+def test_loading_a_policy_refuses_a_layout_its_attention_cannot_take(tmp_path):
+    model = windowed_model("gemma3_text")
+    model.config.use_bidirectional_attention = True
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="layout: --layout shared and packed .* bidirectionally"):
+        load_policy(TrainConfig(model=str(tmp_path), layout="packed", use_lora=False))
+    assert load_policy(TrainConfig(model=str(tmp_path), layout="separate", use_lora=False)) is not None
