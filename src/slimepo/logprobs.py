@@ -157,22 +157,58 @@ def uses_flex_attention(model: nn.Module) -> bool:
     return getattr(_base_model(model).config, "_attn_implementation", None) == "flex_attention"
 
 
+def _text_config(model: nn.Module):
+    config = _base_model(model).config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def layer_windows(model: nn.Module) -> dict[str, int | None]:
+    """Each attention layer type of ``model`` and its window in positions (None: full causal).
+
+    What the ``shared`` and ``packed`` masks must reproduce, layer type by layer type. Raises
+    ValueError for attention they cannot express, rather than computing something else.
+    """
+    config = _text_config(model)
+    refuse = "--layout shared and packed replace the model's attention mask, but "
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation not in ("eager", "sdpa", "flex_attention"):
+        raise ValueError(refuse + f"attn_implementation {implementation} takes no such mask; use --layout separate")
+    if getattr(config, "use_bidirectional_attention", False):
+        raise ValueError(refuse + "this model attends bidirectionally (use_bidirectional_attention); use --layout separate")
+    window = getattr(config, "sliding_window", None)
+    # Models without layer_types (Mistral) slide every layer when sliding_window is set.
+    layer_types = getattr(config, "layer_types", None) or ["sliding_attention" if window else "full_attention"]
+    unknown = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
+    if unknown:
+        raise ValueError(refuse + f"they cannot express layer types {', '.join(unknown)}; use --layout separate")
+    return {kind: window if kind == "sliding_attention" else None for kind in dict.fromkeys(layer_types)}
+
+
 def attention_mask(model: nn.Module, batch: dict[str, Tensor]):
-    """The mask to call ``model`` with: a FlexAttention BlockMask for a flex model (shared and
-    packed rows), else the batch's own mask, built densely when the collator left it out."""
+    """The mask to call ``model`` with.
+
+    ``separate`` rows: the batch's own padding mask. ``shared`` and ``packed`` rows: one mask per
+    layer type of :func:`layer_windows` (a FlexAttention BlockMask for a flex model, else a dense
+    ``[R, 1, T, T]`` mask, the batch's own for full attention when the collator built it); a dict
+    ``{layer_type: mask}`` when the model mixes types (transformers models with ``layer_types``
+    take it as is), else the one mask.
+    """
     if "pair_ids" not in batch:
         return batch["attention_mask"]
-    if uses_flex_attention(model):
-        return attention.flex_block_mask(batch["pair_ids"], batch["part_ids"])
-    if "attention_mask" in batch:
-        return batch["attention_mask"]
-    return attention.dense_mask(batch["pair_ids"], batch["part_ids"])
+    ids = batch["pair_ids"], batch["part_ids"], batch["position_ids"]
+    masks = {}
+    for kind, window in layer_windows(model).items():
+        if uses_flex_attention(model):
+            masks[kind] = attention.flex_block_mask(*ids, window)
+        elif window is None and "attention_mask" in batch:
+            masks[kind] = batch["attention_mask"]
+        else:
+            masks[kind] = attention.dense_mask(*ids, window)
+    return masks if len(masks) > 1 else next(iter(masks.values()))
 
 
 def final_logit_softcap(model: nn.Module) -> float | None:
-    config = _base_model(model).config
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return getattr(text_config, "final_logit_softcapping", None)
+    return getattr(_text_config(model), "final_logit_softcapping", None)
 
 
 def pair_token_logps(

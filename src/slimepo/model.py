@@ -17,7 +17,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from slimepo.config import DEFAULT_MODEL, TrainConfig
+from slimepo.config import DEFAULT_MODEL, ConfigError, TrainConfig
+from slimepo.logprobs import layer_windows
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,11 @@ def load_policy(config: TrainConfig) -> torch.nn.Module:
         attn_implementation=config.attn_implementation,
     )
     model.config.use_cache = False
+    if config.layout != "separate":
+        try:
+            layer_windows(model)  # refuse here, not at the first step, what the layout's masks cannot express
+        except ValueError as err:
+            raise ConfigError(f"layout: {err}") from None
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if config.use_lora:

@@ -133,7 +133,7 @@ def test_flex_block_mask_allows_exactly_what_the_dense_mask_allows(layout):
     from torch.nn.attention.flex_attention import create_mask
 
     batch = PairCollator(0, layout=layout, pack_tokens=24)(PAIRS)
-    block_mask = flex_block_mask(batch["pair_ids"], batch["part_ids"])
+    block_mask = flex_block_mask(batch["pair_ids"], batch["part_ids"], batch["position_ids"])
     rows, width = batch["input_ids"].shape
     assert block_mask.shape == (rows, 1, width, width)
     dense_allowed = batch["attention_mask"] == 0
@@ -146,7 +146,7 @@ def test_flex_block_mask_skips_other_pairs_blocks_in_a_packed_row():
     long_pairs = [Pair(list(range(1, 201)), list(range(1, 61)), list(range(1, 61))) for _ in range(3)]  # 320 each
     batch = PairCollator(0, layout="packed", pack_tokens=1024, dense_mask=False)(long_pairs)
     assert "attention_mask" not in batch and batch["input_ids"].shape == (1, 960)
-    block_mask = flex_block_mask(batch["pair_ids"], batch["part_ids"])
+    block_mask = flex_block_mask(batch["pair_ids"], batch["part_ids"], batch["position_ids"])
     causal = create_block_mask(lambda b, h, q, k: k <= q, 1, None, 960, 960, device="cpu")
     # 128-token blocks: 8 query blocks; causal keeps 36 of 64; the pairs (0-319, 320-639, 640-959)
     # keep 1+2+3 | 2+3 | 1+2+3 per query block = 17 (block 2 holds the end of pair 0 and the start of pair 1).

@@ -58,7 +58,8 @@ class PairCollator:
     ``chosen_ids``, ``rejected_ids``) into a batch.
 
     Returns ``input_ids`` ``[R, T]``; ``attention_mask`` (``[R, T]`` for ``separate``, a
-    float additive ``[R, 1, T, T]`` mask otherwise, left out when ``dense_mask`` is False);
+    float additive ``[R, 1, T, T]`` full-attention mask otherwise, left out when ``dense_mask``
+    is False; sliding-window layers get theirs from :func:`slimepo.logprobs.attention_mask`);
     for ``shared`` and ``packed``, ``pair_ids`` and ``part_ids`` ``[R, T]`` (see
     :mod:`slimepo.attention`, which builds either mask from them); ``position_ids`` ``[R, T]``;
     ``chosen_target``/``chosen_source``/``chosen_mask`` ``[B, Lc]`` and the same for
@@ -97,7 +98,7 @@ class PairCollator:
         else:
             batch["pair_ids"], batch["part_ids"] = pair_of, part_of
             if self.dense_mask:
-                batch["attention_mask"] = attention.dense_mask(pair_of, part_of)
+                batch["attention_mask"] = attention.dense_mask(pair_of, part_of, position_ids)
         if all(getattr(p, "ref_chosen_logp", None) is not None for p in pairs):
             batch["ref_chosen_logps"] = torch.tensor([p.ref_chosen_logp for p in pairs], dtype=torch.float32)
             batch["ref_rejected_logps"] = torch.tensor([p.ref_rejected_logp for p in pairs], dtype=torch.float32)
