@@ -65,6 +65,19 @@ def test_cli_reports_what_truncation_cut_from_each_part(pairs_file, tokenizer_fo
     ]
 
 
+def test_cli_takes_the_data_options_of_a_training_config_file(pairs_file, tokenizer_folder, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"model: {tokenizer_folder}\ndataset: {pairs_file}\nmax_length: 14\nmax_prompt_length: 12\n"
+        "loss: simpo\nlearning_rate: 5.0e-5\n",
+        encoding="utf-8",
+    )
+    assert main(["inspect-data", "--config", str(config), "--max-prompt-length", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "max_length 14, max_prompt_length 10" in out
+    assert f"pair 1 ({pairs_file}:1): prompt 10 tokens, chosen 4 tokens, rejected 4 tokens" in out
+
+
 def test_demo_data_shows_the_first_n_pairs_in_file_order():
     text = inspect_pairs("demo", tiny_tokenizer(), n=2)
     headers = [line for line in text.splitlines() if line.startswith("pair ")]
@@ -81,6 +94,19 @@ def test_demo_data_shows_the_first_n_pairs_in_file_order():
 
 def test_demo_test_split_is_the_shipped_test_file():
     assert f"({demo_file('test')}:1)" in inspect_pairs("demo", tiny_tokenizer(), n=1, split="test")
+
+
+def test_a_pair_whose_template_breaks_the_prompt_prefix_says_so(pairs_file):
+    # The generation prompt adds a newline that the rendered conversation lacks.
+    not_a_prefix = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '\\n<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    with pytest.warns(UserWarning, match="chat template mismatch in 1 pairs"):
+        text = inspect_pairs(pairs_file, tiny_tokenizer(), chat_template=not_a_prefix)
+    assert text.splitlines()[-1] == (
+        "  chat template mismatch: prompt and responses were tokenized apart (see the warning)"
+    )
 
 
 def test_rows_that_cannot_be_used_are_skipped_and_counted(tmp_path):

@@ -18,7 +18,7 @@ from slimepo.data.formats import ValidationReport, normalize_rows
 from slimepo.data.sources import DataError, load_rows
 from slimepo.data.tokenize import TokenizedPair, check_lengths, tokenize_pairs
 
-DEMO = "demo"
+DEMO = "demo"  # as --dataset demo of the CLI
 _UNLIMITED = 2**62
 
 
@@ -52,6 +52,7 @@ def inspect_pairs(
     lines = [str(report), f"max_length {max_length}, max_prompt_length {max_prompt_length}"]
     shown = 0
     for pair in pairs:
+        mismatches = report.template_mismatches
         kept = tokenize_pairs([pair], tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
                               chat_template=chat_template, report=report)
         if not kept:
@@ -60,6 +61,8 @@ def inspect_pairs(
                                   chat_template=chat_template)
         shown += 1
         lines += ["", *_pair_lines(shown, kept[0], whole, tokenizer)]
+        if report.template_mismatches > mismatches:
+            lines.append("  chat template mismatch: prompt and responses were tokenized apart (see the warning)")
         if shown == n:
             break
     if not shown:
