@@ -200,6 +200,21 @@ def test_qwen3_prompt_is_what_the_template_renders_at_inference_and_history_has_
     assert tokenizer.decode(pair.chosen_ids) == "Paris.<|im_end|>"
 
 
+def test_qwen3_multi_turn_response_is_a_counted_template_mismatch(tmp_path):
+    # Its first assistant turn precedes the response's user turn, so it gets no think block,
+    # while the generation prompt ends with one (Qwen3-4B's own template does the same).
+    tokenizer = qwen3_tokenizer()
+    row = {**ROW, "chosen": [
+        {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "Hi."},
+        {"role": "assistant", "content": "Hello."},
+    ]}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match="does not start with the text rendered for the prompt"):
+        _, report = prepare_pairs(path, tokenizer, chat_template=str(TEMPLATES / "qwen3.jinja"))
+    assert report.template_mismatches == 1
+
+
 def test_gemma3_without_a_system_turn_starts_the_user_turn_with_the_question(tmp_path):
     tokenizer = gemma3_tokenizer()
     pair = tokens_of(tokenizer, tmp_path, {**ROW, "prompt": QUESTION}, "gemma3.jinja")
