@@ -102,8 +102,9 @@ def test_a_pair_whose_template_breaks_the_prompt_prefix_says_so(pairs_file):
         "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' }}"
         "{% endfor %}{% if add_generation_prompt %}{{ '\\n<|im_start|>assistant\\n' }}{% endif %}"
     )
-    with pytest.warns(UserWarning, match="chat template mismatch in 1 pairs"):
+    with pytest.warns(UserWarning, match="chat template mismatch in 1 pairs") as caught:
         text = inspect_pairs(pairs_file, tiny_tokenizer(), chat_template=not_a_prefix)
+    assert len(caught) == 1
     assert text.splitlines()[-1] == (
         "  chat template mismatch: prompt and responses were tokenized apart (see the warning)"
     )

@@ -10,6 +10,7 @@ on; the prompt is not), one ``[token]`` per token with special tokens as written
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,8 +58,10 @@ def inspect_pairs(
                               chat_template=chat_template, report=report)
         if not kept:
             continue
-        (whole,) = tokenize_pairs([pair], tokenizer, max_length=_UNLIMITED, max_prompt_length=_UNLIMITED - 1,
-                                  chat_template=chat_template)
+        with warnings.catch_warnings():  # the call above warned already
+            warnings.simplefilter("ignore")
+            (whole,) = tokenize_pairs([pair], tokenizer, max_length=_UNLIMITED, max_prompt_length=_UNLIMITED - 1,
+                                      chat_template=chat_template)
         shown += 1
         lines += ["", *_pair_lines(shown, kept[0], whole, tokenizer)]
         if report.template_mismatches > mismatches:
