@@ -3,8 +3,9 @@ SmolLM2's, through slimepo's own pipeline (``prepare_pairs``), with tokenizers w
 special tokens are those of each model family.
 
 Special tokens, BOS/EOS and whether the tokenizer adds BOS on its own follow each
-instruct model's ``tokenizer_config.json`` on the Hugging Face Hub, as recalled (no
-network here) and cross-checked against public code that loads them:
+instruct model's ``tokenizer_config.json`` on the Hugging Face Hub, as recalled (no Hub
+access here); the Gemma 3 values agree with public code that loads google/gemma-3-1b-it
+and resets its eos ``<eos>`` to ``<end_of_turn>``:
 
 - meta-llama/Llama-3.2-3B-Instruct: bos ``<|begin_of_text|>`` (added by the tokenizer's
   post-processor), eos ``<|eot_id|>``, header tokens ``<|start_header_id|>`` /
