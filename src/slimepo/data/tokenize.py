@@ -11,8 +11,10 @@ already holds any BOS, so a tokenizer that adds one must not add a second), whic
 what the model is given at inference; ``response_ids`` tokenize the rest. The response
 ends with the template's end-of-turn token (``<|eot_id|>``, ``<|im_end|>``,
 ``<end_of_turn>``): the whitespace a template writes after it separates turns and is
-never generated (generation stops at end-of-turn), so it is not trained on. If ``full_text`` does not start with ``prompt_text``
-or does not tokenize to ``prompt_ids + response_ids``, the pair is still kept with the
+never generated (generation stops at end-of-turn), so it is not trained on.
+
+If ``full_text`` does not start with ``prompt_text`` or ``prompt_text + response_text``
+does not tokenize to ``prompt_ids + response_ids``, the pair is still kept with the
 separate tokenization, counted in ``report.template_mismatches``, and one warning per
 call names the problem.
 
