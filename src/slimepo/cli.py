@@ -9,6 +9,7 @@ import logging
 import sys
 import types
 import typing
+from collections.abc import Collection
 from typing import Any
 
 import yaml
@@ -52,10 +53,12 @@ def _base_type(annotation: Any) -> Any:
     return origin or annotation
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`TrainConfig` field, grouped, with its help and default."""
+def add_config_options(parser: argparse.ArgumentParser, names: Collection[str] | None = None) -> None:
+    """One flag per :class:`TrainConfig` field (or per field of ``names``), grouped, with its help and default."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(TrainConfig):
+        if names is not None and f.name not in names:
+            continue
         group_name = f.metadata["group"]
         group = groups.setdefault(group_name, parser.add_argument_group(f"{group_name} options"))
         kind = _base_type(f.type)
@@ -89,6 +92,9 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
+INSPECT_OPTIONS = ("model", "dataset", "dataset_split", "columns", "chat_template", "max_length", "max_prompt_length")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="slimepo", description="SLIME and baselines for preference optimization")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--config", help="YAML file of options (same names as the flags, with underscores)")
     add_config_options(train)
+
+    inspect = sub.add_parser(
+        "inspect-data", help="show the first pairs as training tokenizes them", allow_abbrev=False,
+        description="Print the first pairs of --dataset as training sees them: prompt tokens, the trained "
+        "response tokens of chosen and rejected, special tokens as written, and what truncation cut.",
+    )
+    inspect.add_argument("-n", "--num-pairs", type=int, default=3, help="pairs to show (default: 3)")
+    inspect.add_argument("--config", help="YAML file of training options (only the data options are used)")
+    add_config_options(inspect, INSPECT_OPTIONS)
 
     from slimepo import cli_eval
 
@@ -129,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "inspect-data":
+            return _inspect_data(args)
         if args.command in {"eval", "compare"}:
             from slimepo import cli_eval
 
@@ -167,6 +184,24 @@ def _train(args: argparse.Namespace) -> int:
     print(f"\n{result.global_step} optimizer steps. Outputs in {result.output_dir}/:")
     kind = "LoRA adapter (PEFT)" if config.use_lora else "model weights"
     print(f"  {kind}, tokenizer, config.yaml, metrics.jsonl, eval.json, README.md")
+    return 0
+
+
+def _inspect_data(args: argparse.Namespace) -> int:
+    if args.num_pairs < 1:
+        raise ConfigError(f"num_pairs: must be >= 1, got {args.num_pairs}")
+    config = resolve_train_config(args)
+    from slimepo.data.inspect import inspect_pairs
+
+    try:
+        text = inspect_pairs(
+            config.dataset, config.model, n=args.num_pairs, split=config.dataset_split,
+            columns=config.columns or None, chat_template=config.chat_template,
+            max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+        )
+    except ValueError as err:  # a chat template that is not one, or does not parse
+        raise ConfigError(str(err)) from None
+    print(text)
     return 0
 
 

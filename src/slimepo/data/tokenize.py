@@ -4,20 +4,26 @@ With a chat template (the tokenizer's, or an override):
 
     prompt_text = template(prompt, add_generation_prompt=True)
     full_text   = template(prompt + response)
-    response_text = full_text[len(prompt_text):]
+    response_text = full_text[len(prompt_text):].rstrip()
 
 ``prompt_ids`` tokenize ``prompt_text`` without added special tokens (the template
-already holds any BOS), which is what the model is given at inference;
-``response_ids`` tokenize the rest. If ``full_text`` does not start with ``prompt_text``
-or does not tokenize to ``prompt_ids + response_ids``, the pair is still kept with the
+already holds any BOS, so a tokenizer that adds one must not add a second), which is
+what the model is given at inference; ``response_ids`` tokenize the rest. The response
+ends with the template's end-of-turn token (``<|eot_id|>``, ``<|im_end|>``,
+``<end_of_turn>``): the whitespace a template writes after it separates turns and is
+never generated (generation stops at end-of-turn), so it is not trained on.
+
+If ``full_text`` does not start with ``prompt_text`` or ``prompt_text + response_text``
+does not tokenize to ``prompt_ids + response_ids``, the pair is still kept with the
 separate tokenization, counted in ``report.template_mismatches``, and one warning per
 call names the problem.
 
 Without a template the texts are concatenated: ``prompt_ids`` = [BOS if the tokenizer
 adds one] + tokens(prompt), ``response_ids`` = tokens(response) + [EOS].
 
-Truncation: the prompt keeps its last ``max_prompt_length`` tokens, then each response
-keeps its first ``max_length - len(prompt_ids)`` tokens.
+Truncation: the prompt keeps its last ``max_prompt_length`` tokens (and its BOS, if it
+starts with one), then each response keeps its first ``max_length - len(prompt_ids)``
+tokens.
 """
 
 from __future__ import annotations
@@ -96,7 +102,7 @@ def tokenize_pairs(
         if encoded.mismatch:
             mismatches += 1
             first_mismatch = first_mismatch or f"{pair.origin}: {encoded.mismatch}"
-        prompt_ids = encoded.prompt_ids[-max_prompt_length:]
+        prompt_ids = _truncate_prompt(encoded.prompt_ids, max_prompt_length, tokenizer.bos_token_id)
         budget = max_length - len(prompt_ids)
         chosen_ids, rejected_ids = encoded.chosen_ids[:budget], encoded.rejected_ids[:budget]
         if not chosen_ids or not rejected_ids:
@@ -112,6 +118,15 @@ def tokenize_pairs(
             stacklevel=2,
         )
     return tokenized
+
+
+def _truncate_prompt(prompt_ids: list[int], max_prompt_length: int, bos_id: int | None) -> list[int]:
+    """The last ``max_prompt_length`` tokens; a leading BOS stays in front (models expect it)."""
+    if len(prompt_ids) <= max_prompt_length:
+        return prompt_ids
+    if bos_id is not None and prompt_ids[0] == bos_id:
+        return [bos_id, *prompt_ids[len(prompt_ids) - max_prompt_length + 1 :]]
+    return prompt_ids[-max_prompt_length:]
 
 
 def _encoder(
@@ -175,8 +190,10 @@ def _encode_chat(pair: PreferencePair, tokenizer: Any, template: str | None) -> 
                 "rendered for the prompt alone with add_generation_prompt=True"
             )
             response_text = full_text[len(os.path.commonprefix([prompt_text, full_text])) :]
+        # What the template writes after the last end-of-turn token separates turns; never generated.
+        response_text = response_text.rstrip()
         response_ids = _ids(tokenizer, response_text)
-        if mismatch is None and _ids(tokenizer, full_text) != prompt_ids + response_ids:
+        if mismatch is None and _ids(tokenizer, prompt_text + response_text) != prompt_ids + response_ids:
             mismatch = (
                 "the full text does not tokenize to prompt tokens + response tokens: a token "
                 "spans the boundary (e.g. trailing whitespace after the generation prompt)"
