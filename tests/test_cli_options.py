@@ -78,3 +78,9 @@ def test_the_eval_command_module_does_not_import_the_main_command_module():
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
 
     assert "slimepo.cli" not in imported and "slimepo.cli_options" in imported
+
+
+def test_an_unknown_eval_flag_names_the_closest_eval_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--max-prompt", "3"])
+    assert "unknown option --max-prompt; did you mean --max-prompts?" in capsys.readouterr().err

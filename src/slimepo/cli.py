@@ -8,7 +8,7 @@ import logging
 import sys
 
 from slimepo import cli_eval
-from slimepo.cli_options import add_config_options, resolve_config
+from slimepo.cli_options import add_config_options, flag, resolve_config
 from slimepo.config import ConfigError, EvalConfig, TrainConfig, field_names
 
 
@@ -18,12 +18,12 @@ class _Parser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):  # type: ignore[override]
         parsed, unknown = self.parse_known_args(args, namespace)
         if unknown:
-            flag = next((u for u in unknown if u.startswith("--")), unknown[0])
+            given = next((u for u in unknown if u.startswith("--")), unknown[0])
             names = {*field_names(TrainConfig), *field_names(EvalConfig)}
             valid = [flag(n) for n in sorted(names)] + ["--config"]
-            close = difflib.get_close_matches(flag.split("=")[0], valid, n=1)
+            close = difflib.get_close_matches(given.split("=")[0], valid, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
-            self.error(f"unknown option {flag}{hint}")
+            self.error(f"unknown option {given}{hint}")
         return parsed
 
 

@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 
 from slimepo.diagnostics import COLLAPSE_PROB, collapse_stats
 from slimepo.losses.base import sequence_stats
+from slimepo.metrics_log import append_record
 from slimepo.scoring import PairScores, score_pairs
 
 logger = logging.getLogger(__name__)
@@ -68,10 +69,8 @@ class StabilityMonitor(TrainerCallback):
         scores = self._measure(model)
         drift = chosen_mean_logp(scores) - self.start["chosen_logp"]
         collapse = rejected_collapse(scores)
-        record = {"step": state.global_step, "split": "monitor", "epoch": state.epoch,
-                  "monitor/chosen_drift": drift, "monitor/collapse": collapse}
-        with self.metrics_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(self.metrics_path, state.global_step, "monitor", state.epoch,
+                      {"monitor/chosen_drift": drift, "monitor/collapse": collapse})
         if drift < -self.unlearning_alarm and "unlearning" not in self.warned:
             self.warned.add("unlearning")
             logger.warning(
