@@ -6,7 +6,7 @@ import json
 import pytest
 from if_verifiable import IFEvalSample, evaluate_output_for_sample
 
-import slimepo.eval.run
+import slimepo.eval.answers
 from slimepo.cli_eval import register, run
 from slimepo.eval import ifeval
 from slimepo.eval.run import answer_ifeval
@@ -104,8 +104,8 @@ def test_answers_are_written_in_the_official_form_and_a_rerun_answers_only_what_
     tokenizer, model = tiny_tokenizer(), tiny_model("llama").eval()
     records = ifeval.load_prompts()[:3]
     calls = []
-    real_generate = slimepo.eval.run.generate_responses
-    monkeypatch.setattr(slimepo.eval.run, "generate_responses",
+    real_generate = slimepo.eval.answers.generate
+    monkeypatch.setattr(slimepo.eval.answers, "generate",
                         lambda m, t, prompts, **kw: calls.append(len(prompts)) or real_generate(m, t, prompts, **kw))
 
     first = answer_ifeval(model, tokenizer, tmp_path, records, max_new_tokens=4, batch_size=2)
@@ -119,7 +119,7 @@ def test_answers_are_written_in_the_official_form_and_a_rerun_answers_only_what_
     assert sorted(calls) == [1, 2]
 
     answers = (tmp_path / "answers.jsonl").read_text().splitlines()
-    kept = [a for a in answers if json.loads(a)["key"] != records[1]["key"]]
+    kept = [a for a in answers if json.loads(a)["key"] != str(records[1]["key"])]
     (tmp_path / "answers.jsonl").write_text("\n".join(kept) + '\n{"key": 99, "torn')
     calls.clear()
     again = answer_ifeval(model, tokenizer, tmp_path, records, max_new_tokens=4, batch_size=2)

@@ -108,21 +108,6 @@ def score(records: Sequence[Mapping[str, Any]], responses: Sequence[str]) -> dic
     return result
 
 
-def read_answers(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Answers written so far (``answers.jsonl``), by prompt key; a torn last line is ignored."""
-    path = Path(path)
-    answers: dict[str, dict[str, Any]] = {}
-    if not path.is_file():
-        return answers
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            answer = json.loads(line)
-        except ValueError:
-            continue
-        answers[str(answer["key"])] = answer
-    return answers
-
-
 def write_responses(records: Iterable[Mapping[str, Any]], answers: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
     """The official ``input_response_data.jsonl``: ``{"prompt", "response"}`` per prompt, in order."""
     with path.open("w", encoding="utf-8") as f:

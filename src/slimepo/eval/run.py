@@ -30,7 +30,8 @@ import torch
 from slimepo.constraints import Constraint, check
 from slimepo.data import Origin, TokenizedPair, load_rows, prepare_pairs
 from slimepo.eval import ifeval
-from slimepo.eval.generate import chat_generator, chat_prompt_ids, end_of_turn_ids
+from slimepo.eval.answers import answer_prompts
+from slimepo.eval.generate import chat_generator, end_of_turn_ids
 from slimepo.eval.generate import generate as generate_responses
 from slimepo.eval.health import generation_health, summarize_health
 from slimepo.eval.judge import CompletionClient, judge_answers, summarize_scores
@@ -282,8 +283,7 @@ def answer_ifeval(
 ) -> dict[str, Any]:
     """Answer IFEval prompts in batches and score them with the official checkers.
 
-    Resumable: each batch's answers are appended to ``out_dir/answers.jsonl`` (key, prompt,
-    response, health), and prompts whose key is already there are not answered again.
+    Resumable (:func:`slimepo.eval.answers.answer_prompts` into ``out_dir/answers.jsonl``).
     Then ``out_dir/input_response_data.jsonl`` is written in the official form.
     ``prompts``: IFEval records, an input_data.jsonl, or None for the installed set;
     ``decoding``: ``sampling``, ``temperature``, ``top_p``, ``seed`` of
@@ -293,35 +293,12 @@ def answer_ifeval(
     (:func:`slimepo.eval.health.summarize_health`: end-of-turn rate, mean answer length in
     tokens, ...) and ``responses`` (the path of the official file).
     """
-    from tqdm.auto import tqdm
-
     records = _ifeval_prompts(prompts)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    answers_path = out / ifeval.ANSWERS_FILE
-    answers = ifeval.read_answers(answers_path)
-    # Rewritten first: a line torn by a kill must not swallow the next answer appended.
-    answers_path.write_text("".join(json.dumps(a) + "\n" for a in answers.values()), encoding="utf-8")
-    todo = [r for r in records if str(r["key"]) not in answers]
-    prompt_ids = {str(r["key"]): chat_prompt_ids(tokenizer, [{"role": "user", "content": r["prompt"]}]) for r in todo}
-    todo.sort(key=lambda r: -len(prompt_ids[str(r["key"])]))  # similar lengths share a batch
-    eot_ids = end_of_turn_ids(tokenizer)
-    with answers_path.open("a", encoding="utf-8") as f, tqdm(
-        total=len(records), initial=len(records) - len(todo), desc="ifeval", unit="prompt"
-    ) as progress:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            generations = generate_responses(
-                model, tokenizer, [prompt_ids[str(r["key"])] for r in batch],
-                max_new_tokens=max_new_tokens, batch_size=batch_size, **decoding,
-            )
-            for record, generation in zip(batch, generations, strict=True):
-                health = generation_health(generation.text, generation.token_ids, eot_ids, max_new_tokens)
-                answer = {"key": record["key"], "prompt": record["prompt"], "response": generation.text, "health": health}
-                answers[str(record["key"])] = answer
-                f.write(json.dumps(answer) + "\n")
-            f.flush()
-            progress.update(len(batch))
+    answers = answer_prompts(
+        model, tokenizer, out / ifeval.ANSWERS_FILE, {str(r["key"]): r["prompt"] for r in records},
+        max_new_tokens=max_new_tokens, batch_size=batch_size, desc="ifeval", **decoding,
+    )
     responses_path = ifeval.write_responses(records, answers, out / ifeval.RESPONSES_FILE)
     chosen = [answers[str(r["key"])] for r in records]
     result = ifeval.score(records, [a["response"] for a in chosen])
