@@ -251,7 +251,7 @@ def _looks_local(value: str) -> bool:
     return value.startswith((".", "/", "~")) or value.endswith(suffixes) or value.count("/") > 1
 
 
-BENCHMARKS = ("mt-bench", "ifeval")
+BENCHMARKS = ("mt-bench", "ifeval", "arena-hard")
 
 
 @dataclass
@@ -288,16 +288,18 @@ class EvalConfig:
     # benchmark
     bench: str | None = option(
         None, "also answer a benchmark: mt-bench (graded by --judge-url) | ifeval (scored by the official "
-        "IFEval checkers)", group="benchmark", choices=(None, *BENCHMARKS),
+        "IFEval checkers) | arena-hard (judged by --judge-url against the baseline answers)", group="benchmark",
+        choices=(None, *BENCHMARKS),
     )
     questions: str | None = option(
-        None, "the benchmark's prompts file (default: the installed one): MT-Bench question.jsonl or IFEval "
-        "input_data.jsonl", group="benchmark",
+        None, "the benchmark's prompts file (default: the installed one): MT-Bench or Arena-Hard question.jsonl, "
+        "IFEval input_data.jsonl", group="benchmark",
     )
     max_prompts: int | None = option(None, "answer the first N prompts of --bench only", group="benchmark")
     bench_max_new_tokens: int = option(1024, "budget per benchmark answer", group="benchmark")
     judge_url: str | None = option(
-        None, "OpenAI-compatible API that grades the answers (MT-Bench single mode)", group="benchmark"
+        None, "OpenAI-compatible API of the judge (MT-Bench single-answer grading, Arena-Hard pairwise)",
+        group="benchmark",
     )
     judge_model: str | None = option(None, "judge model name (needed with --judge-url)", group="benchmark")
     judge_key_env: str = option("OPENAI_API_KEY", "environment variable holding the judge API key", group="benchmark")
@@ -317,8 +319,9 @@ class EvalConfig:
             raise ConfigError("sampling needs --temperature > 0 and 0 < --top-p <= 1")
         if self.judge_url and not self.judge_model:
             raise ConfigError("judge_url: needs --judge-model")
-        if self.judge_url and self.bench != "mt-bench":
-            raise ConfigError("judge_url: the judge grades MT-Bench answers: add --bench mt-bench")
+        if self.judge_url and self.bench not in ("mt-bench", "arena-hard"):
+            raise ConfigError("judge_url: the judge grades MT-Bench or Arena-Hard answers: add --bench mt-bench or "
+                              "--bench arena-hard")
         if self.max_prompts is not None and self.bench is None:
             raise ConfigError("max_prompts: limits the prompts of --bench; add --bench")
 

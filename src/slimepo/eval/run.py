@@ -29,7 +29,7 @@ import torch
 
 from slimepo.constraints import Constraint, check
 from slimepo.data import Origin, TokenizedPair, load_rows, prepare_pairs
-from slimepo.eval import ifeval
+from slimepo.eval import arena_hard, ifeval
 from slimepo.eval.answers import answer_prompts
 from slimepo.eval.generate import chat_generator, end_of_turn_ids
 from slimepo.eval.generate import generate as generate_responses
@@ -170,22 +170,24 @@ def evaluate(
             (e.g. training's own held-out share); their origins locate each row's
             constraint in ``dataset``.
         bench, questions, max_prompts, bench_max_new_tokens, judge: answer a benchmark,
-            ``"mt-bench"`` or ``"ifeval"`` (``questions``: records or a question.jsonl /
-            input_data.jsonl, default the installed set; the first ``max_prompts`` only),
-            and grade MT-Bench answers with ``judge`` (e.g. a
-            :class:`slimepo.eval.judge.JudgeClient`).
+            ``"mt-bench"``, ``"ifeval"`` or ``"arena-hard"`` (``questions``: records or
+            the benchmark's prompts file, default the installed set; the first
+            ``max_prompts`` only), and grade MT-Bench or Arena-Hard answers with ``judge``
+            (e.g. a :class:`slimepo.eval.judge.JudgeClient`).
 
     Returns (and writes as ``eval.json``) the ``preference_metrics`` dict, plus with
     ``generate``: ``generation`` (``summarize_health``), ``constraint_pass_rate``,
     ``constraint_pass_rate_by_family``, ``constraints_checked``, ``constraints_invalid``;
     with ``bench="mt-bench"``: ``mt_bench`` {questions, answers file, and with a judge
     judgments file + ``summarize_scores``}; with ``bench="ifeval"``: ``ifeval`` (see
-    :func:`answer_ifeval`); and ``settings`` (what was evaluated, how).
+    :func:`answer_ifeval`); with ``bench="arena-hard"``: ``arena_hard`` (see
+    :func:`answer_arena_hard`); and ``settings`` (what was evaluated, how).
     """
     out = Path(out_dir)
     # Benchmark prompts are read before a model is loaded, so that a missing file fails fast.
     question_list = _questions(questions)[:max_prompts] if bench == "mt-bench" else None
     ifeval_prompts = _ifeval_prompts(questions)[:max_prompts] if bench == "ifeval" else None
+    arena_questions = arena_hard.load_questions(questions)[:max_prompts] if bench == "arena-hard" else None
     policy, tokenizer, adapter_base = load_model(model, adapter, dtype=dtype)
     source = _source(dataset, split)
     if held_out is None:
@@ -220,6 +222,11 @@ def evaluate(
     if ifeval_prompts is not None:
         result["ifeval"] = answer_ifeval(
             policy, tokenizer, out / "ifeval", ifeval_prompts, max_new_tokens=bench_max_new_tokens,
+            batch_size=batch_size, **{k: v for k, v in decoding.items() if k != "max_new_tokens"},
+        )
+    if arena_questions is not None:
+        result["arena_hard"] = answer_arena_hard(
+            policy, tokenizer, out / "arena_hard", arena_questions, judge, max_new_tokens=bench_max_new_tokens,
             batch_size=batch_size, **{k: v for k, v in decoding.items() if k != "max_new_tokens"},
         )
     result["settings"] = {
@@ -307,6 +314,41 @@ def answer_ifeval(
     return result
 
 
+def answer_arena_hard(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    out_dir: str | os.PathLike[str],
+    questions: Sequence[Mapping[str, Any]],
+    judge: CompletionClient | None = None,
+    *,
+    max_new_tokens: int = 1024,
+    batch_size: int = 8,
+    **decoding: Any,
+) -> dict[str, Any]:
+    """Answer Arena-Hard questions (resumable, into ``out_dir/answers.jsonl``) and, with a
+    ``judge``, judge them against the baseline (``out_dir/judgments.jsonl``).
+
+    Returns ``{"questions", "answers", "generation"}`` and with a judge ``"judgments"`` and
+    :func:`slimepo.eval.arena_hard.summarize_verdicts`.
+    """
+    out = Path(out_dir)
+    answers = answer_prompts(
+        model, tokenizer, out / "answers.jsonl", {q["uid"]: q["prompt"] for q in questions},
+        max_new_tokens=max_new_tokens, batch_size=batch_size, desc="arena-hard", **decoding,
+    )
+    chosen = [answers[q["uid"]] for q in questions]
+    result: dict[str, Any] = {
+        "questions": len(questions), "answers": str(out / "answers.jsonl"),
+        "generation": summarize_health(a["health"] for a in chosen),
+    }
+    if judge is not None:
+        records = arena_hard.judge_pairs(questions, {a["key"]: a["response"] for a in chosen}, judge)
+        with (out / "judgments.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(record) + "\n" for record in records)
+        result.update(judgments=str(out / "judgments.jsonl"), **arena_hard.summarize_verdicts(records))
+    return result
+
+
 def answer_mtbench(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -374,5 +416,11 @@ def format_eval_table(result: Mapping[str, Any]) -> str:
         generation = scores.get("generation") or {}
         rows.append(("IFEval end-of-turn rate", generation.get("ended_rate"), None))
         rows.append(("IFEval mean answer length (tokens)", generation.get("length_tokens_mean"), None))
+    arena = result.get("arena_hard")
+    if isinstance(arena, Mapping):
+        rows.append(("Arena-Hard questions answered", arena.get("questions"), None))
+        rows.append(("Arena-Hard score vs baseline (0.5 = par)", arena.get("score"), None))
+        rows.append(("  95% interval", f"{arena['ci_lower']:.3f} to {arena['ci_upper']:.3f}"
+                     if arena.get("ci_lower") is not None else None, None))
     headers = ("metric", "model", "base") if has_base else ("metric", "model")
     return "\n".join(markdown_table(headers, [row[: len(headers)] for row in rows]))
