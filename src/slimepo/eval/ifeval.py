@@ -60,12 +60,15 @@ def load_prompts(path: str | Path | None = None) -> list[dict[str, Any]]:
 
 
 def _loose_variants(response: str) -> list[str]:
+    """The eight responses loose mode tries, in the official order."""
     lines = response.split("\n")
     remove_first = "\n".join(lines[1:]).strip()
     remove_last = "\n".join(lines[:-1]).strip()
     remove_both = "\n".join(lines[1:-1]).strip()
-    variants = [response, remove_first, remove_last, remove_both]
-    return [variants[0], variants[0].replace("*", ""), *variants[1:], *(v.replace("*", "") for v in variants[1:])]
+    return [
+        response, response.replace("*", ""), remove_first, remove_last, remove_both,
+        remove_first.replace("*", ""), remove_last.replace("*", ""), remove_both.replace("*", ""),
+    ]
 
 
 def check_response(record: Mapping[str, Any], response: str) -> dict[str, list[bool]]:
