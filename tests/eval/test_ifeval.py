@@ -69,7 +69,7 @@ RESPONSES = [
 ]
 
 
-def test_scores_match_the_checker_library_on_every_installed_prompt_it_scores():
+def test_scores_match_the_checker_library_on_every_ninth_installed_prompt():
     records = ifeval.load_prompts()
     assert len(records) == 541
     sample = records[::9]
