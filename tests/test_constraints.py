@@ -50,18 +50,19 @@ CASES = [
     ("json_key", {"key": "tips"}, 'Here you go: {"tips": 1}', False),
     ("json_key", {"key": "tips"}, '{"tips": [1, 2', False),
     ("json_key", {"key": "tips"}, '```json\n{"tips": 1}\n', False),
-    ("lowercase", {}, "rest well and drink water.", True),
-    ("lowercase", {}, "café crème, 2 cups", True),
+    # lowercase and uppercase are IFEval's: the letters' case, and the text must be English
+    ("lowercase", {}, "rest well, drink plenty of water and try to sleep eight hours every night.", True),
+    ("lowercase", {}, "le café est très bon et je le bois chaque matin.", False),
     ("lowercase", {}, "rest well and drink Water.", False),
     ("lowercase", {}, "123 456!", False),
     ("uppercase", {}, "REST WELL AND DRINK WATER.", True),
-    ("uppercase", {}, "ÉCOLE 42", True),
+    ("uppercase", {}, "ÉCOLE 42", False),
     ("uppercase", {}, "REST WELL AND DRINK WATEr.", False),
     ("uppercase", {}, "STRAßE", False),
     ("bullet_count", {"n": 2}, "Tips:\n- rest\n* drink water", True),
     ("bullet_count", {"n": 2}, "Tips:\n  - rest\n  - drink water\nDone.", True),
     ("bullet_count", {"n": 2}, "- rest\n- drink water\n- sleep", False),
-    ("bullet_count", {"n": 2}, "-rest\n*drink water*", False),
+    ("bullet_count", {"n": 2}, "-rest\n*drink water*", True),  # IFEval: "-" or "*x" starts a bullet
     ("numbered_list", {"n": 3}, "Steps:\n1. rest\n2. eat\n3. sleep", True),
     ("numbered_list", {"n": 3}, "1. rest\n2. eat", False),
     ("numbered_list", {"n": 3}, "1. rest\n3. eat\n2. sleep", False),
@@ -90,7 +91,7 @@ CASES = [
     ("paragraph_count", {"n": 2}, "One.\n\nTwo.\n\nThree.", False),
     ("no_commas", {}, "Rest well. Drink water.", True),
     ("no_commas", {}, "Rest well, drink water.", False),
-    ("no_commas", {}, "休息，喝水", False),
+    ("no_commas", {}, "休息，喝水", True),  # IFEval counts ASCII commas only
 ]
 
 
@@ -107,6 +108,37 @@ def test_every_family_has_passing_and_failing_cases():
     assert len(FAMILIES) >= 10
 
 
+# (family, params, IFEval instruction, its kwargs): the families that IFEval's checkers decide
+IFEVAL_FAMILIES = [
+    ("lowercase", {}, "change_case:english_lowercase", {}),
+    ("uppercase", {}, "change_case:english_capital", {}),
+    ("bullet_count", {"n": 2}, "detectable_format:number_bullet_lists", {"num_bullets": 2}),
+    ("avoid_word", {"word": "very"}, "keywords:forbidden_words", {"forbidden_words": ["very"]}),
+    ("end_phrase", {"phrase": "Good luck!"}, "startend:end_checker", {"end_phrase": "Good luck!"}),
+    ("no_commas", {}, "punctuation:no_comma", {}),
+]
+
+
+@pytest.mark.parametrize(("family", "params", "instruction_id", "kwargs"), IFEVAL_FAMILIES)
+def test_ifeval_families_decide_as_the_official_checker_on_every_test_response(family, params, instruction_id, kwargs):
+    import langdetect
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+
+    langdetect.DetectorFactory.seed = 0
+    responses = [case[2] for case in CASES] + WEIRD_TEXTS[-1:]
+    for response in responses:
+        official = INSTRUCTION_DICT[instruction_id](instruction_id)
+        official.build_description(**kwargs)
+        expected = bool(response.strip()) and official.check_following(response)
+        assert check(Constraint(family, params), response).passed is expected, response
+
+
+def test_only_the_families_ifeval_lacks_keep_our_checkers():
+    assert {f for f, *_ in IFEVAL_FAMILIES} == set(FAMILIES) - {
+        "json_key", "numbered_list", "start_word", "paragraph_count", "include_word", "max_words", "min_words",
+    }
+
+
 @pytest.mark.parametrize("response", ["", " ", "\n\t  \n"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_blank_response_fails_every_family(family, response):
@@ -114,11 +146,14 @@ def test_blank_response_fails_every_family(family, response):
 
 
 def test_failure_details_say_what_is_wrong():
-    assert check(EXAMPLES["bullet_count"], "- a\n- b\n- c").detail == "3 bullet points, expected 2"
+    assert check(EXAMPLES["bullet_count"], "- a\n- b\n- c").detail == (
+        "fails IFEval detectable_format:number_bullet_lists {'num_bullets': 2}"
+    )
     assert check(EXAMPLES["json_key"], "```json\n{}").detail == "unterminated ``` code fence"
     assert check(EXAMPLES["json_key"], '{"a": 1}').detail == "JSON object has no key 'tips'"
-    assert check(EXAMPLES["lowercase"], "Hi There").detail == "2 uppercase letters, first 'H'"
-    assert check(EXAMPLES["no_commas"], "a, b").detail == "1 comma"
+    assert check(EXAMPLES["lowercase"], "Hi There").detail == "fails IFEval change_case:english_lowercase"
+    assert check(EXAMPLES["no_commas"], "a, b").detail == "fails IFEval punctuation:no_comma"
+    assert check(EXAMPLES["numbered_list"], "1. a").detail == "1 numbered item, expected 2"
 
 
 def test_count_words_joins_apostrophes_and_hyphens_and_skips_punctuation():
@@ -147,7 +182,7 @@ def test_checkers_survive_weird_and_repetitive_text(family, text):
 
 def test_repetitive_text_is_judged_not_just_survived():
     text = "rest " * 10_000
-    assert check(EXAMPLES["lowercase"], text).passed
+    assert check(EXAMPLES["lowercase"], "rest well and sleep early. " * 2_000).passed
     assert not check(EXAMPLES["max_words"], text).passed
     assert check(EXAMPLES["min_words"], text).passed
     assert not check(EXAMPLES["json_key"], "[" * 100_000).passed

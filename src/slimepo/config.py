@@ -1,7 +1,9 @@
-"""Every training option, declared once: type, default, help.
+"""Every option, declared once: type, default, help.
 
-The CLI flags, the YAML keys, the saved ``config.yaml`` and the option reference in the
-README all come from :class:`TrainConfig`. Validation happens here, before any model or
+The CLI flags, the YAML keys, the saved ``config.yaml`` and the option references in the
+README all come from :class:`TrainConfig` (``slimepo train``, and the training half of
+``slimepo compare``) and :class:`EvalConfig` (``slimepo eval``, and the generation and
+benchmark options of ``slimepo compare``). Validation happens here, before any model or
 data is loaded, and every error names the option and what is allowed.
 """
 
@@ -12,7 +14,7 @@ import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -34,6 +36,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
+    command: ClassVar[str] = "train"
+
     # model
     model: str = option(
         DEFAULT_MODEL,
@@ -247,19 +251,112 @@ def _looks_local(value: str) -> bool:
     return value.startswith((".", "/", "~")) or value.endswith(suffixes) or value.count("/") > 1
 
 
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
+BENCHMARKS = ("mt-bench", "ifeval", "arena-hard")
 
 
-def config_from_mapping(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Build a config from a mapping; an unknown key names the closest valid one."""
-    names = field_names()
+@dataclass
+class EvalConfig:
+    """Options of ``slimepo eval``; ``slimepo compare`` takes its generation and benchmark groups."""
+
+    command: ClassVar[str] = "eval"
+
+    # evaluation (slimepo eval only: slimepo compare takes these from the training options)
+    model: str = option(
+        DEFAULT_MODEL, "Hub id, local folder, 'default', or a run folder holding a LoRA adapter", group="evaluation"
+    )
+    adapter: str | None = option(None, "PEFT adapter folder to load on top of --model", group="evaluation")
+    dataset: str = option(DEMO, "held-out data: as for training; 'demo' = the shipped set", group="evaluation")
+    split: str = option("test", "split of --dataset", group="evaluation")
+    base: str | None = option(None, "model to measure drift against, e.g. the initial model ('default')", group="evaluation")
+    out: str | None = option(None, "output folder (default: the adapter or model folder when local)", group="evaluation")
+    max_pairs: int | None = option(None, "evaluate the first N held-out pairs only", group="evaluation")
+    seed: int = option(0, "sampling seed", group="evaluation")
+    dtype: str = option("auto", "auto | float32 | bfloat16 | float16", group="evaluation",
+                        choices=("auto", "float32", "bfloat16", "float16"))
+    batch_size: int = option(8, "pairs per scoring batch and prompts per generation batch", group="evaluation")
+
+    # generation
+    generate: bool = option(
+        True, "generate a response per held-out prompt and check its health and constraint (false: preference "
+        "metrics only)", group="generation",
+    )
+    max_new_tokens: int = option(128, "generation budget per held-out prompt", group="generation")
+    sample: bool = option(False, "sample instead of greedy decoding", group="generation")
+    temperature: float = option(1.0, "sampling temperature", group="generation")
+    top_p: float = option(1.0, "nucleus sampling mass", group="generation")
+
+    # benchmark
+    bench: str | None = option(
+        None, "also answer a benchmark: mt-bench (graded by --judge-url) | ifeval (scored by the official "
+        "IFEval checkers) | arena-hard (judged by --judge-url against the baseline answers)", group="benchmark",
+        choices=(None, *BENCHMARKS),
+    )
+    questions: str | None = option(
+        None, "the benchmark's prompts file (default: the installed one): MT-Bench or Arena-Hard question.jsonl, "
+        "IFEval input_data.jsonl", group="benchmark",
+    )
+    max_prompts: int | None = option(None, "answer the first N prompts of --bench only", group="benchmark")
+    bench_max_new_tokens: int = option(1024, "budget per benchmark answer", group="benchmark")
+    judge_url: str | None = option(
+        None, "OpenAI-compatible API of the judge (MT-Bench single-answer grading, Arena-Hard pairwise)",
+        group="benchmark",
+    )
+    judge_model: str | None = option(None, "judge model name (needed with --judge-url)", group="benchmark")
+    judge_key_env: str = option("OPENAI_API_KEY", "environment variable holding the judge API key", group="benchmark")
+
+    def validate(self) -> None:
+        """Check every option before anything is loaded; raise :class:`ConfigError`."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                allowed = ", ".join(str(c) for c in choices if c is not None)
+                raise ConfigError(f"{f.name}: got {getattr(self, f.name)!r}; allowed: {allowed}")
+        for name in ("max_new_tokens", "bench_max_new_tokens", "batch_size", "max_pairs", "max_prompts"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name}: must be a whole number >= 1, got {value!r}")
+        if self.sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
+            raise ConfigError("sampling needs --temperature > 0 and 0 < --top-p <= 1")
+        if self.judge_url and not self.judge_model:
+            raise ConfigError("judge_url: needs --judge-model")
+        if self.judge_url and self.bench not in ("mt-bench", "arena-hard"):
+            raise ConfigError("judge_url: the judge grades MT-Bench or Arena-Hard answers: add --bench mt-bench or "
+                              "--bench arena-hard")
+        if self.max_prompts is not None and self.bench is None:
+            raise ConfigError("max_prompts: limits the prompts of --bench; add --bench")
+
+    def evaluate_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`slimepo.eval.run.evaluate` shared by ``eval`` and ``compare``."""
+        judge = None
+        if self.judge_url:
+            from slimepo.eval.judge import JudgeClient
+
+            judge = JudgeClient(self.judge_url, self.judge_model, api_key_env=self.judge_key_env)
+        return dict(
+            generate=self.generate, max_new_tokens=self.max_new_tokens, sampling=self.sample,
+            temperature=self.temperature, top_p=self.top_p, bench=self.bench, questions=self.questions,
+            max_prompts=self.max_prompts, bench_max_new_tokens=self.bench_max_new_tokens, judge=judge,
+        )
+
+
+#: The :class:`EvalConfig` groups that ``slimepo compare`` takes (the rest comes from training's options).
+COMPARE_EVAL_GROUPS = ("generation", "benchmark")
+
+
+def field_names(cls: type = TrainConfig) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def config_from_mapping(values: dict[str, Any], source: str = "config", cls: type = TrainConfig) -> Any:
+    """Build a ``cls`` (:class:`TrainConfig` or :class:`EvalConfig`) from a mapping; an unknown
+    key names the closest valid one."""
+    names = field_names(cls)
     for key in values:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{source}: unknown option '{key}'{hint} (see slimepo train --help)")
-    return TrainConfig(**values)
+            raise ConfigError(f"{source}: unknown option '{key}'{hint} (see slimepo {cls.command} --help)")
+    return cls(**values)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

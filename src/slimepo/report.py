@@ -2,8 +2,8 @@
 
 Reads only what training and evaluation wrote in each run folder:
 
-- ``metrics.jsonl``: one JSON object per line, ``{"step", "split", "epoch", <metric>...}``
-  with ``split`` in train / eval / monitor;
+- ``metrics.jsonl`` (:mod:`slimepo.metrics_log`): one JSON object per line,
+  ``{"step", "split", "epoch", <metric>...}`` with ``split`` in train / eval / monitor;
 - ``config.yaml``: the run's options, of which the report uses ``loss``;
 - ``eval.json`` (optional): :func:`slimepo.eval.preference_metrics`, possibly with
   ``"generation"`` (:func:`slimepo.eval.summarize_health`) and ``"constraint_pass_rate"``.
@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-SPLITS = ("train", "eval", "monitor")
+from slimepo.metrics_log import SPLITS
+
 MISSING = "—"
 # Split -> how its points are drawn: line style, marker.
 _SPLIT_STYLE = {"train": ("-", None), "eval": ("--", "o"), "monitor": (":", "s")}

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -30,3 +33,20 @@ def fastchat(tmp_path_factory):
     ]
     oracle = run_fastchat_oracle(work, work / "answers", judgments)
     return SimpleNamespace(questions=questions, answers=answers, judgments=judgments, oracle=oracle)
+
+
+SERVER = Path(__file__).with_name("fake_judge_server.py")
+
+
+@pytest.fixture(scope="module")
+def judge_url():
+    """Base URL of the fake judge, a separate process on a free 127.0.0.1 port."""
+    server = subprocess.Popen(
+        [sys.executable, str(SERVER)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        port = int(server.stdout.readline())
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

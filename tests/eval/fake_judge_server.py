@@ -5,7 +5,9 @@ It obeys the last ``FAKE:<key>:<action>`` marker in the request's last message (
 graded answer carries it): ``score=N`` replies "Rating: [[N]]", ``single=N`` replies
 "Rating: [N]", ``garbage`` replies without a rating, ``flaky`` answers HTTP 500 on the
 key's first request and "[[6]]" after, ``down`` always 500, ``badjson`` a 200 that is
-not JSON, ``forbidden`` HTTP 403, ``slow`` sleeps 1 s before replying. ``GET /stats``
+not JSON, ``forbidden`` HTTP 403, ``slow`` sleeps 1 s before replying; pairwise (Arena-Hard),
+``ours=much|better|tie|worse`` judges the marked answer significantly better, slightly
+better, tied or slightly worse, in whichever position (A or B) it stands. ``GET /stats``
 returns the requests seen per key and their Authorization headers.
 """
 
@@ -37,7 +39,14 @@ class Handler(BaseHTTPRequestHandler):
             attempts[key] = attempts.get(key, 0) + 1
             attempt = attempts[key]
             authorizations.append(self.headers.get("Authorization"))
-        if action.startswith("score="):
+        if action.startswith("ours="):
+            content = body["messages"][-1]["content"]
+            ours = "A" if content.rfind("FAKE:") < content.find("<|The Start of Assistant B's Answer|>") else "B"
+            other = "B" if ours == "A" else "A"
+            label = {"much": f"{ours}>>{other}", "better": f"{ours}>{other}", "tie": "A=B",
+                     "worse": f"{other}>{ours}"}[action[5:]]
+            self._reply(f"My final verdict is: [[{label}]]")
+        elif action.startswith("score="):
             self._reply(f"The answer is fine. Rating: [[{action[6:]}]]")
         elif action.startswith("single="):
             self._reply(f"Decent. Rating: [{action[7:]}]")

@@ -1,9 +1,6 @@
 import json
 import socket
-import subprocess
-import sys
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -17,22 +14,6 @@ from slimepo.eval.judge import (
     parse_score,
     summarize_scores,
 )
-
-SERVER = Path(__file__).with_name("fake_judge_server.py")
-
-
-@pytest.fixture(scope="module")
-def judge_url():
-    """Base URL of the fake judge, a separate process on a free 127.0.0.1 port."""
-    server = subprocess.Popen(
-        [sys.executable, str(SERVER)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    try:
-        port = int(server.stdout.readline())
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def server_stats(url):

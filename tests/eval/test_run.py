@@ -260,7 +260,7 @@ def test_mt_bench_answers_and_judge_summary_go_into_eval_json(tmp_path):
     judge = FixedJudge()
 
     result = evaluate(model_dir, write_jsonl(tmp_path / "d.jsonl", DRIFT_ROWS), split="train", generate=False,
-                      out_dir=tmp_path / "out", mt_bench=True, questions=questions, bench_max_new_tokens=3,
+                      out_dir=tmp_path / "out", bench="mt-bench", questions=questions, bench_max_new_tokens=3,
                       judge=judge)
 
     bench = json.loads((tmp_path / "out" / "eval.json").read_text())["mt_bench"]

@@ -10,16 +10,13 @@ nats/token, ``Δ = r(y_w) − r(y_l)`` the implicit margin of a pair.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from slimepo.diagnostics import collapse_stats, drift_stats
 from slimepo.losses.base import SequenceStats, sequence_stats
-
-#: Thresholds of the collapse fractions: key suffix -> probability.
-COLLAPSE_THRESHOLDS: dict[str, float] = {"1e-4": 1e-4, "1e-8": 1e-8}
 
 LogProbs = tuple[Tensor, Tensor, Tensor, Tensor]
 
@@ -72,14 +69,8 @@ def preference_metrics(
                 f"counts as the model's; got lengths {reference.length.tolist()} vs "
                 f"{model.length.tolist()}"
             )
-    chosen_drift = chosen.mean - base_chosen.mean
-    rejected_drift = rejected.mean - base_rejected.mean
     result["base"] = _summary(base_chosen, base_rejected)
-    result["drift"] = {
-        "chosen_drift_mean": chosen_drift.mean().item(),
-        "unlearning_rate": (chosen_drift < 0).float().mean().item(),
-        "rejected_drift_mean": rejected_drift.mean().item(),
-    }
+    result["drift"] = drift_stats(chosen.mean, base_chosen.mean, rejected.mean, base_rejected.mean)
     return result
 
 
@@ -98,12 +89,7 @@ def _pair_stats(
 def _summary(chosen: SequenceStats, rejected: SequenceStats) -> dict[str, Any]:
     margins = chosen.mean - rejected.mean
     quantiles = torch.quantile(margins, margins.new_tensor([0.1, 0.5, 0.9]))
-    rejected_tokens = rejected.logps[rejected.mask]
-    collapse = {
-        f"rejected_p_lt_{label}": (rejected_tokens < math.log(p)).float().mean().item()
-        for label, p in COLLAPSE_THRESHOLDS.items()
-    }
-    collapse["rejected_min_logp"] = rejected_tokens.min().item()
+    collapse = {key: value.item() for key, value in collapse_stats(rejected.logps, rejected.mask).items()}
     return {
         "accuracy": (margins > 0).float().mean().item(),
         "margin": {

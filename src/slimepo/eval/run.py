@@ -9,10 +9,11 @@ It measures the failures SLIME claims to fix (``shared/PAPER.md``) on held-out p
    (:func:`slimepo.eval.health.generation_health`) and, where a row carries a
    ``constraint`` (:class:`slimepo.constraints.Constraint` as a dict), whether the
    response obeys it;
-3. optionally MT-Bench answers, graded by an LLM judge when one is given.
+3. optionally a benchmark: MT-Bench answers, graded by an LLM judge when one is given, or
+   IFEval answers, scored by the official checkers (:mod:`slimepo.eval.ifeval`).
 
 Outputs in ``out_dir``: ``eval.json`` (the returned dict), ``generations.jsonl`` (one
-line per held-out prompt: origin, prompt, response, checks) and ``mt_bench/``.
+line per held-out prompt: origin, prompt, response, checks), ``mt_bench/`` and ``ifeval/``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import torch
 
 from slimepo.constraints import Constraint, check
 from slimepo.data import Origin, TokenizedPair, load_rows, prepare_pairs
+from slimepo.eval import arena_hard, ifeval
+from slimepo.eval.answers import answer_prompts
 from slimepo.eval.generate import chat_generator, end_of_turn_ids
 from slimepo.eval.generate import generate as generate_responses
 from slimepo.eval.health import generation_health, summarize_health
@@ -145,8 +148,9 @@ def evaluate(
     dtype: str = "auto",
     prepare_options: Mapping[str, Any] | None = None,
     held_out: Sequence[TokenizedPair] | None = None,
-    mt_bench: bool = False,
+    bench: str | None = None,
     questions: Questions = None,
+    max_prompts: int | None = None,
     bench_max_new_tokens: int = 1024,
     judge: CompletionClient | None = None,
 ) -> dict[str, Any]:
@@ -165,18 +169,25 @@ def evaluate(
         held_out: already tokenized pairs to use instead of tokenizing ``dataset``
             (e.g. training's own held-out share); their origins locate each row's
             constraint in ``dataset``.
-        mt_bench, questions, bench_max_new_tokens, judge: answer MT-Bench (``questions``:
-            records or a question.jsonl; default the installed set) and grade the
-            answers with ``judge`` (e.g. a :class:`slimepo.eval.judge.JudgeClient`).
+        bench, questions, max_prompts, bench_max_new_tokens, judge: answer a benchmark,
+            ``"mt-bench"``, ``"ifeval"`` or ``"arena-hard"`` (``questions``: records or
+            the benchmark's prompts file, default the installed set; the first
+            ``max_prompts`` only), and grade MT-Bench or Arena-Hard answers with ``judge``
+            (e.g. a :class:`slimepo.eval.judge.JudgeClient`).
 
     Returns (and writes as ``eval.json``) the ``preference_metrics`` dict, plus with
     ``generate``: ``generation`` (``summarize_health``), ``constraint_pass_rate``,
     ``constraint_pass_rate_by_family``, ``constraints_checked``, ``constraints_invalid``;
-    with ``mt_bench``: ``mt_bench`` {questions, answers file, and with a judge
-    judgments file + ``summarize_scores``}; and ``settings`` (what was evaluated, how).
+    with ``bench="mt-bench"``: ``mt_bench`` {questions, answers file, and with a judge
+    judgments file + ``summarize_scores``}; with ``bench="ifeval"``: ``ifeval`` (see
+    :func:`answer_ifeval`); with ``bench="arena-hard"``: ``arena_hard`` (see
+    :func:`answer_arena_hard`); and ``settings`` (what was evaluated, how).
     """
     out = Path(out_dir)
-    question_list = _questions(questions) if mt_bench else None  # fail before loading a model
+    # Benchmark prompts are read before a model is loaded, so that a missing file fails fast.
+    question_list = _questions(questions)[:max_prompts] if bench == "mt-bench" else None
+    ifeval_prompts = _ifeval_prompts(questions)[:max_prompts] if bench == "ifeval" else None
+    arena_questions = arena_hard.load_questions(questions)[:max_prompts] if bench == "arena-hard" else None
     policy, tokenizer, adapter_base = load_model(model, adapter, dtype=dtype)
     source = _source(dataset, split)
     if held_out is None:
@@ -208,6 +219,16 @@ def evaluate(
         result["mt_bench"] = {"questions": len(question_list), "answers": str(answers_path)}
         if judge is not None:
             result["mt_bench"].update(judge_mtbench(question_list, answers, judge, out / "mt_bench" / "judgments.jsonl"))
+    if ifeval_prompts is not None:
+        result["ifeval"] = answer_ifeval(
+            policy, tokenizer, out / "ifeval", ifeval_prompts, max_new_tokens=bench_max_new_tokens,
+            batch_size=batch_size, **{k: v for k, v in decoding.items() if k != "max_new_tokens"},
+        )
+    if arena_questions is not None:
+        result["arena_hard"] = answer_arena_hard(
+            policy, tokenizer, out / "arena_hard", arena_questions, judge, max_new_tokens=bench_max_new_tokens,
+            batch_size=batch_size, **{k: v for k, v in decoding.items() if k != "max_new_tokens"},
+        )
     result["settings"] = {
         "model": str(model), "adapter": None if adapter is None else str(adapter), "base": base,
         "dataset": str(dataset), "split": split, "generate": generate, **decoding,
@@ -249,6 +270,83 @@ def _questions(questions: Questions) -> list[dict[str, Any]]:
     if questions is None or isinstance(questions, (str, os.PathLike)):
         return load_questions(questions)
     return [dict(q) for q in questions]
+
+
+def _ifeval_prompts(prompts: Questions) -> list[dict[str, Any]]:
+    if prompts is None or isinstance(prompts, (str, os.PathLike)):
+        return ifeval.load_prompts(prompts)
+    return [dict(p) for p in prompts]
+
+
+def answer_ifeval(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    out_dir: str | os.PathLike[str],
+    prompts: Questions = None,
+    *,
+    max_new_tokens: int = 1024,
+    batch_size: int = 8,
+    **decoding: Any,
+) -> dict[str, Any]:
+    """Answer IFEval prompts in batches and score them with the official checkers.
+
+    Resumable (:func:`slimepo.eval.answers.answer_prompts` into ``out_dir/answers.jsonl``).
+    Then ``out_dir/input_response_data.jsonl`` is written in the official form.
+    ``prompts``: IFEval records, an input_data.jsonl, or None for the installed set;
+    ``decoding``: ``sampling``, ``temperature``, ``top_p``, ``seed`` of
+    :func:`slimepo.eval.generate.generate`.
+
+    Returns :func:`slimepo.eval.ifeval.score` plus ``generation``
+    (:func:`slimepo.eval.health.summarize_health`: end-of-turn rate, mean answer length in
+    tokens, ...) and ``responses`` (the path of the official file).
+    """
+    records = _ifeval_prompts(prompts)
+    out = Path(out_dir)
+    answers = answer_prompts(
+        model, tokenizer, out / ifeval.ANSWERS_FILE, {str(r["key"]): r["prompt"] for r in records},
+        max_new_tokens=max_new_tokens, batch_size=batch_size, desc="ifeval", **decoding,
+    )
+    responses_path = ifeval.write_responses(records, answers, out / ifeval.RESPONSES_FILE)
+    chosen = [answers[str(r["key"])] for r in records]
+    result = ifeval.score(records, [a["response"] for a in chosen])
+    result["generation"] = summarize_health(a["health"] for a in chosen)
+    result["responses"] = str(responses_path)
+    return result
+
+
+def answer_arena_hard(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    out_dir: str | os.PathLike[str],
+    questions: Sequence[Mapping[str, Any]],
+    judge: CompletionClient | None = None,
+    *,
+    max_new_tokens: int = 1024,
+    batch_size: int = 8,
+    **decoding: Any,
+) -> dict[str, Any]:
+    """Answer Arena-Hard questions (resumable, into ``out_dir/answers.jsonl``) and, with a
+    ``judge``, judge them against the baseline (``out_dir/judgments.jsonl``).
+
+    Returns ``{"questions", "answers", "generation"}`` and with a judge ``"judgments"`` and
+    :func:`slimepo.eval.arena_hard.summarize_verdicts`.
+    """
+    out = Path(out_dir)
+    answers = answer_prompts(
+        model, tokenizer, out / "answers.jsonl", {q["uid"]: q["prompt"] for q in questions},
+        max_new_tokens=max_new_tokens, batch_size=batch_size, desc="arena-hard", **decoding,
+    )
+    chosen = [answers[q["uid"]] for q in questions]
+    result: dict[str, Any] = {
+        "questions": len(questions), "answers": str(out / "answers.jsonl"),
+        "generation": summarize_health(a["health"] for a in chosen),
+    }
+    if judge is not None:
+        records = arena_hard.judge_pairs(questions, {a["key"]: a["response"] for a in chosen}, judge)
+        with (out / "judgments.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(record) + "\n" for record in records)
+        result.update(judgments=str(out / "judgments.jsonl"), **arena_hard.summarize_verdicts(records))
+    return result
 
 
 def answer_mtbench(
@@ -309,5 +407,20 @@ def format_eval_table(result: Mapping[str, Any]) -> str:
         rows.append(("MT-Bench questions answered", bench.get("questions"), None))
         rows.append(("MT-Bench score (1-10)", bench.get("overall"), None))
         rows += [(f"  turn {turn}", score, None) for turn, score in (bench.get("per_turn") or {}).items()]
+    scores = result.get("ifeval")
+    if isinstance(scores, Mapping):
+        rows.append(("IFEval prompts answered", scores.get("prompts"), None))
+        for level in ("prompt", "instruction"):
+            for mode in ("strict", "loose"):
+                rows.append((f"IFEval {level}-level accuracy, {mode}", scores.get(f"{level}_level_{mode}"), None))
+        generation = scores.get("generation") or {}
+        rows.append(("IFEval end-of-turn rate", generation.get("ended_rate"), None))
+        rows.append(("IFEval mean answer length (tokens)", generation.get("length_tokens_mean"), None))
+    arena = result.get("arena_hard")
+    if isinstance(arena, Mapping):
+        rows.append(("Arena-Hard questions answered", arena.get("questions"), None))
+        rows.append(("Arena-Hard score vs baseline (0.5 = par)", arena.get("score"), None))
+        rows.append(("  95% interval", f"{arena['ci_lower']:.3f} to {arena['ci_upper']:.3f}"
+                     if arena.get("ci_lower") is not None else None, None))
     headers = ("metric", "model", "base") if has_base else ("metric", "model")
     return "\n".join(markdown_table(headers, [row[: len(headers)] for row in rows]))

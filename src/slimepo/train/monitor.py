@@ -20,19 +20,20 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from slimepo.diagnostics import COLLAPSE_PROB, collapse_stats
+from slimepo.losses.base import sequence_stats
+from slimepo.metrics_log import append_record
 from slimepo.scoring import PairScores, score_pairs
-from slimepo.train.trainer import COLLAPSE_PROB, collapse_metrics
 
 logger = logging.getLogger(__name__)
 
 
 def chosen_mean_logp(scores: PairScores) -> float:
-    per_pair = scores.chosen_logps.sum(-1) / scores.chosen_mask.sum(-1)
-    return float(per_pair.mean())
+    return float(sequence_stats(scores.chosen_logps, scores.chosen_mask, "chosen").mean.mean())
 
 
 def rejected_collapse(scores: PairScores) -> float:
-    return float(collapse_metrics(scores.rejected_logps, scores.rejected_mask)["collapse/rejected_p_lt_1e-4"])
+    return float(collapse_stats(scores.rejected_logps, scores.rejected_mask)["rejected_p_lt_1e-4"])
 
 
 class StabilityMonitor(TrainerCallback):
@@ -68,10 +69,8 @@ class StabilityMonitor(TrainerCallback):
         scores = self._measure(model)
         drift = chosen_mean_logp(scores) - self.start["chosen_logp"]
         collapse = rejected_collapse(scores)
-        record = {"step": state.global_step, "split": "monitor", "epoch": state.epoch,
-                  "monitor/chosen_drift": drift, "monitor/collapse": collapse}
-        with self.metrics_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(self.metrics_path, state.global_step, "monitor", state.epoch,
+                      {"monitor/chosen_drift": drift, "monitor/collapse": collapse})
         if drift < -self.unlearning_alarm and "unlearning" not in self.warned:
             self.warned.add("unlearning")
             logger.warning(

