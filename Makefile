@@ -46,9 +46,10 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/slimepo train
 
+# 2 interleaved rounds of 12 cases, 1 warm-up + 3 timed steps each: about 20-25 minutes on 2 idle cores.
 bench: $(STAMP)
 	$(PIP) install -q -e '.[bench]'
-	$(PY) bench/bench_step.py --all --out docs/performance.md
+	$(PY) bench/bench_step.py --all --warmup 1 --steps 3 --repeats 2 --out docs/performance.md
 
 # The SLIME study (docs/results.md): trains and evaluates every missing run, then writes the
 # report. Hours on 2 cores; stop it any time, rerun to continue. MINUTES=110 stops starting runs after that.
