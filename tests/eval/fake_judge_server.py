@@ -7,7 +7,9 @@ graded answer carries it): ``score=N`` replies "Rating: [[N]]", ``single=N`` rep
 key's first request and "[[6]]" after, ``down`` always 500, ``badjson`` a 200 that is
 not JSON, ``forbidden`` HTTP 403, ``slow`` sleeps 1 s before replying; pairwise (Arena-Hard),
 ``ours=much|better|tie|worse`` judges the marked answer significantly better, slightly
-better, tied or slightly worse, in whichever position (A or B) it stands. ``GET /stats``
+better, tied or slightly worse, in whichever position (A or B) it stands; AlpacaEval,
+``pick=ours|baseline`` replies only the identifier (``m`` or ``M``) of the marked answer's
+output or of the other one. ``GET /stats``
 returns the requests seen per key and their Authorization headers.
 """
 
@@ -46,6 +48,10 @@ class Handler(BaseHTTPRequestHandler):
             label = {"much": f"{ours}>>{other}", "better": f"{ours}>{other}", "tie": "A=B",
                      "worse": f"{other}>{ours}"}[action[5:]]
             self._reply(f"My final verdict is: [[{label}]]")
+        elif action.startswith("pick="):
+            content = body["messages"][-1]["content"]
+            ours = "m" if content.rfind("FAKE:") < content.find('"model_identifier": "M"') else "M"
+            self._reply(ours if action == "pick=ours" else {"m": "M", "M": "m"}[ours])
         elif action.startswith("score="):
             self._reply(f"The answer is fine. Rating: [[{action[6:]}]]")
         elif action.startswith("single="):

@@ -1,4 +1,5 @@
 import argparse
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -10,6 +11,7 @@ from transformers import LlamaForCausalLM
 from slimepo.cli_eval import register, run
 from slimepo.constraints import Constraint, check
 from slimepo.data import prepare_pairs
+from slimepo.eval import alpacaeval
 from slimepo.eval.generate import end_of_turn_ids, generate
 from slimepo.eval.run import evaluate, format_eval_table
 from slimepo.testing import TINY_MODEL_KINDS, tiny_model, tiny_tokenizer
@@ -291,3 +293,33 @@ def test_eval_command_writes_outputs_and_prints_the_table(tmp_path, capsys):
     result = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert result["pairs"] == 2 and result["drift"]["chosen_drift_mean"] == 0.0
     assert len((tmp_path / "out" / "generations.jsonl").read_text().splitlines()) == 2
+
+
+class ModelJudge:
+    """A judge that names its model and prefers AlpacaEval's output_1."""
+
+    model, temperature = "judge-7b", 0.0
+
+    def complete(self, messages):
+        return "m"
+
+
+def test_alpaca_eval_report_says_which_prompts_judge_decoding_and_template(tmp_path):
+    tokenizer = tiny_tokenizer()
+    model_dir = save(context_free_llama(tokenizer, {}), tokenizer, tmp_path / "model")
+    installed = Path(alpacaeval.find_instructions())
+
+    result = evaluate(model_dir, write_jsonl(tmp_path / "d.jsonl", DRIFT_ROWS), split="train", generate=False,
+                      out_dir=tmp_path / "out", bench="alpaca-eval", max_prompts=2, bench_max_new_tokens=3,
+                      judge=ModelJudge())
+
+    bench = json.loads((tmp_path / "out" / "eval.json").read_text())["alpaca_eval"]
+    assert bench["instructions"] == bench["n_total"] == 2
+    assert bench["provenance"] == {
+        "questions_file": str(installed),
+        "questions_sha256": hashlib.sha256(installed.read_bytes()).hexdigest(),
+        "judge": {"model": "judge-7b", "url": None, "temperature": 0.0, "max_tokens": None},
+        "decoding": {"max_new_tokens": 3, "sampling": False, "temperature": 1.0, "top_p": 1.0, "seed": 0},
+        "chat_template": tokenizer.chat_template,
+    }
+    assert "AlpacaEval win rate vs GPT-4 Turbo (%, 50 = par)" in format_eval_table(result)

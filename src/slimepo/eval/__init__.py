@@ -6,6 +6,9 @@
   repetition). Standard library only.
 - :mod:`~slimepo.eval.mtbench`: MT-Bench questions and answers in FastChat's format.
 - :mod:`~slimepo.eval.judge`: LLM-judge grading over an OpenAI-compatible API (urllib).
+- :mod:`~slimepo.eval.ifeval`: IFEval answers scored by the official checkers.
+- :mod:`~slimepo.eval.arena_hard`, :mod:`~slimepo.eval.alpacaeval`: answers judged
+  pairwise against a baseline's (:mod:`~slimepo.eval.pairwise`: what they share).
 """
 
 from slimepo.eval.health import generation_health, summarize_health

@@ -9,15 +9,19 @@ It measures the failures SLIME claims to fix (``shared/PAPER.md``) on held-out p
    (:func:`slimepo.eval.health.generation_health`) and, where a row carries a
    ``constraint`` (:class:`slimepo.constraints.Constraint` as a dict), whether the
    response obeys it;
-3. optionally a benchmark: MT-Bench answers, graded by an LLM judge when one is given, or
-   IFEval answers, scored by the official checkers (:mod:`slimepo.eval.ifeval`).
+3. optionally a benchmark: MT-Bench answers, graded by an LLM judge when one is given;
+   IFEval answers, scored by the official checkers (:mod:`slimepo.eval.ifeval`); or
+   Arena-Hard or AlpacaEval answers, judged pairwise against a baseline's. Each benchmark
+   result records its ``provenance`` (:func:`bench_provenance`).
 
 Outputs in ``out_dir``: ``eval.json`` (the returned dict), ``generations.jsonl`` (one
-line per held-out prompt: origin, prompt, response, checks), ``mt_bench/`` and ``ifeval/``.
+line per held-out prompt: origin, prompt, response, checks), and one folder per benchmark
+(``mt_bench/``, ``ifeval/``, ``arena_hard/``, ``alpaca_eval/``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,14 +33,14 @@ import torch
 
 from slimepo.constraints import Constraint, check
 from slimepo.data import Origin, TokenizedPair, load_rows, prepare_pairs
-from slimepo.eval import arena_hard, ifeval
+from slimepo.eval import alpacaeval, arena_hard, ifeval
 from slimepo.eval.answers import answer_prompts
 from slimepo.eval.generate import chat_generator, end_of_turn_ids
 from slimepo.eval.generate import generate as generate_responses
 from slimepo.eval.health import generation_health, summarize_health
 from slimepo.eval.judge import CompletionClient, judge_answers, summarize_scores
 from slimepo.eval.metrics import preference_metrics
-from slimepo.eval.mtbench import answer_questions, load_questions, write_answers
+from slimepo.eval.mtbench import answer_questions, find_questions, load_questions, write_answers
 from slimepo.model import load_causal_lm, load_tokenizer, resolve_model_path
 from slimepo.report import GENERATION_COLUMNS, PREFERENCE_COLUMNS, lookup, markdown_table
 from slimepo.scoring import PairScores, score_pairs
@@ -45,6 +49,12 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 Questions = Sequence[Mapping[str, Any]] | str | os.PathLike[str] | None
+#: Each benchmark's key in the result, and where its installed prompts file is.
+BENCH_RESULTS = {"mt-bench": "mt_bench", "ifeval": "ifeval", "arena-hard": "arena_hard", "alpaca-eval": "alpaca_eval"}
+DEFAULT_QUESTIONS = {
+    "mt-bench": find_questions, "ifeval": ifeval.find_prompts,
+    "arena-hard": lambda: arena_hard.find_file("question.jsonl"), "alpaca-eval": alpacaeval.find_instructions,
+}
 
 
 def load_model(
@@ -170,10 +180,10 @@ def evaluate(
             (e.g. training's own held-out share); their origins locate each row's
             constraint in ``dataset``.
         bench, questions, max_prompts, bench_max_new_tokens, judge: answer a benchmark,
-            ``"mt-bench"``, ``"ifeval"`` or ``"arena-hard"`` (``questions``: records or
-            the benchmark's prompts file, default the installed set; the first
-            ``max_prompts`` only), and grade MT-Bench or Arena-Hard answers with ``judge``
-            (e.g. a :class:`slimepo.eval.judge.JudgeClient`).
+            ``"mt-bench"``, ``"ifeval"``, ``"arena-hard"`` or ``"alpaca-eval"``
+            (``questions``: records or the benchmark's prompts file, default the installed
+            set; the first ``max_prompts`` only), and grade MT-Bench, Arena-Hard or
+            AlpacaEval answers with ``judge`` (e.g. a :class:`slimepo.eval.judge.JudgeClient`).
 
     Returns (and writes as ``eval.json``) the ``preference_metrics`` dict, plus with
     ``generate``: ``generation`` (``summarize_health``), ``constraint_pass_rate``,
@@ -181,13 +191,16 @@ def evaluate(
     with ``bench="mt-bench"``: ``mt_bench`` {questions, answers file, and with a judge
     judgments file + ``summarize_scores``}; with ``bench="ifeval"``: ``ifeval`` (see
     :func:`answer_ifeval`); with ``bench="arena-hard"``: ``arena_hard`` (see
-    :func:`answer_arena_hard`); and ``settings`` (what was evaluated, how).
+    :func:`answer_arena_hard`); with ``bench="alpaca-eval"``: ``alpaca_eval`` (see
+    :func:`answer_alpaca_eval`); each benchmark's with its ``provenance``
+    (:func:`bench_provenance`); and ``settings`` (what was evaluated, how).
     """
     out = Path(out_dir)
     # Benchmark prompts are read before a model is loaded, so that a missing file fails fast.
     question_list = _questions(questions)[:max_prompts] if bench == "mt-bench" else None
     ifeval_prompts = _ifeval_prompts(questions)[:max_prompts] if bench == "ifeval" else None
     arena_questions = arena_hard.load_questions(questions)[:max_prompts] if bench == "arena-hard" else None
+    alpaca_records = _alpaca_records(questions)[:max_prompts] if bench == "alpaca-eval" else None
     policy, tokenizer, adapter_base = load_model(model, adapter, dtype=dtype)
     source = _source(dataset, split)
     if held_out is None:
@@ -229,12 +242,46 @@ def evaluate(
             policy, tokenizer, out / "arena_hard", arena_questions, judge, max_new_tokens=bench_max_new_tokens,
             batch_size=batch_size, **{k: v for k, v in decoding.items() if k != "max_new_tokens"},
         )
+    if alpaca_records is not None:
+        result["alpaca_eval"] = answer_alpaca_eval(
+            policy, tokenizer, out / "alpaca_eval", alpaca_records, judge, max_new_tokens=bench_max_new_tokens,
+            batch_size=batch_size, **{k: v for k, v in decoding.items() if k != "max_new_tokens"},
+        )
+    if bench is not None:
+        questions_file = DEFAULT_QUESTIONS[bench]() if questions is None else questions
+        result[BENCH_RESULTS[bench]]["provenance"] = bench_provenance(
+            questions_file, tokenizer, judge, {**decoding, "max_new_tokens": bench_max_new_tokens}
+        )
     result["settings"] = {
         "model": str(model), "adapter": None if adapter is None else str(adapter), "base": base,
         "dataset": str(dataset), "split": split, "generate": generate, **decoding,
     }
     (out / "eval.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
+
+
+def bench_provenance(
+    questions: Questions, tokenizer: Any, judge: CompletionClient | None, decoding: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What a benchmark score needs said to be reproduced: ``{"questions_file",
+    "questions_sha256", "judge", "decoding", "chat_template"}``.
+
+    ``questions``: the prompts file (its path and the sha256 of its bytes; both None when
+    records were passed in instead); ``judge``: its ``model``, ``url``, ``temperature`` and
+    ``max_tokens`` where it has them (None without a judge); ``chat_template``: the
+    tokenizer's template text, None when prompts were plain text (no template).
+    """
+    path = Path(questions) if isinstance(questions, (str, os.PathLike)) else None
+    judge_settings = None if judge is None else {
+        name: getattr(judge, name, None) for name in ("model", "url", "temperature", "max_tokens")
+    }
+    return {
+        "questions_file": None if path is None else str(path),
+        "questions_sha256": None if path is None else hashlib.sha256(path.read_bytes()).hexdigest(),
+        "judge": judge_settings,
+        "decoding": dict(decoding),
+        "chat_template": getattr(tokenizer, "chat_template", None) or None,
+    }
 
 
 def _base_scores(
@@ -276,6 +323,12 @@ def _ifeval_prompts(prompts: Questions) -> list[dict[str, Any]]:
     if prompts is None or isinstance(prompts, (str, os.PathLike)):
         return ifeval.load_prompts(prompts)
     return [dict(p) for p in prompts]
+
+
+def _alpaca_records(records: Questions) -> list[dict[str, Any]]:
+    if records is None or isinstance(records, (str, os.PathLike)):
+        return alpacaeval.load_instructions(records)
+    return [dict(r) for r in records]
 
 
 def answer_ifeval(
@@ -346,6 +399,43 @@ def answer_arena_hard(
         with (out / "judgments.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(record) + "\n" for record in records)
         result.update(judgments=str(out / "judgments.jsonl"), **arena_hard.summarize_verdicts(records))
+    return result
+
+
+def answer_alpaca_eval(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    out_dir: str | os.PathLike[str],
+    records: Sequence[Mapping[str, Any]],
+    judge: CompletionClient | None = None,
+    *,
+    max_new_tokens: int = 1024,
+    batch_size: int = 8,
+    **decoding: Any,
+) -> dict[str, Any]:
+    """Answer AlpacaEval instructions (resumable, into ``out_dir/answers.jsonl``) and, with a
+    ``judge``, judge them against the baseline's outputs (``out_dir/judgments.jsonl``).
+
+    ``records``: :func:`slimepo.eval.alpacaeval.load_instructions` records. Returns
+    ``{"instructions", "answers", "generation", "length_controlled_win_rate": None}`` and
+    with a judge ``"judgments"`` and :func:`slimepo.eval.alpacaeval.summarize_preferences`.
+    """
+    out = Path(out_dir)
+    answers = answer_prompts(
+        model, tokenizer, out / "answers.jsonl", {r["key"]: r["instruction"] for r in records},
+        max_new_tokens=max_new_tokens, batch_size=batch_size, desc="alpaca-eval", **decoding,
+    )
+    chosen = [answers[r["key"]] for r in records]
+    result: dict[str, Any] = {
+        "instructions": len(records), "answers": str(out / "answers.jsonl"),
+        "generation": summarize_health(a["health"] for a in chosen),
+        "length_controlled_win_rate": None,  # its GLM needs data AlpacaEval downloads (see alpacaeval)
+    }
+    if judge is not None:
+        games = alpacaeval.judge_pairs(records, {a["key"]: a["response"] for a in chosen}, judge)
+        with (out / "judgments.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(game) + "\n" for game in games)
+        result.update(judgments=str(out / "judgments.jsonl"), **alpacaeval.summarize_preferences(games))
     return result
 
 
@@ -422,5 +512,11 @@ def format_eval_table(result: Mapping[str, Any]) -> str:
         rows.append(("Arena-Hard score vs baseline (0.5 = par)", arena.get("score"), None))
         rows.append(("  95% interval", f"{arena['ci_lower']:.3f} to {arena['ci_upper']:.3f}"
                      if arena.get("ci_lower") is not None else None, None))
+    alpaca = result.get("alpaca_eval")
+    if isinstance(alpaca, Mapping):
+        rows.append(("AlpacaEval instructions answered", alpaca.get("instructions"), None))
+        rows.append(("AlpacaEval win rate vs GPT-4 Turbo (%, 50 = par)", alpaca.get("win_rate"), None))
+        rows.append(("  95% interval", f"{alpaca['ci_lower']:.1f} to {alpaca['ci_upper']:.1f}"
+                     if alpaca.get("ci_lower") is not None else None, None))
     headers = ("metric", "model", "base") if has_base else ("metric", "model")
     return "\n".join(markdown_table(headers, [row[: len(headers)] for row in rows]))
