@@ -273,6 +273,8 @@ def test_mt_bench_answers_and_judge_summary_go_into_eval_json(tmp_path):
     assert len(Path(bench["judgments"]).read_text().splitlines()) == 4
     assert bench["overall"] == 7.0 and bench["questions"] == 2
     assert result["mt_bench"] == bench
+    assert bench["provenance"]["questions_sha256"] == hashlib.sha256(questions.read_bytes()).hexdigest()
+    assert bench["provenance"]["judge"] == {"model": None, "url": None, "temperature": None, "max_tokens": None}
     assert "MT-Bench score (1-10) | 7" in format_eval_table(result)
 
 
