@@ -48,8 +48,14 @@ class TrainConfig:
         group="model",
     )
     dtype: str = option(
-        "auto", "auto (bf16 on GPUs that support it, fp32 otherwise) | float32 | bfloat16 | float16", group="model",
-        choices=("auto", "float32", "bfloat16", "float16"),
+        "auto", "weights' dtype: auto (float32, trained under --mixed-precision auto) | float32 (no autocast unless "
+        "--mixed-precision says so) | bfloat16 | float16 (pure half-precision weights, no fp32 master copy)",
+        group="model", choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    mixed_precision: str = option(
+        "auto", "autocast of the forward pass over float32 weights: auto (bf16 with --dtype auto on a CPU with "
+        "AVX512-BF16 or AMX, or a GPU that supports bf16; else no) | no | bf16 | fp16 (GPUs only); log-probs and "
+        "losses stay float32", group="model", choices=("auto", "no", "bf16", "fp16"),
     )
     trust_remote_code: bool = option(False, "allow the model repository's own Python code to run", group="model")
     attn_implementation: str = option(
@@ -189,6 +195,11 @@ class TrainConfig:
             raise ConfigError(
                 f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length}) "
                 "so that responses keep at least one token"
+            )
+        if self.mixed_precision in ("bf16", "fp16") and self.dtype in ("bfloat16", "float16"):
+            raise ConfigError(
+                f"mixed_precision: {self.mixed_precision} autocasts over float32 weights, but --dtype is {self.dtype}; "
+                "use --dtype auto or float32 with it, or --mixed-precision no"
             )
         if self.attn_implementation.startswith("flash_attention") and self.layout != "separate":
             raise ConfigError(

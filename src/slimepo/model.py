@@ -78,12 +78,25 @@ def resolve_model_path(name: str) -> str:
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    """``auto``: bf16 on a CUDA GPU that supports it, fp32 everywhere else (CPUs included)."""
-    if name == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    """The weights' dtype; ``auto`` is float32 (master weights, autocast decides the compute dtype)."""
+    return {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def bf16_hardware() -> bool:
+    """bf16 arithmetic in hardware: a CUDA GPU that supports it, else a CPU with AVX512-BF16 or AMX.
+
+    Without these instructions a CPU emulates bf16 matmuls through fp32 conversions, slower than fp32.
+    """
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_mixed_precision(dtype: str, mixed_precision: str) -> str:
+    """``no``, ``bf16`` or ``fp16``: the autocast the Trainer runs the forward pass under."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    return "bf16" if dtype == "auto" and bf16_hardware() else "no"
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

@@ -16,6 +16,7 @@ def main() -> None:
         output_dir=out, max_steps=3, batch_size=4 // world, learning_rate=1e-2, logging_steps=1, save_steps=0,
         lora_r=8, lora_alpha=16, lora_dropout=0.0, warmup_ratio=0.0, seed=0,
         loss="slime", loss_params={"stabilizer_reduction": "sequence"},
+        dtype="float32",  # no autocast, whatever the CPU: the comparisons are at fp32 accuracy
     )
     train(config)
     if dist.is_initialized():

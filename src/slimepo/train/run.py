@@ -22,7 +22,13 @@ from slimepo.data.tokenize import template_text
 from slimepo.eval.metrics import preference_metrics
 from slimepo.logprobs import uses_flex_attention
 from slimepo.losses import get_loss
-from slimepo.model import load_policy, load_reference, load_tokenizer, resolve_model_path
+from slimepo.model import (
+    load_policy,
+    load_reference,
+    load_tokenizer,
+    resolve_mixed_precision,
+    resolve_model_path,
+)
 from slimepo.scoring import score_pairs
 from slimepo.train.card import write_model_card
 from slimepo.train.checkpoint import latest_complete_checkpoint, manifest_step, trim_metrics
@@ -149,6 +155,7 @@ class TrainResult:
 
 
 def training_arguments(config: TrainConfig, out: Path) -> TrainingArguments:
+    precision = resolve_mixed_precision(config.dtype, config.mixed_precision)
     return TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=config.batch_size,
@@ -174,6 +181,8 @@ def training_arguments(config: TrainConfig, out: Path) -> TrainingArguments:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         optim="adamw_torch",
+        bf16=precision == "bf16",  # accelerate wraps the model's forward in torch.autocast (CPU or GPU)
+        fp16=precision == "fp16",
         # Without an accelerator, say so: it is what lets torchrun/accelerate use gloo DDP on CPUs.
         use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
@@ -195,6 +204,8 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
             f"attn_implementation: flex_attention cannot train on CPU (PyTorch {torch.__version__} has no FlexAttention "
             "backward pass there); use sdpa on CPU"
         )
+    if args.fp16 and args.device.type == "cpu":
+        raise ConfigError("mixed_precision: fp16 autocast needs a GPU (accelerate has none on CPU); use bf16 or no")
     if args.process_index == 0:
         check_output_dir(config)
     PartialState().wait_for_everyone()
@@ -233,10 +244,11 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
             metrics_path=out / "metrics.jsonl",
         ))
     score = dict(pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, chunk_size=chunk, layout=config.layout)
-    before_scores = score_pairs(trainer.model, held_out, **score) if held_out else None
-
-    if config.precompute_ref_logps and loss_fn.requires_reference:
-        precompute_reference(ref_model or trainer.model, train_pairs, score)
+    # Under the autocast the trained model's forward will carry, so "before" and "after" compare alike.
+    with trainer.accelerator.autocast():
+        before_scores = score_pairs(trainer.model, held_out, **score) if held_out else None
+        if config.precompute_ref_logps and loss_fn.requires_reference:
+            precompute_reference(ref_model or trainer.model, train_pairs, score)
     trainer.train(resume_from_checkpoint=resume_point(config, out, is_main=args.process_index == 0))
 
     before: dict[str, Any] = {}

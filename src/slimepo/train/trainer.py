@@ -88,7 +88,8 @@ class PreferenceTrainer(Trainer):
         if "ref_chosen_logps" in batch:  # precomputed before training
             return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         if self.ref_model is not None:
-            chosen, rejected = self.token_logps(self.ref_model, batch)
+            with self.accelerator.autocast():  # the precision of the policy's forward (its own is wrapped)
+                chosen, rejected = self.token_logps(self.ref_model, batch)
         else:
             peft_model = self.accelerator.unwrap_model(model)
             with peft_model.disable_adapter():
