@@ -1,5 +1,9 @@
-"""Run by test_distributed.py under torchrun: one short training run, global batch 4."""
+"""Run by test_distributed.py under torchrun: one short training run, global batch 4.
 
+    python ddp_worker.py MODEL DATA OUT WORLD [JSON of TrainConfig overrides]
+"""
+
+import json
 import sys
 from pathlib import Path
 
@@ -11,13 +15,15 @@ from slimepo.train import train
 
 def main() -> None:
     model, data, out, world = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    config = TrainConfig(
-        model=model, dataset=str(data / "train.jsonl"), eval_dataset=str(data / "test.jsonl"), eval_split="train",
-        output_dir=out, max_steps=3, batch_size=4 // world, learning_rate=1e-2, logging_steps=1, save_steps=0,
-        lora_r=8, lora_alpha=16, lora_dropout=0.0, warmup_ratio=0.0, seed=0,
-        loss="slime", loss_params={"stabilizer_reduction": "sequence"},
-        dtype="float32",  # no autocast, whatever the CPU: the comparisons are at fp32 accuracy
-    )
+    overrides = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    config = TrainConfig(**{
+        "model": model, "dataset": str(data / "train.jsonl"), "eval_dataset": str(data / "test.jsonl"),
+        "eval_split": "train", "output_dir": out, "max_steps": 3, "batch_size": 4 // world, "learning_rate": 1e-2,
+        "logging_steps": 1, "save_steps": 0, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+        "warmup_ratio": 0.0, "seed": 0, "loss": "slime", "loss_params": {"stabilizer_reduction": "sequence"},
+        "dtype": "float32",  # no autocast, whatever the CPU: the comparisons are at fp32 accuracy
+        **overrides,
+    })
     train(config)
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -1,4 +1,4 @@
-"""Two CPU processes (torchrun, gloo) log the same losses as one process with the same global batch."""
+"""Several CPU processes (torchrun, gloo) log the same losses as one process with the same global batch."""
 
 import json
 import os
@@ -10,30 +10,69 @@ from pathlib import Path
 import pytest
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+KEYS = ("loss", "loss/margin", "loss/anchor", "loss/stabilizer", "accuracy", "grad_norm")
+
+
+def worker_args(model, data: Path, out: Path, world: int) -> list[str]:
+    return [str(WORKER), str(model), str(data), str(out), str(world)]
+
+
+def train_lines(out: Path) -> list[dict]:
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
 
 
 def run(world: int, model, data: Path, out: Path) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     if world == 1:
-        cmd = [sys.executable, str(WORKER)]
+        cmd = [sys.executable]
     else:
-        torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-        cmd = [torchrun, "--nproc_per_node", str(world), "--master_port", "29533", str(WORKER)]
-    result = subprocess.run([*cmd, str(model), str(data), str(out), str(world)], env=env,
+        cmd = [TORCHRUN, "--nproc_per_node", str(world), "--master_port", "29533"]
+    result = subprocess.run([*cmd, *worker_args(model, data, out, world)], env=ENV,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return train_lines(out)
+
+
+def assert_same_losses(single: list[dict], other: list[dict]) -> None:
+    assert [r["step"] for r in single] == [r["step"] for r in other] == [1, 2, 3]
+    # Every SLIME term is a per-pair mean here (stabilizer_reduction=sequence), so the
+    # gradient average over 2 x 2 pairs equals the 1-process mean over 4 pairs. What is
+    # left is float32 summation order across processes and padding widths: 1e-4 relative.
+    for one, two in zip(single, other):
+        for key in KEYS:
+            assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), (one["step"], key)
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_model_dir, toy_data, tmp_path_factory) -> list[dict]:
+    return run(1, tiny_model_dir, toy_data["train"].parent, tmp_path_factory.mktemp("one") / "run")
 
 
 @pytest.mark.slow
-def test_two_processes_log_the_same_losses_as_one_with_the_same_global_batch(tiny_model_dir, toy_data, tmp_path):
-    data = toy_data["train"].parent
-    single = [r for r in run(1, tiny_model_dir, data, tmp_path / "one") if r["split"] == "train"]
-    double = [r for r in run(2, tiny_model_dir, data, tmp_path / "two") if r["split"] == "train"]
-    assert [r["step"] for r in single] == [r["step"] for r in double] == [1, 2, 3]
-    # Every SLIME term is a per-pair mean here (stabilizer_reduction=sequence), so DDP's
-    # gradient average over 2 x 2 pairs equals the 1-process mean over 4 pairs. What is
-    # left is float32 summation order across processes and padding widths: 1e-4 relative.
-    for one, two in zip(single, double):
-        for key in ("loss", "loss/margin", "loss/anchor", "loss/stabilizer", "accuracy", "grad_norm"):
-            assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), (one["step"], key)
+def test_two_processes_log_the_same_losses_as_one_with_the_same_global_batch(
+    one_process, tiny_model_dir, toy_data, tmp_path
+):
+    assert_same_losses(one_process, run(2, tiny_model_dir, toy_data["train"].parent, tmp_path / "two"))
+
+
+@pytest.mark.slow
+def test_two_nodes_rendezvous_on_localhost_and_log_the_same_losses_as_one_process(
+    one_process, tiny_model_dir, toy_data, tmp_path
+):
+    """Two torchrun launchers, one process each, as on two machines (--nnodes 2 --node-rank 0/1).
+
+    Two independent 1-process runs would log each step twice, with a batch of 2 pairs, not 4."""
+    out = tmp_path / "two-nodes"  # one path for both "nodes": a shared file system
+    launchers = [
+        subprocess.Popen(
+            [TORCHRUN, "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
+             "--master-addr", "127.0.0.1", "--master-port", "29535",
+             *worker_args(tiny_model_dir, toy_data["train"].parent, out, 2)],
+            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    logs = [launcher.communicate(timeout=600)[0] for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert_same_losses(one_process, train_lines(out))
