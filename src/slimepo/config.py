@@ -146,6 +146,11 @@ class TrainConfig:
         None, "length-bucketed training batches of at most this many tokens (pairs x longest pair) instead of "
         "--batch-size pairs", group="training",
     )
+    fsdp: bool = option(
+        False, "shard weights, gradients and optimizer state across GPUs (FSDP2 through accelerate, one shard "
+        "group per decoder layer) instead of replicating them (DDP); refused on CPU, where accelerate would "
+        "silently run DDP", group="training",
+    )
     compile_loss: bool = option(False, "torch.compile the loss computation (from per-token log-probs to the loss)", group="training")
     logprob_chunk_size: int = option(512, "tokens per chunk of the output projection (0: materialize all logits)", group="training")
     merge: bool = option(False, "also write the LoRA adapter merged into the base weights", group="training")

@@ -208,14 +208,15 @@ def pair_token_logps(
         "position_ids": batch.get("position_ids"),
         "use_cache": False,
     }
-    projection = output_projection(model) if chunk_size else None
-    if projection is None:
+    if not chunk_size or output_projection(model) is None:
         logits = model(**inputs).logits
         selected = logits.reshape(-1, logits.shape[-1])[source]
         logps = torch.log_softmax(selected.to(_accumulation_dtype(selected)), -1).gather(-1, labels[:, None])[:, 0]
     else:
         hidden = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
-        weight, bias = projection
+        # Read after the forward: FSDP2 gathers the root module's weights (the head among them) in
+        # its forward and keeps them unsharded until backward, which then reduce-scatters their gradient.
+        weight, bias = output_projection(model)
         selected = hidden.reshape(-1, hidden.shape[-1])[source]
         logps = _ChunkedLogps.apply(selected, weight, bias, labels, chunk_size, final_logit_softcap(model))
     n_chosen = int(chosen_mask.sum())

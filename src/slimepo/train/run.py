@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import accelerate
 import torch
 from accelerate import PartialState
 from transformers import TrainerCallback, TrainingArguments, set_seed
@@ -183,6 +185,9 @@ def training_arguments(config: TrainConfig, out: Path) -> TrainingArguments:
         optim="adamw_torch",
         bf16=precision == "bf16",  # accelerate wraps the model's forward in torch.autocast (CPU or GPU)
         fp16=precision == "fp16",
+        fsdp=config.fsdp,
+        fsdp_config={"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True}
+        if config.fsdp else None,
         # Without an accelerator, say so: it is what lets torchrun/accelerate use gloo DDP on CPUs.
         use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
@@ -206,6 +211,12 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         )
     if args.fp16 and args.device.type == "cpu":
         raise ConfigError("mixed_precision: fp16 autocast needs a GPU (accelerate has none on CPU); use bf16 or no")
+    if (config.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true") and args.device.type == "cpu":
+        raise ConfigError(
+            f"fsdp: accelerate {accelerate.__version__} shards with FSDP only on GPUs (and XPU/NPU/...); on CPU it "
+            "would train DDP instead, unannounced. Drop --fsdp (and the accelerate FSDP config) on CPU: DDP is "
+            "what runs there"
+        )
     if args.process_index == 0:
         check_output_dir(config)
     PartialState().wait_for_everyone()
@@ -253,8 +264,9 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
 
     before: dict[str, Any] = {}
     after: dict[str, Any] = {}
+    # On every process: under FSDP each forward gathers the sharded weights from all of them.
+    after_scores = score_pairs(trainer.model, held_out, **score) if held_out else None
     if trainer.is_world_process_zero() and held_out:
-        after_scores = score_pairs(trainer.model, held_out, **score)
         before = preference_metrics(*before_scores.as_tuple())
         after = preference_metrics(*after_scores.as_tuple(), base=before_scores.as_tuple())
         # The held-out metrics after training, with the initial model as the base (drift, unlearning).

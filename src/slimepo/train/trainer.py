@@ -77,7 +77,10 @@ class PreferenceTrainer(Trainer):
 
     def token_logps(self, model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(chosen_logps [B, Lc], rejected_logps [B, Lr])``, 0 where masked."""
-        chunk = None if self.is_fsdp_enabled else self.chunk_size  # FSDP shards the head outside forward
+        # FSDP2 keeps the root's (the head's) weights gathered from forward to backward, so the chunked
+        # projection can use them; FSDP1's flat parameters are not checked here: materialized logits.
+        fsdp1 = self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 1
+        chunk = None if fsdp1 else self.chunk_size
         return pair_token_logps(model, batch, chunk_size=chunk)
 
     @torch.no_grad()
