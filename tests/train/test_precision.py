@@ -152,3 +152,10 @@ def test_pure_bf16_weights_still_train(tiny_model_dir, toy_data, tmp_path, monke
 def test_autocast_over_half_precision_weights_is_refused():
     with pytest.raises(ConfigError, match="mixed_precision: bf16 autocasts over float32 weights"):
         TrainConfig(dtype="bfloat16", mixed_precision="bf16").validate()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 autocast runs on GPUs")
+def test_fp16_autocast_on_cpu_is_refused_before_any_model_is_loaded(monkeypatch, tmp_path):
+    monkeypatch.setattr(run, "load_tokenizer", lambda *a, **k: pytest.fail("tokenizer loaded before the check"))
+    with pytest.raises(ConfigError, match="mixed_precision: fp16 autocast needs a GPU"):
+        train(TrainConfig(mixed_precision="fp16", output_dir=str(tmp_path / "out")))
