@@ -147,9 +147,10 @@ class TrainConfig:
         "--batch-size pairs", group="training",
     )
     fsdp: bool = option(
-        False, "shard weights, gradients and optimizer state across GPUs (FSDP2 through accelerate, one shard "
-        "group per decoder layer) instead of replicating them (DDP); refused on CPU, where accelerate would "
-        "silently run DDP", group="training",
+        False, "shard weights, gradients and optimizer state across processes (FSDP2, applied by transformers "
+        "when the model loads: DistributedConfig(fsdp_size=processes)) instead of replicating them (DDP); "
+        "transformers cannot checkpoint such a model: needs --save-steps 0, no --resume, no --merge",
+        group="training",
     )
     compile_loss: bool = option(False, "torch.compile the loss computation (from per-token log-probs to the loss)", group="training")
     logprob_chunk_size: int = option(512, "tokens per chunk of the output projection (0: materialize all logits)", group="training")
@@ -206,6 +207,14 @@ class TrainConfig:
                 f"mixed_precision: {self.mixed_precision} autocasts over float32 weights, but --dtype is {self.dtype}; "
                 "use --dtype auto or float32 with it, or --mixed-precision no"
             )
+        if self.fsdp:
+            for name, value, allowed in (("save_steps", self.save_steps, 0), ("resume", self.resume, None),
+                                         ("merge", self.merge, False)):
+                if value != allowed:
+                    raise ConfigError(
+                        f"{name}: must be {allowed} with --fsdp, got {value!r}: transformers cannot checkpoint or "
+                        "resume a model sharded at load time, and its weights are not whole on any one process"
+                    )
         if self.attn_implementation.startswith("flash_attention") and self.layout != "separate":
             raise ConfigError(
                 f"attn_implementation: {self.attn_implementation} takes no per-pair attention mask, which --layout "

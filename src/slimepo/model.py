@@ -106,12 +106,22 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
     return tokenizer
 
 
-def load_causal_lm(name: str, *, dtype: str = "auto", trust_remote_code: bool = False, attn_implementation: str = "sdpa") -> PreTrainedModel:
+def load_causal_lm(
+    name: str, *, dtype: str = "auto", trust_remote_code: bool = False, attn_implementation: str = "sdpa",
+    fsdp: bool = False,
+) -> PreTrainedModel:
+    """``fsdp``: shard over every process with FSDP2 as the weights load (transformers' ``DistributedConfig``)."""
+    sharding = {}
+    if fsdp and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        from transformers.distributed import DistributedConfig
+
+        sharding["distributed_config"] = DistributedConfig(fsdp_size=torch.distributed.get_world_size())
     return AutoModelForCausalLM.from_pretrained(
         resolve_model_path(name),
         dtype=resolve_dtype(dtype),
         trust_remote_code=trust_remote_code,
         attn_implementation=attn_implementation,
+        **sharding,
     )
 
 
@@ -119,7 +129,7 @@ def load_policy(config: TrainConfig) -> torch.nn.Module:
     """The model to train: full weights, or the base with fresh LoRA adapters (PEFT)."""
     model = load_causal_lm(
         config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
-        attn_implementation=config.attn_implementation,
+        attn_implementation=config.attn_implementation, fsdp=config.fsdp,
     )
     model.config.use_cache = False
     if config.gradient_checkpointing:

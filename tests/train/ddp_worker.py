@@ -1,6 +1,9 @@
 """Run by test_distributed.py under torchrun: one short training run, global batch 4.
 
     python ddp_worker.py MODEL DATA OUT WORLD [JSON of TrainConfig overrides]
+
+Each process also writes ``OUT/params-rank<N>.json`` as training starts: how many of the
+model's parameters are sharded (DTensor) and how many elements this process holds.
 """
 
 import json
@@ -8,9 +11,24 @@ import sys
 from pathlib import Path
 
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+from transformers import TrainerCallback
 
 from slimepo.config import TrainConfig
 from slimepo.train import train
+
+
+class ParameterReport(TrainerCallback):
+    def __init__(self, out: Path):
+        self.out = out
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        params = list(model.parameters())
+        report = {
+            "params": len(params), "sharded": sum(isinstance(p, DTensor) for p in params),
+            "local_elements": sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in params),
+        }
+        (self.out / f"params-rank{args.process_index}.json").write_text(json.dumps(report))
 
 
 def main() -> None:
@@ -24,7 +42,7 @@ def main() -> None:
         "dtype": "float32",  # no autocast, whatever the CPU: the comparisons are at fp32 accuracy
         **overrides,
     })
-    train(config)
+    train(config, callbacks=[ParameterReport(Path(out))])
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -185,9 +185,6 @@ def training_arguments(config: TrainConfig, out: Path) -> TrainingArguments:
         optim="adamw_torch",
         bf16=precision == "bf16",  # accelerate wraps the model's forward in torch.autocast (CPU or GPU)
         fp16=precision == "fp16",
-        fsdp=config.fsdp,
-        fsdp_config={"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True}
-        if config.fsdp else None,
         # Without an accelerator, say so: it is what lets torchrun/accelerate use gloo DDP on CPUs.
         use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
@@ -211,11 +208,10 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         )
     if args.fp16 and args.device.type == "cpu":
         raise ConfigError("mixed_precision: fp16 autocast needs a GPU (accelerate has none on CPU); use bf16 or no")
-    if (config.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true") and args.device.type == "cpu":
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and args.device.type == "cpu":
         raise ConfigError(
-            f"fsdp: accelerate {accelerate.__version__} shards with FSDP only on GPUs (and XPU/NPU/...); on CPU it "
-            "would train DDP instead, unannounced. Drop --fsdp (and the accelerate FSDP config) on CPU: DDP is "
-            "what runs there"
+            f"fsdp: accelerate {accelerate.__version__} shards with its FSDP plugin only on GPUs (and XPU/NPU/...); "
+            "on CPU it would train DDP instead, unannounced. Drop the accelerate FSDP config and pass --fsdp"
         )
     if args.process_index == 0:
         check_output_dir(config)
