@@ -89,7 +89,9 @@ def bf16_hardware() -> bool:
     """
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    # Private probes (torch 2.13 has no public one); a torch without them counts as no bf16.
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def resolve_mixed_precision(dtype: str, mixed_precision: str) -> str:
