@@ -30,7 +30,8 @@ test: $(STAMP)
 # against the tests that exercise transformers, peft, accelerate and datasets.
 FLOORS_VENV ?= .venv-floors
 FLOOR_TESTS := tests/train/test_train.py tests/train/test_invariance.py tests/train/test_forward.py \
-	tests/train/test_sliding_window.py tests/train/test_faults.py tests/data
+	tests/train/test_sliding_window.py tests/train/test_faults.py tests/train/test_precision.py \
+	tests/train/test_distributed.py tests/data
 test-floors:
 	test -x $(FLOORS_VENV)/bin/python || $(PYTHON) -m venv $(FLOORS_VENV)
 	$(FLOORS_VENV)/bin/pip install -q -r requirements-dev.txt $$($(PYTHON) scripts/floors.py) \

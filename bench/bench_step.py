@@ -13,7 +13,6 @@ otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -213,19 +212,16 @@ def run_slimepo(case: str, path: str, rows: list[dict], meter: Meter, total: int
     from slimepo.config import TrainConfig
     from slimepo.train import train
 
-    if case.endswith(BF16):
-        # slimepo has no option for mixed precision (yet): its trainer gets TrainingArguments(bf16=True),
-        # i.e. fp32 weights and optimizer, forward under bf16 autocast, as TRL's bf16 default.
-        import slimepo.train.run
-
-        slimepo.train.run.TrainingArguments = functools.partial(slimepo.train.run.TrainingArguments, bf16=True)
+    # fp32 cases: plain fp32, whatever the CPU; bf16 cases: fp32 weights and optimizer, forward under
+    # bf16 autocast, as TRL's bf16 default.
+    precision = {"dtype": "auto", "mixed_precision": "bf16"} if case.endswith(BF16) else {"dtype": "float32"}
     # One tiny held-out pair: train() scores it before training, which should not raise the memory baseline.
     eval_data = write_jsonl(folder / "eval.jsonl", [{"prompt": "a", "chosen": " b", "rejected": " c"}])
     config = TrainConfig(model=path, dataset=write_jsonl(folder / "pairs.jsonl", rows), eval_dataset=eval_data,
                          eval_split="train", max_eval_pairs=1, chat_template="none", max_length=2048,
                          max_prompt_length=1024, output_dir=str(folder / "out"), max_steps=total,
                          batch_size=PAIRS_PER_STEP, lora_r=16, lora_alpha=32, lora_dropout=0.0, save_steps=0,
-                         monitor_steps=0, logging_steps=total,
+                         monitor_steps=0, logging_steps=total, **precision,
                          **{"layout": "shared", "logprob_chunk_size": 512, **SLIMEPO_CASES[case.removesuffix(BF16)]})
     train(config, callbacks=[meter.callback(), *callbacks])
 

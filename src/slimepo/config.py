@@ -52,8 +52,14 @@ class TrainConfig:
         group="model",
     )
     dtype: str = option(
-        "auto", "auto (bf16 on GPUs that support it, fp32 otherwise) | float32 | bfloat16 | float16", group="model",
-        choices=("auto", "float32", "bfloat16", "float16"),
+        "auto", "weights' dtype: auto (float32, trained under --mixed-precision auto) | float32 (no autocast unless "
+        "--mixed-precision says so) | bfloat16 | float16 (pure half-precision weights, no fp32 master copy)",
+        group="model", choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    mixed_precision: str = option(
+        "auto", "autocast of the forward pass over float32 weights: auto (bf16 with --dtype auto on a CPU with "
+        "AVX512-BF16 or AMX, or a GPU that supports bf16; else no) | no | bf16 | fp16 (GPUs only); log-probs and "
+        "losses stay float32", group="model", choices=("auto", "no", "bf16", "fp16"),
     )
     trust_remote_code: bool = option(False, "allow the model repository's own Python code to run", group="model")
     attn_implementation: str = option(
@@ -144,6 +150,12 @@ class TrainConfig:
         None, "length-bucketed training batches of at most this many tokens (pairs x longest pair) instead of "
         "--batch-size pairs", group="training",
     )
+    fsdp: bool = option(
+        False, "shard weights, gradients and optimizer state across processes (FSDP2, applied by transformers "
+        "when the model loads: DistributedConfig(fsdp_size=processes)) instead of replicating them (DDP); "
+        "transformers cannot checkpoint such a model: needs --save-steps 0, no --resume, no --merge",
+        group="training",
+    )
     compile_loss: bool = option(False, "torch.compile the loss computation (from per-token log-probs to the loss)", group="training")
     logprob_chunk_size: int = option(512, "tokens per chunk of the output projection (0: materialize all logits)", group="training")
     merge: bool = option(False, "also write the LoRA adapter merged into the base weights", group="training")
@@ -194,6 +206,19 @@ class TrainConfig:
                 f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length}) "
                 "so that responses keep at least one token"
             )
+        if self.mixed_precision in ("bf16", "fp16") and self.dtype in ("bfloat16", "float16"):
+            raise ConfigError(
+                f"mixed_precision: {self.mixed_precision} autocasts over float32 weights, but --dtype is {self.dtype}; "
+                "use --dtype auto or float32 with it, or --mixed-precision no"
+            )
+        if self.fsdp:
+            for name, value, allowed in (("save_steps", self.save_steps, 0), ("resume", self.resume, None),
+                                         ("merge", self.merge, False)):
+                if value != allowed:
+                    raise ConfigError(
+                        f"{name}: must be {allowed} with --fsdp, got {value!r}: transformers cannot checkpoint or "
+                        "resume a model sharded at load time, and its weights are not whole on any one process"
+                    )
         if self.attn_implementation.startswith("flash_attention") and self.layout != "separate":
             raise ConfigError(
                 f"attn_implementation: {self.attn_implementation} takes no per-pair attention mask, which --layout "

@@ -47,7 +47,7 @@ def token_logps(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
 def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, softcap: float | None):
     """fp32 logits of one chunk, and tanh(z/c) when soft-capping (for the backward)."""
     dtype = _accumulation_dtype(hidden)
-    z = (hidden @ weight.t()).to(dtype)
+    z = (hidden.to(weight.dtype) @ weight.t()).to(dtype)
     if bias is not None:
         z = z + bias.to(dtype)
     if softcap is None:
@@ -57,20 +57,28 @@ def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, softcap: 
 
 
 class _ChunkedLogps(torch.autograd.Function):
+    # Autocast is off inside: the projection runs in the weights' dtype (fp32 master weights stay fp32),
+    # and forward and backward recompute the same logits.
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, chunk_size, softcap):
         out = torch.empty(hidden.shape[0], dtype=_accumulation_dtype(hidden), device=hidden.device)
-        for start in range(0, hidden.shape[0], chunk_size):
-            stop = start + chunk_size
-            z, _ = _chunk_logits(hidden[start:stop], weight, bias, softcap)
-            picked = z.gather(-1, labels[start:stop].unsqueeze(-1)).squeeze(-1)
-            out[start:stop] = picked - torch.logsumexp(z, dim=-1)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk_size):
+                stop = start + chunk_size
+                z, _ = _chunk_logits(hidden[start:stop], weight, bias, softcap)
+                picked = z.gather(-1, labels[start:stop].unsqueeze(-1)).squeeze(-1)
+                out[start:stop] = picked - torch.logsumexp(z, dim=-1)
         ctx.save_for_backward(hidden, weight, bias, labels)
         ctx.chunk_size, ctx.softcap = chunk_size, softcap
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _ChunkedLogps._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         hidden, weight, bias, labels = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
@@ -236,14 +244,15 @@ def pair_token_logps(
         "position_ids": batch.get("position_ids"),
         "use_cache": False,
     }
-    projection = output_projection(model) if chunk_size else None
-    if projection is None:
+    if not chunk_size or output_projection(model) is None:
         logits = model(**inputs).logits
         selected = logits.reshape(-1, logits.shape[-1])[source]
         logps = torch.log_softmax(selected.to(_accumulation_dtype(selected)), -1).gather(-1, labels[:, None])[:, 0]
     else:
         hidden = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
-        weight, bias = projection
+        # Read after the forward: FSDP2 gathers the root module's weights (the head among them) in
+        # its forward and keeps them unsharded until backward, which then reduce-scatters their gradient.
+        weight, bias = output_projection(model)
         selected = hidden.reshape(-1, hidden.shape[-1])[source]
         logps = _ChunkedLogps.apply(selected, weight, bias, labels, chunk_size, final_logit_softcap(model))
     n_chosen = int(chosen_mask.sum())

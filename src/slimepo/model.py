@@ -79,12 +79,27 @@ def resolve_model_path(name: str) -> str:
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    """``auto``: bf16 on a CUDA GPU that supports it, fp32 everywhere else (CPUs included)."""
-    if name == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    """The weights' dtype; ``auto`` is float32 (master weights, autocast decides the compute dtype)."""
+    return {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def bf16_hardware() -> bool:
+    """bf16 arithmetic in hardware: a CUDA GPU that supports it, else a CPU with AVX512-BF16 or AMX.
+
+    Without these instructions a CPU emulates bf16 matmuls through fp32 conversions, slower than fp32.
+    """
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    # Private probes (torch 2.13 has no public one); a torch without them counts as no bf16.
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def resolve_mixed_precision(dtype: str, mixed_precision: str) -> str:
+    """``no``, ``bf16`` or ``fp16``: the autocast the Trainer runs the forward pass under."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    return "bf16" if dtype == "auto" and bf16_hardware() else "no"
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -94,12 +109,22 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
     return tokenizer
 
 
-def load_causal_lm(name: str, *, dtype: str = "auto", trust_remote_code: bool = False, attn_implementation: str = "sdpa") -> PreTrainedModel:
+def load_causal_lm(
+    name: str, *, dtype: str = "auto", trust_remote_code: bool = False, attn_implementation: str = "sdpa",
+    fsdp: bool = False,
+) -> PreTrainedModel:
+    """``fsdp``: shard over every process with FSDP2 as the weights load (transformers' ``DistributedConfig``)."""
+    sharding = {}
+    if fsdp and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        from transformers.distributed import DistributedConfig
+
+        sharding["distributed_config"] = DistributedConfig(fsdp_size=torch.distributed.get_world_size())
     return AutoModelForCausalLM.from_pretrained(
         resolve_model_path(name),
         dtype=resolve_dtype(dtype),
         trust_remote_code=trust_remote_code,
         attn_implementation=attn_implementation,
+        **sharding,
     )
 
 
@@ -107,7 +132,7 @@ def load_policy(config: TrainConfig) -> torch.nn.Module:
     """The model to train: full weights, or the base with fresh LoRA adapters (PEFT)."""
     model = load_causal_lm(
         config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
-        attn_implementation=config.attn_implementation,
+        attn_implementation=config.attn_implementation, fsdp=config.fsdp,
     )
     model.config.use_cache = False
     if config.layout != "separate":

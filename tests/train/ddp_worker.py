@@ -1,23 +1,48 @@
-"""Run by test_distributed.py under torchrun: one short training run, global batch 4."""
+"""Run by test_distributed.py under torchrun: one short training run, global batch 4.
 
+    python ddp_worker.py MODEL DATA OUT WORLD [JSON of TrainConfig overrides]
+
+Each process also writes ``OUT/params-rank<N>.json`` as training starts: how many of the
+model's parameters are sharded (DTensor) and how many elements this process holds.
+"""
+
+import json
 import sys
 from pathlib import Path
 
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+from transformers import TrainerCallback
 
 from slimepo.config import TrainConfig
 from slimepo.train import train
 
 
+class ParameterReport(TrainerCallback):
+    def __init__(self, out: Path):
+        self.out = out
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        params = list(model.parameters())
+        report = {
+            "params": len(params), "sharded": sum(isinstance(p, DTensor) for p in params),
+            "local_elements": sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in params),
+        }
+        (self.out / f"params-rank{args.process_index}.json").write_text(json.dumps(report))
+
+
 def main() -> None:
     model, data, out, world = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    config = TrainConfig(
-        model=model, dataset=str(data / "train.jsonl"), eval_dataset=str(data / "test.jsonl"), eval_split="train",
-        output_dir=out, max_steps=3, batch_size=4 // world, learning_rate=1e-2, logging_steps=1, save_steps=0,
-        lora_r=8, lora_alpha=16, lora_dropout=0.0, warmup_ratio=0.0, seed=0,
-        loss="slime",
-    )
-    train(config)
+    overrides = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    config = TrainConfig(**{
+        "model": model, "dataset": str(data / "train.jsonl"), "eval_dataset": str(data / "test.jsonl"),
+        "eval_split": "train", "output_dir": out, "max_steps": 3, "batch_size": 4 // world, "learning_rate": 1e-2,
+        "logging_steps": 1, "save_steps": 0, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+        "warmup_ratio": 0.0, "seed": 0, "loss": "slime",
+        "dtype": "float32",  # no autocast, whatever the CPU: the comparisons are at fp32 accuracy
+        **overrides,
+    })
+    train(config, callbacks=[ParameterReport(Path(out))])
     if dist.is_initialized():
         dist.destroy_process_group()
 

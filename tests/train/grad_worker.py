@@ -36,7 +36,7 @@ def main() -> None:
             model=model, dataset=str(data / "train.jsonl"), eval_dataset=str(data / "eval.jsonl"), eval_split="train",
             output_dir=str(out / f"run-{loss}"), max_steps=1, batch_size=batch, gradient_accumulation_steps=accumulation,
             learning_rate=1e-3, max_grad_norm=0.0, warmup_ratio=0.0, logging_steps=1, save_steps=0, monitor_steps=0,
-            use_lora=False, seed=0, loss=loss,
+            use_lora=False, seed=0, loss=loss, dtype="float32",  # fp32 throughout: the comparison is at 1e-5
         )
         train(config, callbacks=[SaveGradients(out / f"{loss}.pt")])
     if dist.is_initialized():

@@ -58,6 +58,7 @@ def config(args: argparse.Namespace) -> TrainConfig:
         logging_steps=1, eval_steps=5, monitor_steps=4, save_steps=args.save_steps, save_total_limit=2, seed=7,
         # Per-pair means: 2 processes x 1 pair average to the same loss as 1 process x 2 pairs.
         loss="slime", loss_params={"stabilizer_reduction": "sequence"},
+        dtype="float32",  # no autocast, whatever the CPU: the comparisons are at fp32 accuracy
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -52,21 +53,32 @@ class StabilityMonitor(TrainerCallback):
         return score_pairs(model, self.pairs, **self.score)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        """Measure the start once; a resumed run reads it back, so drift stays relative to step 0."""
-        if args.process_index != 0 or not self.pairs or self.start is not None:
+        """Measure the start once; a resumed run reads it back, so drift stays relative to step 0.
+
+        Every process scores (under FSDP each forward gathers weights from all of them) unless the
+        saved start exists, which all see alike: one shared output folder, and process 0 writes it
+        atomically only after a measurement the others have joined.
+        """
+        if not self.pairs or self.start is not None:
             return
         saved = self.metrics_path.with_name("monitor_start.json")
         if saved.is_file():
             self.start = json.loads(saved.read_text())
             return
         scores = self._measure(model)
+        if args.process_index != 0:
+            return
         self.start = {"chosen_logp": chosen_mean_logp(scores), "collapse": rejected_collapse(scores)}
-        saved.write_text(json.dumps(self.start))
+        staged = saved.with_suffix(".tmp")
+        staged.write_text(json.dumps(self.start))
+        os.replace(staged, saved)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if args.process_index != 0 or not self.pairs or state.global_step % self.every:
+        if not self.pairs or state.global_step % self.every:
             return
         scores = self._measure(model)
+        if args.process_index != 0:
+            return
         drift = chosen_mean_logp(scores) - self.start["chosen_logp"]
         collapse = rejected_collapse(scores)
         append_record(self.metrics_path, state.global_step, "monitor", state.epoch,

@@ -6,12 +6,14 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import accelerate
 import torch
 from accelerate import PartialState
 from transformers import TrainerCallback, TrainingArguments, set_seed
@@ -24,7 +26,13 @@ from slimepo.eval.metrics import preference_metrics
 from slimepo.logprobs import uses_flex_attention
 from slimepo.losses import get_loss
 from slimepo.metrics_log import append_record
-from slimepo.model import load_policy, load_reference, load_tokenizer, resolve_model_path
+from slimepo.model import (
+    load_policy,
+    load_reference,
+    load_tokenizer,
+    resolve_mixed_precision,
+    resolve_model_path,
+)
 from slimepo.scoring import score_pairs
 from slimepo.train.card import write_model_card
 from slimepo.train.checkpoint import latest_complete_checkpoint, manifest_step, trim_metrics
@@ -164,6 +172,7 @@ class PreferenceTrainingArguments(TrainingArguments):
 
 
 def training_arguments(config: TrainConfig, out: Path) -> PreferenceTrainingArguments:
+    precision = resolve_mixed_precision(config.dtype, config.mixed_precision)
     return PreferenceTrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=config.batch_size,
@@ -189,6 +198,8 @@ def training_arguments(config: TrainConfig, out: Path) -> PreferenceTrainingArgu
         remove_unused_columns=False,
         dataloader_num_workers=0,
         optim="adamw_torch",
+        bf16=precision == "bf16",  # accelerate wraps the model's forward in torch.autocast (CPU or GPU)
+        fp16=precision == "fp16",
         # Without an accelerator, say so: it is what lets torchrun/accelerate use gloo DDP on CPUs.
         use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
@@ -209,6 +220,13 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         raise ConfigError(
             f"attn_implementation: flex_attention cannot train on CPU (PyTorch {torch.__version__} has no FlexAttention "
             "backward pass there); use sdpa on CPU"
+        )
+    if args.fp16 and args.device.type == "cpu":
+        raise ConfigError("mixed_precision: fp16 autocast needs a GPU (accelerate has none on CPU); use bf16 or no")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and args.device.type == "cpu":
+        raise ConfigError(
+            f"fsdp: accelerate {accelerate.__version__} shards with its FSDP plugin only on GPUs (and XPU/NPU/...); "
+            "on CPU it would train DDP instead, unannounced. Drop the accelerate FSDP config and pass --fsdp"
         )
     if args.process_index == 0:
         check_output_dir(config)
@@ -248,16 +266,18 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
             metrics_path=out / "metrics.jsonl",
         ))
     score = dict(pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, chunk_size=chunk, layout=config.layout)
-    before_scores = score_pairs(trainer.model, held_out, **score) if held_out else None
-
-    if config.precompute_ref_logps and loss_fn.requires_reference:
-        precompute_reference(ref_model or trainer.model, train_pairs, score)
+    # Under the autocast the trained model's forward will carry, so "before" and "after" compare alike.
+    with trainer.accelerator.autocast():
+        before_scores = score_pairs(trainer.model, held_out, **score) if held_out else None
+        if config.precompute_ref_logps and loss_fn.requires_reference:
+            precompute_reference(ref_model or trainer.model, train_pairs, score)
     trainer.train(resume_from_checkpoint=resume_point(config, out, is_main=args.process_index == 0))
 
     before: dict[str, Any] = {}
     after: dict[str, Any] = {}
+    # On every process: under FSDP each forward gathers the sharded weights from all of them.
+    after_scores = score_pairs(trainer.model, held_out, **score) if held_out else None
     if trainer.is_world_process_zero() and held_out:
-        after_scores = score_pairs(trainer.model, held_out, **score)
         before = preference_metrics(*before_scores.as_tuple())
         after = preference_metrics(*after_scores.as_tuple(), base=before_scores.as_tuple())
         # The held-out metrics after training, with the initial model as the base (drift, unlearning).

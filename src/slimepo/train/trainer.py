@@ -64,7 +64,10 @@ class PreferenceTrainer(Trainer):
 
     def token_logps(self, model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(chosen_logps [B, Lc], rejected_logps [B, Lr])``, 0 where masked."""
-        chunk = None if self.is_fsdp_enabled else self.chunk_size  # FSDP shards the head outside forward
+        # FSDP2 keeps the root's (the head's) weights gathered from forward to backward, so the chunked
+        # projection can use them; FSDP1's flat parameters are not checked here: materialized logits.
+        fsdp1 = self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 1
+        chunk = None if fsdp1 else self.chunk_size
         return pair_token_logps(model, batch, chunk_size=chunk)
 
     @torch.no_grad()
@@ -75,7 +78,8 @@ class PreferenceTrainer(Trainer):
         if "ref_chosen_logps" in batch:  # precomputed before training
             return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         if self.ref_model is not None:
-            chosen, rejected = self.token_logps(self.ref_model, batch)
+            with self.accelerator.autocast():  # the precision of the policy's forward (its own is wrapped)
+                chosen, rejected = self.token_logps(self.ref_model, batch)
         else:
             peft_model = self.accelerator.unwrap_model(model)
             with peft_model.disable_adapter():
