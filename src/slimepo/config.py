@@ -58,8 +58,8 @@ class TrainConfig:
     )
     mixed_precision: str = option(
         "auto", "autocast of the forward pass over float32 weights: auto (bf16 with --dtype auto on a CPU with "
-        "AVX512-BF16 or AMX, or a GPU that supports bf16; else no) | no | bf16 | fp16 (GPUs only); log-probs and "
-        "losses stay float32", group="model", choices=("auto", "no", "bf16", "fp16"),
+        "AVX512-BF16 or AMX, or a GPU that supports bf16; else no) | no | bf16 | fp16 (refused for now: its loss scaler "
+        "does not work with the non-finite step guard); log-probs and losses stay float32", group="model", choices=("auto", "no", "bf16", "fp16"),
     )
     trust_remote_code: bool = option(False, "allow the model repository's own Python code to run", group="model")
     attn_implementation: str = option(
@@ -205,6 +205,12 @@ class TrainConfig:
             raise ConfigError(
                 f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length}) "
                 "so that responses keep at least one token"
+            )
+        if self.mixed_precision == "fp16":
+            # A skipped step never reaches GradScaler.step/update, so the next unscale_ raises.
+            raise ConfigError(
+                "mixed_precision: fp16 is not supported yet: its loss scaler and slimepo's non-finite step guard "
+                "(which skips a bad step without the scaler's update) do not work together; use bf16 or no"
             )
         if self.mixed_precision in ("bf16", "fp16") and self.dtype in ("bfloat16", "float16"):
             raise ConfigError(

@@ -78,8 +78,11 @@ def resolve_model_path(name: str) -> str:
     return str(default_model_path()) if name == DEFAULT_MODEL else name
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    """The weights' dtype; ``auto`` is float32 (master weights, autocast decides the compute dtype)."""
+def resolve_dtype(name: str, training: bool = True) -> torch.dtype:
+    """The weights' dtype. ``auto``: float32 for training (master weights; autocast decides the
+    compute dtype); for inference bf16 on a CUDA GPU that supports it, float32 elsewhere."""
+    if name == "auto" and not training:
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     return {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
@@ -111,9 +114,10 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
 
 def load_causal_lm(
     name: str, *, dtype: str = "auto", trust_remote_code: bool = False, attn_implementation: str = "sdpa",
-    fsdp: bool = False,
+    fsdp: bool = False, training: bool = True,
 ) -> PreTrainedModel:
-    """``fsdp``: shard over every process with FSDP2 as the weights load (transformers' ``DistributedConfig``)."""
+    """``fsdp``: shard over every process with FSDP2 as the weights load (transformers' ``DistributedConfig``);
+    ``training``: see :func:`resolve_dtype`."""
     sharding = {}
     if fsdp and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         from transformers.distributed import DistributedConfig
@@ -121,7 +125,7 @@ def load_causal_lm(
         sharding["distributed_config"] = DistributedConfig(fsdp_size=torch.distributed.get_world_size())
     return AutoModelForCausalLM.from_pretrained(
         resolve_model_path(name),
-        dtype=resolve_dtype(dtype),
+        dtype=resolve_dtype(dtype, training),
         trust_remote_code=trust_remote_code,
         attn_implementation=attn_implementation,
         **sharding,

@@ -71,12 +71,12 @@ def load_model(
         adapter, model = model, _adapter_base(model)
     device = _device()
     if adapter is None:
-        return load_causal_lm(model, dtype=dtype).to(device).eval(), load_tokenizer(model), None
+        return load_causal_lm(model, dtype=dtype, training=False).to(device).eval(), load_tokenizer(model), None
     from peft import PeftModel
 
     adapter = str(adapter)
     tokenizer = load_tokenizer(adapter if (Path(adapter) / "tokenizer_config.json").is_file() else model)
-    base = load_causal_lm(model, dtype=dtype)
+    base = load_causal_lm(model, dtype=dtype, training=False)
     return PeftModel.from_pretrained(base, adapter).to(device).eval(), tokenizer, resolve_model_path(model)
 
 
@@ -290,7 +290,7 @@ def _base_scores(
     if adapter_base is not None and _same_model(base, adapter_base):
         with policy.disable_adapter():
             return score_pairs(policy, pairs, **score)
-    return score_pairs(load_causal_lm(base, dtype=dtype).to(_device()), pairs, **score)
+    return score_pairs(load_causal_lm(base, dtype=dtype, training=False).to(_device()), pairs, **score)
 
 
 def _generation_checks(

@@ -111,7 +111,8 @@ def sequence_stats(
     length = length.to(torch.float32)
     return SequenceStats(
         logps=masked, mask=mask, sum=total, length=length, mean=total / length,
-        num_pairs=float(mask.shape[0]) if num_pairs is None else num_pairs,
+        # A 0-d tensor, not a Python number: a compiled loss would specialize on each batch size.
+        num_pairs=length.new_tensor(mask.shape[0]) if num_pairs is None else num_pairs,
         num_tokens=length.sum() if num_tokens is None else num_tokens,
     )
 

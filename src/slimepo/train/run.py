@@ -221,8 +221,8 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
             f"attn_implementation: flex_attention cannot train on CPU (PyTorch {torch.__version__} has no FlexAttention "
             "backward pass there); use sdpa on CPU"
         )
-    if args.fp16 and args.device.type == "cpu":
-        raise ConfigError("mixed_precision: fp16 autocast needs a GPU (accelerate has none on CPU); use bf16 or no")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and config.fsdp:
+        raise ConfigError("fsdp: --fsdp shards the model as it loads; drop the accelerate FSDP config, or --fsdp")
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and args.device.type == "cpu":
         raise ConfigError(
             f"fsdp: accelerate {accelerate.__version__} shards with its FSDP plugin only on GPUs (and XPU/NPU/...); "

@@ -86,16 +86,19 @@ class PreferenceTrainer(Trainer):
                 chosen, rejected = self.token_logps(model, batch)
         return chosen.sum(-1), rejected.sum(-1)
 
-    def _get_num_items_in_batch(self, batch_samples: list[dict[str, Tensor]], device) -> StepTotals:
+    def _get_num_items_in_batch(self, batch_samples: list[dict[str, Tensor]], device) -> StepTotals | None:
         """The counts of one optimizer step: pairs and response tokens of all its micro-batches, all processes.
 
         The Trainer hands them to :meth:`compute_loss` as ``num_items_in_batch``, as it hands
         a causal LM its step's label count: every batch mean of the loss divides by them.
         """
-        counts = torch.tensor(
-            [[len(b["chosen_mask"]), int(b["chosen_mask"].sum()), int(b["rejected_mask"].sum())] for b in batch_samples],
-            dtype=torch.float32, device=device,
-        ).sum(0)
+        if not batch_samples:
+            return None
+        counts = sum(
+            torch.stack([torch.tensor(float(len(b["chosen_mask"])), device=device),
+                         b["chosen_mask"].sum().to(device, torch.float32), b["rejected_mask"].sum().to(device, torch.float32)])
+            for b in batch_samples
+        )  # on the device: no host sync per micro-batch
         counts = self.accelerator.reduce(counts, reduction="sum")
         return StepTotals(pairs=counts[0], chosen_tokens=counts[1], rejected_tokens=counts[2])
 
