@@ -132,6 +132,16 @@ def load_causal_lm(
     )
 
 
+def check_layout(model: PreTrainedModel, layout: str) -> None:
+    """Refuse at load, not at the first step, what the layout's attention masks cannot express."""
+    if layout == "separate":
+        return
+    try:
+        layer_windows(model)
+    except ValueError as err:
+        raise ConfigError(f"layout: {err}") from None
+
+
 def load_policy(config: TrainConfig) -> torch.nn.Module:
     """The model to train: full weights, or the base with fresh LoRA adapters (PEFT)."""
     model = load_causal_lm(
@@ -139,11 +149,7 @@ def load_policy(config: TrainConfig) -> torch.nn.Module:
         attn_implementation=config.attn_implementation, fsdp=config.fsdp,
     )
     model.config.use_cache = False
-    if config.layout != "separate":
-        try:
-            layer_windows(model)  # refuse here, not at the first step, what the layout's masks cannot express
-        except ValueError as err:
-            raise ConfigError(f"layout: {err}") from None
+    check_layout(model, config.layout)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if config.use_lora:
@@ -175,5 +181,6 @@ def load_reference(config: TrainConfig) -> torch.nn.Module | None:
         config.ref_model or config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
         attn_implementation=config.attn_implementation,
     )
+    check_layout(model, config.layout)
     model.requires_grad_(False)
     return model.eval()

@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,10 +197,10 @@ def evaluate(
     """
     out = Path(out_dir)
     # Benchmark prompts are read before a model is loaded, so that a missing file fails fast.
-    question_list = _questions(questions)[:max_prompts] if bench == "mt-bench" else None
-    ifeval_prompts = _ifeval_prompts(questions)[:max_prompts] if bench == "ifeval" else None
+    question_list = _records(questions, load_questions)[:max_prompts] if bench == "mt-bench" else None
+    ifeval_prompts = _records(questions, ifeval.load_prompts)[:max_prompts] if bench == "ifeval" else None
     arena_questions = arena_hard.load_questions(questions)[:max_prompts] if bench == "arena-hard" else None
-    alpaca_records = _alpaca_records(questions)[:max_prompts] if bench == "alpaca-eval" else None
+    alpaca_records = _records(questions, alpacaeval.load_instructions)[:max_prompts] if bench == "alpaca-eval" else None
     policy, tokenizer, adapter_base = load_model(model, adapter, dtype=dtype)
     source = _source(dataset, split)
     if held_out is None:
@@ -313,22 +313,11 @@ def _generation_checks(
     return records
 
 
-def _questions(questions: Questions) -> list[dict[str, Any]]:
-    if questions is None or isinstance(questions, (str, os.PathLike)):
-        return load_questions(questions)
-    return [dict(q) for q in questions]
-
-
-def _ifeval_prompts(prompts: Questions) -> list[dict[str, Any]]:
-    if prompts is None or isinstance(prompts, (str, os.PathLike)):
-        return ifeval.load_prompts(prompts)
-    return [dict(p) for p in prompts]
-
-
-def _alpaca_records(records: Questions) -> list[dict[str, Any]]:
-    if records is None or isinstance(records, (str, os.PathLike)):
-        return alpacaeval.load_instructions(records)
-    return [dict(r) for r in records]
+def _records(value: Questions, load) -> list[dict[str, Any]]:
+    """A benchmark's records: ``load``ed from a file (None: the installed one), or copied as given."""
+    if value is None or isinstance(value, (str, os.PathLike)):
+        return load(value)
+    return [dict(r) for r in value]
 
 
 def answer_ifeval(
@@ -353,7 +342,7 @@ def answer_ifeval(
     (:func:`slimepo.eval.health.summarize_health`: end-of-turn rate, mean answer length in
     tokens, ...) and ``responses`` (the path of the official file).
     """
-    records = _ifeval_prompts(prompts)
+    records = _records(prompts, ifeval.load_prompts)
     out = Path(out_dir)
     answers = answer_prompts(
         model, tokenizer, out / ifeval.ANSWERS_FILE, {str(r["key"]): r["prompt"] for r in records},
@@ -364,6 +353,30 @@ def answer_ifeval(
     result = ifeval.score(records, [a["response"] for a in chosen])
     result["generation"] = summarize_health(a["health"] for a in chosen)
     result["responses"] = str(responses_path)
+    return result
+
+
+def _answer_then_judge(
+    model: torch.nn.Module, tokenizer: Any, out_dir: str | os.PathLike[str], prompts: Mapping[str, str],
+    judge_answers: Callable[[dict[str, str]], list[dict[str, Any]]] | None,
+    summarize: Callable[[list[dict[str, Any]]], dict[str, Any]], *, desc: str, **generation: Any,
+) -> dict[str, Any]:
+    """Answer ``prompts`` (key -> text; resumable, into ``out_dir/answers.jsonl``), then, with
+    ``judge_answers`` (key -> answer, to judgments), judge them into ``out_dir/judgments.jsonl``.
+
+    Returns ``{"answers", "generation"}`` and with a judge ``"judgments"`` and ``summarize(judgments)``.
+    """
+    out = Path(out_dir)
+    answers = answer_prompts(model, tokenizer, out / "answers.jsonl", dict(prompts), desc=desc, **generation)
+    chosen = [answers[key] for key in prompts]
+    result: dict[str, Any] = {
+        "answers": str(out / "answers.jsonl"), "generation": summarize_health(a["health"] for a in chosen),
+    }
+    if judge_answers is not None:
+        judgments = judge_answers({a["key"]: a["response"] for a in chosen})
+        with (out / "judgments.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(record) + "\n" for record in judgments)
+        result.update(judgments=str(out / "judgments.jsonl"), **summarize(judgments))
     return result
 
 
@@ -384,22 +397,12 @@ def answer_arena_hard(
     Returns ``{"questions", "answers", "generation"}`` and with a judge ``"judgments"`` and
     :func:`slimepo.eval.arena_hard.summarize_verdicts`.
     """
-    out = Path(out_dir)
-    answers = answer_prompts(
-        model, tokenizer, out / "answers.jsonl", {q["uid"]: q["prompt"] for q in questions},
-        max_new_tokens=max_new_tokens, batch_size=batch_size, desc="arena-hard", **decoding,
-    )
-    chosen = [answers[q["uid"]] for q in questions]
-    result: dict[str, Any] = {
-        "questions": len(questions), "answers": str(out / "answers.jsonl"),
-        "generation": summarize_health(a["health"] for a in chosen),
-    }
-    if judge is not None:
-        records = arena_hard.judge_pairs(questions, {a["key"]: a["response"] for a in chosen}, judge)
-        with (out / "judgments.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(record) + "\n" for record in records)
-        result.update(judgments=str(out / "judgments.jsonl"), **arena_hard.summarize_verdicts(records))
-    return result
+    judge_answers = None if judge is None else (lambda answers: arena_hard.judge_pairs(questions, answers, judge))
+    return {"questions": len(questions), **_answer_then_judge(
+        model, tokenizer, out_dir, {q["uid"]: q["prompt"] for q in questions}, judge_answers,
+        arena_hard.summarize_verdicts, desc="arena-hard", max_new_tokens=max_new_tokens, batch_size=batch_size,
+        **decoding,
+    )}
 
 
 def answer_alpaca_eval(
@@ -420,23 +423,16 @@ def answer_alpaca_eval(
     ``{"instructions", "answers", "generation", "length_controlled_win_rate": None}`` and
     with a judge ``"judgments"`` and :func:`slimepo.eval.alpacaeval.summarize_preferences`.
     """
-    out = Path(out_dir)
-    answers = answer_prompts(
-        model, tokenizer, out / "answers.jsonl", {r["key"]: r["instruction"] for r in records},
-        max_new_tokens=max_new_tokens, batch_size=batch_size, desc="alpaca-eval", **decoding,
-    )
-    chosen = [answers[r["key"]] for r in records]
-    result: dict[str, Any] = {
-        "instructions": len(records), "answers": str(out / "answers.jsonl"),
-        "generation": summarize_health(a["health"] for a in chosen),
+    judge_answers = None if judge is None else (lambda answers: alpacaeval.judge_pairs(records, answers, judge))
+    return {
+        "instructions": len(records),
+        **_answer_then_judge(
+            model, tokenizer, out_dir, {r["key"]: r["instruction"] for r in records}, judge_answers,
+            alpacaeval.summarize_preferences, desc="alpaca-eval", max_new_tokens=max_new_tokens,
+            batch_size=batch_size, **decoding,
+        ),
         "length_controlled_win_rate": None,  # its GLM needs data AlpacaEval downloads (see alpacaeval)
     }
-    if judge is not None:
-        games = alpacaeval.judge_pairs(records, {a["key"]: a["response"] for a in chosen}, judge)
-        with (out / "judgments.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(game) + "\n" for game in games)
-        result.update(judgments=str(out / "judgments.jsonl"), **alpacaeval.summarize_preferences(games))
-    return result
 
 
 def answer_mtbench(
@@ -456,7 +452,7 @@ def answer_mtbench(
     :func:`slimepo.eval.generate.generate` (FastChat's default of 1024 new tokens).
     """
     generate = chat_generator(model, tokenizer, max_new_tokens=max_new_tokens, **decoding)
-    records = answer_questions(_questions(questions), generate, model_id, seed=decoding.get("seed", 0))
+    records = answer_questions(_records(questions, load_questions), generate, model_id, seed=decoding.get("seed", 0))
     write_answers(records, out_path)
     return records
 

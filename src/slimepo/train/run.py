@@ -276,7 +276,8 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     before: dict[str, Any] = {}
     after: dict[str, Any] = {}
     # On every process: under FSDP each forward gathers the sharded weights from all of them.
-    after_scores = score_pairs(trainer.model, held_out, **score) if held_out else None
+    with trainer.accelerator.autocast():
+        after_scores = score_pairs(trainer.model, held_out, **score) if held_out else None
     if trainer.is_world_process_zero() and held_out:
         before = preference_metrics(*before_scores.as_tuple())
         after = preference_metrics(*after_scores.as_tuple(), base=before_scores.as_tuple())
