@@ -115,11 +115,12 @@ def short_run(tiny_model_dir, toy_data, out, monkeypatch, **overrides) -> tuple[
         return model
 
     monkeypatch.setattr(run, "load_policy", recording_policy)
-    config = TrainConfig(
-        model=str(tiny_model_dir), dataset=str(toy_data["train"]), eval_dataset=str(toy_data["test"]),
-        eval_split="train", output_dir=str(out), max_steps=6, batch_size=4, learning_rate=1e-2, logging_steps=1,
-        save_steps=0, use_lora=False, warmup_ratio=0.0, monitor_steps=0, seed=0, **overrides,
-    )
+    config = TrainConfig(**{
+        "model": str(tiny_model_dir), "dataset": str(toy_data["train"]), "eval_dataset": str(toy_data["test"]),
+        "eval_split": "train", "output_dir": str(out), "max_steps": 6, "batch_size": 4, "learning_rate": 1e-2,
+        "logging_steps": 1, "save_steps": 0, "use_lora": False, "warmup_ratio": 0.0, "monitor_steps": 0, "seed": 0,
+        **overrides,
+    })
     train(config)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     seen["weights"] = {p.dtype for p in seen["model"].parameters()}
@@ -130,17 +131,21 @@ def short_run(tiny_model_dir, toy_data, out, monkeypatch, **overrides) -> tuple[
 def test_a_bf16_autocast_run_logs_the_fp32_losses_to_bf16_accuracy_and_keeps_fp32_weights(
     tiny_model_dir, toy_data, tmp_path, monkeypatch
 ):
-    fp32, fp32_seen = short_run(tiny_model_dir, toy_data, tmp_path / "fp32", monkeypatch, mixed_precision="no")
-    mixed, mixed_seen = short_run(tiny_model_dir, toy_data, tmp_path / "bf16", monkeypatch, mixed_precision="bf16")
+    # lr 1e-3: small steps, so that what differs after step 1 is bf16's arithmetic, not two trajectories
+    # that a large learning rate has pulled apart.
+    lr = 1e-3
+    fp32, fp32_seen = short_run(tiny_model_dir, toy_data, tmp_path / "fp32", monkeypatch, mixed_precision="no",
+                                learning_rate=lr)
+    mixed, mixed_seen = short_run(tiny_model_dir, toy_data, tmp_path / "bf16", monkeypatch, mixed_precision="bf16",
+                                  learning_rate=lr)
     assert fp32_seen["outputs"] == {torch.float32} and mixed_seen["outputs"] == {torch.bfloat16}
     assert fp32_seen["weights"] == mixed_seen["weights"] == {torch.float32}
     assert [r["step"] for r in mixed] == [r["step"] for r in fp32] == [1, 2, 3, 4, 5, 6]
-    # Step 1 sees equal weights: only the forward differs (measured 2e-5 relative). Then the two
-    # trajectories part at lr 1e-2 (measured: at most 1.1e-2 relative by step 6, margin term).
-    assert mixed[0]["loss"] == pytest.approx(fp32[0]["loss"], rel=5e-4)
+    # Step 1 sees equal weights: only the forward differs. At lr 1e-3 the six steps stay within
+    # 6.0e-5 relative of fp32 (measured, 2026-12-02, EPYC with AVX512-BF16); allowed: 5e-4.
     for one, other in zip(fp32, mixed):
         for key in ("loss", "loss/margin", "loss/anchor", "logps/chosen_sum", "logps/rejected_sum"):
-            assert other[key] == pytest.approx(one[key], rel=2e-2, abs=2e-3), (one["step"], key)
+            assert other[key] == pytest.approx(one[key], rel=5e-4), (one["step"], key)
     assert mixed[-1]["loss"] != fp32[-1]["loss"]  # bf16 really ran
 
 
