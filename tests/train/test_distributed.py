@@ -12,6 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from slimepo import config as config_module
+from slimepo.config import FSDP_MIN_VERSIONS, ConfigError, TrainConfig, fsdp_versions_too_old
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
@@ -99,6 +102,7 @@ def parameter_reports(out: Path, world: int) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(bool(fsdp_versions_too_old()), reason=f"--fsdp is refused below {FSDP_MIN_VERSIONS}")
 @pytest.mark.parametrize("use_lora", [False, True])
 def test_fsdp_on_two_processes_shards_the_model_and_logs_the_same_losses_as_one_process(
     use_lora, one_process, tiny_model_dir, toy_data, tmp_path
@@ -147,7 +151,6 @@ def test_the_chunked_head_under_fsdp2_gives_the_unsharded_log_probs_and_gradient
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="accelerate's FSDP plugin runs on GPUs")
 def test_an_accelerate_fsdp_config_on_cpu_is_refused_instead_of_running_ddp(monkeypatch, tmp_path):
-    from slimepo.config import ConfigError, TrainConfig
     from slimepo.train import run as train_run
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
@@ -162,7 +165,13 @@ def test_an_accelerate_fsdp_config_on_cpu_is_refused_instead_of_running_ddp(monk
     ({"save_steps": 0, "merge": True}, "merge: must be False with --fsdp"),
 ])
 def test_fsdp_refuses_checkpoints_resume_and_merge_by_name(overrides, message):
-    from slimepo.config import ConfigError, TrainConfig
-
     with pytest.raises(ConfigError, match=message):
         TrainConfig(fsdp=True, **overrides).validate()
+
+
+def test_fsdp_is_refused_below_the_versions_it_was_tested_with(monkeypatch):
+    installed = {"transformers": "5.19.0", "accelerate": "1.15.0", "peft": "0.21.2"}
+    monkeypatch.setattr(config_module, "installed_version", installed.__getitem__)
+    with pytest.raises(ConfigError, match=r"fsdp: sharded training was tested only with transformers >= 5.24, "
+                                          r"accelerate >= 1.15, peft >= 0.21.2; .* here: transformers 5.19.0$"):
+        TrainConfig(fsdp=True, save_steps=0).validate()
