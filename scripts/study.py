@@ -393,7 +393,8 @@ def report(results: Path, doc: Path, img: Path) -> Path:
                     for label, members in groups])
     lines += ["", "Pass rates are shares of prompts whose generated answer obeys the prompt's constraint "
               "(`slimepo.constraints.check`, with our own checker for every family: the study predates the IFEval "
-              "checkers that now decide six families); test: 45 prompts of 7 families; held-out family: 52 prompts of "
+              "checkers that now decide six families, and the tokenization fix that ends a ChatML response at its "
+              "`<|im_end|>`, one token shorter than the study trained on); test: 45 prompts of 7 families; held-out family: 52 prompts of "
               "`include_word`, a family no training pair has. Greedy and sampled (T=0.9, top-p 0.95, one answer per "
               "prompt, seeded by the run's seed) decoding, at most 96 new tokens. Preference accuracy, drift, "
               "unlearning and collapse are measured on the 45 test pairs (drift and unlearning "
