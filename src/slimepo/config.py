@@ -175,16 +175,10 @@ class TrainConfig:
             get_loss(self.loss, **self.loss_params)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"loss_params: {err}") from None
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{f.name}: got {getattr(self, f.name)!r}; allowed: {', '.join(choices)}")
+        _check_choices(self)
         positive = ("learning_rate", "lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps", "max_length",
                     "max_prompt_length", "logging_steps")
-        for name in ("max_tokens_per_batch", "pack_tokens"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name}: must be a whole number >= 1, got {value!r}")
+        _check_whole_numbers(self, "max_tokens_per_batch", "pack_tokens")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
@@ -212,7 +206,7 @@ class TrainConfig:
                 "mixed_precision: fp16 is not supported yet: its loss scaler and slimepo's non-finite step guard "
                 "(which skips a bad step without the scaler's update) do not work together; use bf16 or no"
             )
-        if self.mixed_precision in ("bf16", "fp16") and self.dtype in ("bfloat16", "float16"):
+        if self.mixed_precision == "bf16" and self.dtype in ("bfloat16", "float16"):
             raise ConfigError(
                 f"mixed_precision: {self.mixed_precision} autocasts over float32 weights, but --dtype is {self.dtype}; "
                 "use --dtype auto or float32 with it, or --mixed-precision no"
@@ -301,6 +295,23 @@ def fsdp_versions_too_old() -> list[str]:
             if Version(installed_version(name)) < Version(floor)]
 
 
+def _check_choices(config: Any) -> None:
+    """Each field declared with ``choices`` holds one of them (None, where allowed, is not listed)."""
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        if choices and getattr(config, f.name) not in choices:
+            allowed = ", ".join(str(c) for c in choices if c is not None)
+            raise ConfigError(f"{f.name}: got {getattr(config, f.name)!r}; allowed: {allowed}")
+
+
+def _check_whole_numbers(config: Any, *names: str) -> None:
+    """Each of ``names`` is None (unset) or an int >= 1."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name}: must be a whole number >= 1, got {value!r}")
+
+
 def _looks_local(value: str) -> bool:
     """A path rather than a Hub id: starts with . / ~, or has a data-file suffix."""
     suffixes = (".json", ".jsonl", ".parquet", ".csv", ".yaml", ".yml")
@@ -366,15 +377,8 @@ class EvalConfig:
 
     def validate(self) -> None:
         """Check every option before anything is loaded; raise :class:`ConfigError`."""
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                allowed = ", ".join(str(c) for c in choices if c is not None)
-                raise ConfigError(f"{f.name}: got {getattr(self, f.name)!r}; allowed: {allowed}")
-        for name in ("max_new_tokens", "bench_max_new_tokens", "batch_size", "max_pairs", "max_prompts"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name}: must be a whole number >= 1, got {value!r}")
+        _check_choices(self)
+        _check_whole_numbers(self, "max_new_tokens", "bench_max_new_tokens", "batch_size", "max_pairs", "max_prompts")
         if self.sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
             raise ConfigError("sampling needs --temperature > 0 and 0 < --top-p <= 1")
         if self.judge_url and not self.judge_model:

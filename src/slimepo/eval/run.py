@@ -214,6 +214,7 @@ def evaluate(
     result = preference_metrics(*scores.as_tuple(), base=base_scores.as_tuple() if base_scores else None)
 
     decoding = dict(max_new_tokens=max_new_tokens, sampling=sampling, temperature=temperature, top_p=top_p, seed=seed)
+    bench_decoding = {**decoding, "max_new_tokens": bench_max_new_tokens}
     out.mkdir(parents=True, exist_ok=True)
     if generate:
         rows = {row.origin: row.data for row in load_rows(source, split, (prepare_options or {}).get("columns"))}
@@ -226,31 +227,27 @@ def evaluate(
         model_id = Path(str(adapter or model)).name or "model"
         answers_path = out / "mt_bench" / "answers" / f"{model_id}.jsonl"
         answers = answer_mtbench(
-            policy, tokenizer, answers_path, question_list, model_id=model_id,
-            max_new_tokens=bench_max_new_tokens, **{k: v for k, v in decoding.items() if k != "max_new_tokens"},
+            policy, tokenizer, answers_path, question_list, model_id=model_id, **bench_decoding,
         )
         result["mt_bench"] = {"questions": len(question_list), "answers": str(answers_path)}
         if judge is not None:
             result["mt_bench"].update(judge_mtbench(question_list, answers, judge, out / "mt_bench" / "judgments.jsonl"))
     if ifeval_prompts is not None:
         result["ifeval"] = answer_ifeval(
-            policy, tokenizer, out / "ifeval", ifeval_prompts, max_new_tokens=bench_max_new_tokens,
-            batch_size=batch_size, **{k: v for k, v in decoding.items() if k != "max_new_tokens"},
+            policy, tokenizer, out / "ifeval", ifeval_prompts, batch_size=batch_size, **bench_decoding,
         )
     if arena_questions is not None:
         result["arena_hard"] = answer_arena_hard(
-            policy, tokenizer, out / "arena_hard", arena_questions, judge, max_new_tokens=bench_max_new_tokens,
-            batch_size=batch_size, **{k: v for k, v in decoding.items() if k != "max_new_tokens"},
+            policy, tokenizer, out / "arena_hard", arena_questions, judge, batch_size=batch_size, **bench_decoding,
         )
     if alpaca_records is not None:
         result["alpaca_eval"] = answer_alpaca_eval(
-            policy, tokenizer, out / "alpaca_eval", alpaca_records, judge, max_new_tokens=bench_max_new_tokens,
-            batch_size=batch_size, **{k: v for k, v in decoding.items() if k != "max_new_tokens"},
+            policy, tokenizer, out / "alpaca_eval", alpaca_records, judge, batch_size=batch_size, **bench_decoding,
         )
     if bench is not None:
         questions_file = DEFAULT_QUESTIONS[bench]() if questions is None else questions
         result[BENCH_RESULTS[bench]]["provenance"] = bench_provenance(
-            questions_file, tokenizer, judge, {**decoding, "max_new_tokens": bench_max_new_tokens}
+            questions_file, tokenizer, judge, bench_decoding
         )
     result["settings"] = {
         "model": str(model), "adapter": None if adapter is None else str(adapter), "base": base,

@@ -221,9 +221,10 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
             f"attn_implementation: flex_attention cannot train on CPU (PyTorch {torch.__version__} has no FlexAttention "
             "backward pass there); use sdpa on CPU"
         )
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and config.fsdp:
+    accelerate_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if accelerate_fsdp and config.fsdp:
         raise ConfigError("fsdp: --fsdp shards the model as it loads; drop the accelerate FSDP config, or --fsdp")
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and args.device.type == "cpu":
+    if accelerate_fsdp and args.device.type == "cpu":
         raise ConfigError(
             f"fsdp: accelerate {accelerate.__version__} shards with its FSDP plugin only on GPUs (and XPU/NPU/...); "
             "on CPU it would train DDP instead, unannounced. Drop the accelerate FSDP config and pass --fsdp"
