@@ -12,7 +12,14 @@ built from jobs, one per (loss, learning rate, seed), done in order of priority:
    rate, ties broken by preference accuracy), every seed, evaluated on test and the
    held-out family (the grid's seed-0 run is reused);
 4. the base model's sampled answers for the other seeds;
-5. the other losses at the rate of their family (``INHERIT``), every seed.
+5. the other losses at the rate of their family (``INHERIT``), every seed;
+6. the losses an outside review found set up in SLIME's favour (``OWN_GRID_LOSSES``: IPO,
+   CPO and ORPO had inherited a rate chosen for DPO or SimPO, and IPO its default τ only):
+   a grid of their own, as in 2, then every seed at the rate it chose (until a grid is
+   complete, a loss of ``FAMILY`` keeps its family's rate, at which the study first ran it).
+
+A run trained again (its adapter gone, e.g. on another machine) first drops the results
+of its earlier training, so that every result of a run comes from one model.
 
 Each finished job writes its evaluated results under ``results/study/`` (tracked in
 git): ``runs/<loss>/lr<lr>-seed<seed>/`` holds ``train.json``, ``metrics.jsonl`` and one
@@ -70,6 +77,9 @@ BASE_OPTIONS: dict[str, Any] = {
     "save_steps": 0,
     "monitor_steps": 10,
     "monitor_pairs": 8,
+    # The study trained in float32 before --mixed-precision existed; its default (auto) would now
+    # autocast to bf16 on a CPU with AVX512-BF16 and train different models.
+    "mixed_precision": "no",
 }
 BASELINE = "base"
 GRID_LOSSES = ("slime", "dpo", "simpo")
@@ -81,11 +91,21 @@ INHERIT = {
     "slime-no-stabilizer": "slime",
     "slime-hard": "slime",
     "slime-soft": "slime",
-    "ipo": "dpo",
-    "cpo": "simpo",
-    "orpo": "simpo",
+    "simpo-paper": "simpo",
 }
-MAIN_LOSSES = (*GRID_LOSSES, *INHERIT)
+#: Losses with a learning-rate grid of their own, run after the three compared losses are done.
+OWN_GRID_LOSSES = ("ipo", "ipo-tau0.01", "cpo", "orpo")
+#: The rate a loss of the second grid runs at until that grid is complete (the study's first setup).
+FAMILY = {"ipo": "dpo", "cpo": "simpo", "orpo": "simpo"}
+#: Study names that are a loss with other hyperparameters: (loss, loss_params).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    # IPO's target gap 1/(2τ) is 5 nats at τ = 0.1 on answers summed over 40-90 tokens: it barely moved the model.
+    "ipo-tau0.01": ("ipo", {"tau": 0.01}),
+    # The SimPO authors' setting for an instruct model (princeton-nlp/SimPO,
+    # training_configs/llama-3-8b-instruct-simpo.yaml: beta 2.5, gamma_beta_ratio 0.55).
+    "simpo-paper": ("simpo", {"beta": 2.5, "gamma": 1.375}),
+}
+MAIN_LOSSES = (*GRID_LOSSES, *INHERIT, *OWN_GRID_LOSSES)
 SEEDS = (0, 1, 2)
 SPLITS = {
     "validation": "validation.jsonl.gz",
@@ -100,6 +120,24 @@ MAX_NEW_TOKENS = 96  # as the data was sampled
 EVAL_BATCH = 64  # every split in one batch: 25% faster generation than 16 on 2 cores
 VALIDATION = (("validation", "greedy"),)
 TEST = tuple((split, decoding) for split in ("test", "heldout") for decoding in DECODINGS)
+
+#: The study re-scored on IFEval (its own results tree: the runs are trained again, the study's
+#: adapters were not kept). Greedy answers to all 541 prompts; see ``ifeval_section`` for why the
+#: budget and dtype differ from IFEval's usual settings.
+IFEVAL_RESULTS = ROOT / "results" / "study-ifeval"
+IFEVAL_RUNS = ROOT / "runs" / "study-ifeval"
+IFEVAL_LOSSES = ("slime", "dpo", "simpo")
+IFEVAL = (("ifeval", "greedy"),)
+IFEVAL_MAX_NEW_TOKENS = 256
+IFEVAL_BATCH = 64
+IFEVAL_DTYPE = "bfloat16"  # 2.3x faster than float32 generation on the AVX512-BF16 EPYC
+#: IFEval instruction types that check what one of the training data's constraint families asks for
+#: (no_commas, avoid_word, bullet_count, max_words and min_words, paragraph_count); the other types
+#: (and the families numbered_list and start_word, which IFEval has no type for) are unseen in training.
+IFEVAL_TRAINED_TYPES = frozenset({
+    "punctuation:no_comma", "keywords:forbidden_words", "detectable_format:number_bullet_lists",
+    "length_constraints:number_words", "length_constraints:number_paragraphs",
+})
 
 logger = logging.getLogger("study")
 
@@ -136,10 +174,10 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def chosen_rates(results: Path) -> dict[str, float]:
-    """Per grid loss whose grid is complete: the rate with the best validation result."""
+def chosen_rates(results: Path, losses: Sequence[str] | None = None) -> dict[str, float]:
+    """Per grid loss (default ``GRID_LOSSES``) whose grid is complete: the rate with the best validation result."""
     chosen = {}
-    for loss in GRID_LOSSES:
+    for loss in GRID_LOSSES if losses is None else losses:
         scored = []
         for lr in LEARNING_RATES:
             evaluation = read_json(eval_file(results, run_name(loss, lr, 0), "validation", "greedy"))
@@ -159,17 +197,39 @@ def validation_score(evaluation: Mapping[str, Any]) -> tuple[float, float]:
     return (evaluation.get("constraint_pass_rate") or 0.0, evaluation.get("accuracy") or 0.0)
 
 
+def rates(results: Path) -> dict[str, float | None]:
+    """The learning rate of every ``MAIN_LOSSES`` loss (None: not decided yet)."""
+    chosen = chosen_rates(results) | chosen_rates(results, OWN_GRID_LOSSES)
+    rate: dict[str, float | None] = {loss: chosen.get(INHERIT.get(loss, loss)) for loss in MAIN_LOSSES}
+    for loss, family in FAMILY.items():
+        if rate[loss] is None:
+            rate[loss] = chosen.get(family)
+    return rate
+
+
 def plan(results: Path) -> list[Job]:
     """Every job the study needs that its results can already decide, in order of priority."""
     jobs = [Job(BASELINE, None, 0, VALIDATION + TEST)]
     jobs += [Job(loss, lr, 0, VALIDATION) for lr in LEARNING_RATES for loss in GRID_LOSSES]
-    chosen = chosen_rates(results)
-    rate = {loss: chosen.get(INHERIT.get(loss, loss)) for loss in MAIN_LOSSES}
+    rate = rates(results)
+
+    def seeds(losses: Sequence[str]) -> list[Job]:
+        return [Job(loss, rate[loss], seed, TEST) for seed in SEEDS for loss in losses if rate[loss] is not None]
+
     # The grid losses over every seed first, then the base model's other sampled answers, then the rest.
-    jobs += [Job(loss, rate[loss], seed, TEST) for seed in SEEDS for loss in GRID_LOSSES if rate[loss] is not None]
+    jobs += seeds(GRID_LOSSES)
     jobs += [Job(BASELINE, None, seed, tuple(e for e in TEST if e[1] == "sampled")) for seed in SEEDS[1:]]
-    jobs += [Job(loss, rate[loss], seed, TEST) for seed in SEEDS for loss in INHERIT if rate[loss] is not None]
-    return jobs
+    jobs += seeds((*INHERIT, *FAMILY))
+    jobs += [Job(loss, lr, 0, VALIDATION) for lr in LEARNING_RATES for loss in OWN_GRID_LOSSES]
+    return jobs + seeds(tuple(loss for loss in OWN_GRID_LOSSES if loss not in FAMILY))
+
+
+def ifeval_plan(study_results: Path = RESULTS) -> list[Job]:
+    """The IFEval part: the base model, then every seed of each ``IFEVAL_LOSSES`` loss at the rate the
+    study chose for it (seed by seed, so that a part cut short has every loss at seed 0 first)."""
+    chosen = chosen_rates(study_results)
+    jobs = [Job(BASELINE, None, 0, IFEVAL)]  # greedy: the base model's answers do not depend on a seed
+    return jobs + [Job(loss, chosen[loss], seed, IFEVAL) for seed in SEEDS for loss in IFEVAL_LOSSES if loss in chosen]
 
 
 def failed(results: Path, name: str) -> dict[str, Any] | None:
@@ -181,10 +241,10 @@ def missing_evals(job: Job, results: Path) -> tuple[tuple[str, str], ...]:
     return tuple(e for e in job.evals if not eval_file(results, job.name, *e).is_file())
 
 
-def pending(results: Path) -> list[Job]:
-    """The jobs of :func:`plan` with evaluations still missing, merged per run."""
+def pending(results: Path, jobs: Sequence[Job] | None = None) -> list[Job]:
+    """The ``jobs`` (default: :func:`plan`'s) with evaluations still missing, merged per run."""
     merged: dict[str, Job] = {}
-    for job in plan(results):
+    for job in plan(results) if jobs is None else jobs:
         todo = missing_evals(job, results)
         if not todo or failed(results, job.name):
             continue
@@ -196,9 +256,8 @@ def pending(results: Path) -> list[Job]:
 
 def undecided(results: Path) -> list[str]:
     """Runs the study will need but cannot plan yet (their rate awaits the grid)."""
-    chosen = chosen_rates(results)
-    return [f"{loss} (seeds {', '.join(map(str, SEEDS))}): rate not chosen yet" for loss in MAIN_LOSSES
-            if INHERIT.get(loss, loss) not in chosen]
+    return [f"{loss} (seeds {', '.join(map(str, SEEDS))}): rate not chosen yet"
+            for loss, rate in rates(results).items() if rate is None]
 
 
 # ---------------------------------------------------------------------------- run
@@ -207,8 +266,9 @@ def undecided(results: Path) -> list[str]:
 def train_config(job: Job, runs: Path):
     from slimepo.config import TrainConfig
 
-    return TrainConfig(**BASE_OPTIONS, model=MODEL, loss=job.loss, learning_rate=job.lr, seed=job.seed,
-                       output_dir=str(runs / job.name), overwrite=True)
+    loss, params = VARIANTS.get(job.loss, (job.loss, {}))
+    return TrainConfig(**BASE_OPTIONS, model=MODEL, loss=loss, loss_params=dict(params), learning_rate=job.lr,
+                       seed=job.seed, output_dir=str(runs / job.name), overwrite=True)
 
 
 def run_job(job: Job, results: Path, runs: Path) -> None:
@@ -222,6 +282,13 @@ def run_job(job: Job, results: Path, runs: Path) -> None:
     if job.lr is not None:
         model = str(run_dir)
         if not ((out / "train.json").is_file() and (run_dir / "adapter_config.json").is_file()):
+            stale = sorted(p for p in out.iterdir() if p.name.startswith(("eval-", "generations-")))
+            if stale:  # results of an earlier training of this run, whose adapter is gone
+                logger.warning("%s: trained again; dropping %s", job.name, ", ".join(p.name for p in stale))
+                for path in stale:
+                    path.unlink()
+                job = dataclasses.replace(job, evals=tuple(dict.fromkeys(job.evals + tuple(
+                    eval_name(p) for p in stale if p.name.startswith("eval-")))))
             config = train_config(job, runs)
             logger.info("%s: training", job.name)
             start = time.perf_counter()
@@ -236,12 +303,23 @@ def run_job(job: Job, results: Path, runs: Path) -> None:
     for split, decoding in job.evals:
         logger.info("%s: evaluating on %s, %s", job.name, split, decoding)
         start = time.perf_counter()
-        evaluation = evaluate_one(model, split, decoding, job.seed, run_dir / f"eval-{split}-{decoding}")
+        if split == "ifeval":
+            evaluation = evaluate_ifeval(model, run_dir / f"eval-{split}-{decoding}")
+            generations = run_dir / f"eval-{split}-{decoding}" / "ifeval" / "answers.jsonl"
+        else:
+            evaluation = evaluate_one(model, split, decoding, job.seed, run_dir / f"eval-{split}-{decoding}")
+            generations = run_dir / f"eval-{split}-{decoding}" / "generations.jsonl"
         evaluation["wall_seconds"] = round(time.perf_counter() - start, 1)
-        generations = run_dir / f"eval-{split}-{decoding}" / "generations.jsonl"
+        evaluation["machine"] = machine()
         with generations.open("rb") as src, gzip.open(out / f"generations-{split}-{decoding}.jsonl.gz", "wb") as dst:
             shutil.copyfileobj(src, dst)
         write_json(eval_file(results, job.name, split, decoding), evaluation)
+
+
+def eval_name(path: Path) -> tuple[str, str]:
+    """``(split, decoding)`` of an ``eval-<split>-<decoding>.json``."""
+    split, decoding = path.stem.removeprefix("eval-").rsplit("-", 1)
+    return split, decoding
 
 
 def evaluate_one(model: str, split: str, decoding: str, seed: int, out_dir: Path) -> dict[str, Any]:
@@ -250,6 +328,30 @@ def evaluate_one(model: str, split: str, decoding: str, seed: int, out_dir: Path
     base = None if model == MODEL else MODEL
     return evaluate(model, str(DATA / SPLITS[split]), split="train", out_dir=out_dir, base=base,
                     max_new_tokens=MAX_NEW_TOKENS, seed=seed, batch_size=EVAL_BATCH, **DECODINGS[decoding])
+
+
+def evaluate_ifeval(model: str, out_dir: Path) -> dict[str, Any]:
+    """Greedy answers to every IFEval prompt, scored by the official checkers, with each prompt's
+    strict and loose flags (``per_prompt``, by key) for the paired comparison of the report.
+
+    The adapter is merged into the bf16 weights before answering (generation's speed; the same
+    weights a user would serve).
+    """
+    from slimepo.eval import ifeval
+    from slimepo.eval.answers import read_answers
+    from slimepo.eval.run import answer_ifeval, bench_provenance, load_model
+
+    policy, tokenizer, _ = load_model(model, dtype=IFEVAL_DTYPE)
+    if hasattr(policy, "merge_and_unload"):
+        policy = policy.merge_and_unload()
+    records = ifeval.load_prompts()
+    decoding = {"max_new_tokens": IFEVAL_MAX_NEW_TOKENS, "sampling": False, "seed": 0}
+    result = answer_ifeval(policy, tokenizer, out_dir / "ifeval", records, batch_size=IFEVAL_BATCH, **decoding)
+    answers = read_answers(out_dir / "ifeval" / ifeval.ANSWERS_FILE)
+    result["per_prompt"] = {str(r["key"]): ifeval.check_response(r, answers[str(r["key"])]["response"]) for r in records}
+    result["provenance"] = bench_provenance(ifeval.find_prompts(), tokenizer, None, decoding)
+    result["settings"] = {"model": model, "dtype": IFEVAL_DTYPE, "batch_size": IFEVAL_BATCH, "merged": True}
+    return {"ifeval": result}
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -274,11 +376,16 @@ def machine() -> dict[str, Any]:
             "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def run(results: Path, runs: Path, max_minutes: float | None, max_jobs: int | None) -> int:
-    """Do pending jobs in order until none is left or the time is up; return jobs done."""
+def run(results: Path, runs: Path, max_minutes: float | None, max_jobs: int | None,
+        plan_jobs: Any = None) -> int:
+    """Do pending jobs in order until none is left or the time is up; return jobs done.
+
+    ``plan_jobs``: a function returning the jobs (default: :func:`plan` of ``results``).
+    """
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     done = 0
-    while (jobs := pending(results)) and (max_jobs is None or done < max_jobs):
+    while (jobs := pending(results, None if plan_jobs is None else plan_jobs())) and (
+            max_jobs is None or done < max_jobs):
         if deadline is not None and time.monotonic() > deadline:
             logger.info("time is up; %d job(s) pending, rerun to continue", len(jobs))
             break
@@ -361,21 +468,110 @@ def values(runs: Iterable[RunResult], split: str, decoding: str, keys: Sequence[
     return [float(v) for v in found if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
-def main_groups(runs: Sequence[RunResult], chosen: Mapping[str, float]) -> list[tuple[str, list[RunResult]]]:
-    """(label, runs) for the base model and every loss at its chosen rate, in table order."""
+def main_groups(runs: Sequence[RunResult], rate_of: Mapping[str, float | None]) -> list[tuple[str, list[RunResult]]]:
+    """(label, runs) for the base model and every loss at its rate (:func:`rates`), in table order."""
     groups = [(BASELINE, [r for r in runs if r.loss == BASELINE])]
     for loss in MAIN_LOSSES:
-        rate = chosen.get(INHERIT.get(loss, loss))
+        rate = rate_of[loss]
         members = [r for r in runs if r.loss == loss and rate is not None and r.lr == rate and
                    any(split != "validation" for split, _ in r.evals)]
         groups.append((loss if rate is None else f"{loss} (lr {rate:.0e})", members))
     return groups
 
 
-def report(results: Path, doc: Path, img: Path) -> Path:
+def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS) -> list[str]:
+    """The study re-scored on IFEval: accuracies per run, SLIME minus each other run paired by
+    prompt, accuracy on the instruction types training covered and on the others, cost, and what is missing."""
+    runs = [r for r in load_results(ifeval_results) if ("ifeval", "greedy") in r.evals]
+    jobs = ifeval_plan(study_results)
+    todo = [job.name for job in pending(ifeval_results, jobs)]
+    lines = ["## The study re-scored on IFEval (541 prompts, official checkers)", ""]
+    reading = ifeval_results / "reading.md"
+    if reading.is_file():
+        lines += [reading.read_text(encoding="utf-8").strip(), ""]
+    if not runs:
+        return lines + ["No IFEval result yet (`python scripts/study.py ifeval` runs them).", ""]
+    labels = {(job.loss, job.lr) for job in jobs}
+    groups = [(BASELINE if lr is None else f"{loss} (lr {lr:.0e})",
+               sorted((r for r in runs if r.loss == loss and r.lr == lr), key=lambda r: r.seed))
+              for loss, lr in sorted(labels, key=lambda x: (x[1] is not None, IFEVAL_LOSSES.index(x[0])
+                                                            if x[0] in IFEVAL_LOSSES else 0))]
+    groups = [(label, members) for label, members in groups if members]
+    key = ("ifeval",)
+    columns = (
+        ("prompt-level strict", key + ("prompt_level_strict",)), ("prompt-level loose", key + ("prompt_level_loose",)),
+        ("instruction-level strict", key + ("instruction_level_strict",)),
+        ("instruction-level loose", key + ("instruction_level_loose",)),
+        ("ended (EOT)", key + ("generation", "ended_rate")), ("length (tokens)", key + ("generation", "length_tokens_mean")),
+    )
+    rows = [[label, *(mean_std(values(members, "ifeval", "greedy", k)) for _, k in columns),
+             mean_std([ifeval_type_accuracy(r, trained=True) for r in members]),
+             mean_std([ifeval_type_accuracy(r, trained=False) for r in members])] for label, members in groups]
+    lines += ["### Accuracy (mean ± std over seeds, number of seeds in brackets)", "",
+              *markdown_table(["run", *(c[0] for c in columns), "instr. strict, trained types",
+                               "instr. strict, other types"], rows), "",
+              "Official IFEval definitions (`slimepo.eval.ifeval`, the checkers of `if-verifiable`): prompt-level = share "
+              "of prompts whose every instruction is followed, instruction-level = share of all instructions; loose "
+              "also accepts the answer without its first and/or last line and without `*`. \"trained types\": the "
+              f"{sum(1 for _ in IFEVAL_TRAINED_TYPES)} instruction types that check what a training family asks for "
+              f"({', '.join(f'`{t}`' for t in sorted(IFEVAL_TRAINED_TYPES))}); \"other types\": the remaining ones, "
+              "which no training pair teaches. The base model's greedy answers do not depend on a seed (one run).", ""]
+    slime = next((members for label, members in groups if members[0].loss == "slime"), None)
+    if slime is not None:
+        diff_rows = []
+        for label, members in groups:
+            if members is slime:
+                continue
+            cells = []
+            for mode in ("strict", "loose"):
+                found = paired_difference([ifeval_prompt_passes(r, mode) for r in slime],
+                                          [ifeval_prompt_passes(r, mode) for r in members])
+                cells.append("—" if found is None else f"{found[0]:+.3f} [{found[1]:+.2f}, {found[2]:+.2f}]")
+            diff_rows.append([f"slime − {label}", *cells])
+        if diff_rows:
+            lines += ["### SLIME minus each other run, prompt-level, paired by prompt (95% bootstrap interval)", "",
+                      *markdown_table(["difference", "strict", "loose"], diff_rows), "",
+                      "As in the table of the constraint study: the same prompts for both sides, each side's seeds "
+                      "resampled (10,000 draws); an interval that contains 0 does not separate the two.", ""]
+    walls = [(r, r.evals[("ifeval", "greedy")]) for r in runs]
+    trained = [r for r in runs if r.train]
+    cpus = sorted({e.get("machine", {}).get("cpu", "?") for _, e in walls})
+    lines += ["### Setup and cost", "",
+              f"- Greedy, at most {IFEVAL_MAX_NEW_TOKENS} new tokens, batches of {IFEVAL_BATCH} prompts (left-padded, "
+              f"longest first), SmolLM2's chat template with IFEval's prompt as the user turn; the LoRA adapter merged "
+              f"into {IFEVAL_DTYPE} weights (generation in float32 is 2.3x slower on this CPU). IFEval's usual harnesses "
+              f"allow 1,280 tokens or more: an answer cut at {IFEVAL_MAX_NEW_TOKENS} fails the instructions that need a long "
+              "answer (e.g. at least 300 words) in every run alike; `ended (EOT)` is the share that ended on their own.",
+              "- The runs are trained again (the study kept its results, not its adapters) with the study's options, "
+              "float32, at the rates its grid chose; the code now ends a ChatML response at `<|im_end|>` (one token "
+              "shorter than when the study trained), so these are not bit-for-bit the models of the tables above.",
+              f"- {len(trained)} training runs, {sum(r.train['wall_seconds'] for r in trained) / 60:.0f} min; "
+              f"{len(walls)} IFEval evaluations, {sum(e['wall_seconds'] for _, e in walls) / 60:.0f} min in all "
+              f"(median {statistics.median(e['wall_seconds'] for _, e in walls) / 60:.1f} min for 541 prompts); "
+              f"{', '.join(cpus)}, 2 cores.",
+              ""]
+    if todo:
+        lines += ["Not run yet: " + ", ".join(todo) + ".", ""]
+    return lines
+
+
+def ifeval_prompt_passes(run: RunResult, mode: str) -> dict[str, float]:
+    """Per IFEval prompt (by key): 1.0 when every instruction is followed in ``mode``, else 0.0."""
+    per_prompt = run.evals[("ifeval", "greedy")]["ifeval"]["per_prompt"]
+    return {key: float(all(flags[mode])) for key, flags in per_prompt.items()}
+
+
+def ifeval_type_accuracy(run: RunResult, *, trained: bool) -> float:
+    """Instruction-level strict accuracy over the types training covers (``trained``) or the others."""
+    per_type = run.evals[("ifeval", "greedy")]["ifeval"]["per_instruction"]
+    chosen = [c for t, c in per_type.items() if (t in IFEVAL_TRAINED_TYPES) == trained]
+    return sum(c["strict"] * c["count"] for c in chosen) / sum(c["count"] for c in chosen)
+
+
+def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RESULTS) -> Path:
     runs = load_results(results)
-    chosen = chosen_rates(results)
-    groups = main_groups(runs, chosen)
+    chosen = chosen_rates(results) | chosen_rates(results, OWN_GRID_LOSSES)
+    groups = main_groups(runs, rates(results))
     lines = [
         "# The SLIME study: SmolLM2-135M-Instruct on on-policy, verifiable preference pairs",
         "",
@@ -403,6 +599,7 @@ def report(results: Path, doc: Path, img: Path) -> Path:
     lines += difference_section(results, groups)
     lines += family_table(groups)
     lines += grid_section(runs, chosen)
+    lines += ifeval_section(ifeval_results, results)
     plots = make_plots(groups, img)
     if plots:
         lines += ["## Plots", ""] + [f"![{title}]({os.path.relpath(path, doc.parent)})" for title, path in plots] + [""]
@@ -523,7 +720,7 @@ def family_table(groups: Sequence[tuple[str, list[RunResult]]]) -> list[str]:
 
 def grid_section(runs: Sequence[RunResult], chosen: Mapping[str, float]) -> list[str]:
     rows = []
-    for loss in GRID_LOSSES:
+    for loss in (*GRID_LOSSES, *OWN_GRID_LOSSES):
         for lr in LEARNING_RATES:
             run = next((r for r in runs if r.loss == loss and r.lr == lr and r.seed == 0), None)
             evaluation = run.evals.get(("validation", "greedy")) if run else None
@@ -542,7 +739,9 @@ def grid_section(runs: Sequence[RunResult], chosen: Mapping[str, float]) -> list
     return ["## Learning-rate grid (seed 0, validation split: 30 prompts/pairs)", "",
             "Chosen per loss by the greedy constraint pass rate on validation, ties broken by preference "
             "accuracy, then by the smaller rate; the test split is never looked at. "
-            f"Losses outside the grid use their family's rate: {', '.join(f'{k} ← {v}' for k, v in INHERIT.items())}.",
+            f"Losses outside the grid use their family's rate: {', '.join(f'{k} ← {v}' for k, v in INHERIT.items())}; "
+            f"{', '.join(OWN_GRID_LOSSES)} have a grid of their own, added after an outside review (until it is "
+            f"complete they run at their family's rate: {', '.join(f'{k} ← {v}' for k, v in FAMILY.items())}).",
             "", *markdown_table(["loss", "lr", "val pass (greedy)", "val accuracy", "chosen drift", "ended", ""], rows),
             "", note, ""]
 
@@ -582,7 +781,7 @@ def setup_section() -> list[str]:
         f"- Training options shared by every run: {options}; one epoch = "
         f"{math.ceil(309 / BASE_OPTIONS['batch_size'])} steps. Loss hyperparameters: each loss's defaults "
         "(`docs/losses.md`; SLIME at the authors' script values, ablations as presets).",
-        f"- Learning-rate grid: {', '.join(f'{lr:.0e}' for lr in LEARNING_RATES)} for {', '.join(GRID_LOSSES)}; "
+        f"- Learning-rate grid: {', '.join(f'{lr:.0e}' for lr in LEARNING_RATES)} for {', '.join(GRID_LOSSES)}, then {', '.join(OWN_GRID_LOSSES)}; "
         f"seeds {', '.join(map(str, SEEDS))}.",
         "",
         "Loss hyperparameters (every run of a loss uses these):",
@@ -595,7 +794,8 @@ def setup_section() -> list[str]:
 def loss_hyperparameters(loss: str) -> str:
     from slimepo.losses import get_loss
 
-    return ", ".join(f"{name}={value}" for name, value in get_loss(loss).hyperparameters().items())
+    name, params = VARIANTS.get(loss, (loss, {}))
+    return ", ".join(f"{key}={value}" for key, value in get_loss(name, **params).hyperparameters().items())
 
 
 def make_plots(groups: Sequence[tuple[str, list[RunResult]]], img: Path) -> list[tuple[str, Path]]:
@@ -673,12 +873,14 @@ def save(fig: Any, path: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("run", "report", "plan"))
+    parser.add_argument("command", choices=("run", "report", "plan", "ifeval", "ifeval-plan"))
     parser.add_argument("--max-minutes", type=float, default=None, help="start no job after this many minutes")
     parser.add_argument("--max-jobs", type=int, default=None)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--runs", type=Path, default=RUNS)
     parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--ifeval-results", type=Path, default=IFEVAL_RESULTS)
+    parser.add_argument("--ifeval-runs", type=Path, default=IFEVAL_RUNS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.command == "plan":
@@ -687,9 +889,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in undecided(args.results):
             print(line)
         return 0
+    if args.command == "ifeval-plan":
+        for job in pending(args.ifeval_results, ifeval_plan(args.results)):
+            print(f"{job.name}: {', '.join('/'.join(e) for e in job.evals)}")
+        return 0
     if args.command == "run":
         run(args.results, args.runs, args.max_minutes, args.max_jobs)
-    print(report(args.results, args.doc, IMG if args.doc == DOC else args.doc.parent / "img"))
+    if args.command == "ifeval":
+        run(args.ifeval_results, args.ifeval_runs, args.max_minutes, args.max_jobs,
+            plan_jobs=lambda: ifeval_plan(args.results))
+    print(report(args.results, args.doc, IMG if args.doc == DOC else args.doc.parent / "img", args.ifeval_results))
     return 0
 
 

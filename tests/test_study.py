@@ -40,7 +40,7 @@ def test_plan_starts_with_the_base_model_then_the_grid_with_the_middle_rate_firs
     assert all(job.evals == (("validation", "greedy"),) for job in jobs[1:10])
     # Nothing is trained at a chosen rate before the grid has chosen one.
     assert not any(("test", "greedy") in job.evals for job in jobs[1:])
-    assert len(study.undecided(tmp_path)) == 10
+    assert len(study.undecided(tmp_path)) == 12  # every loss but the base model
 
 
 def test_the_rate_is_chosen_on_validation_pass_rate_then_accuracy_then_the_smaller_rate(study, tmp_path):
@@ -73,7 +73,67 @@ def test_after_the_grid_every_loss_runs_every_seed_at_its_familys_rate(study, tm
     order = list(jobs)
     # Seeds of the compared losses come before the ablations and other baselines.
     assert order.index("simpo/lr1e-03-seed2") < order.index("base/seed1") < order.index("slime-no-anchor/lr1e-04-seed0")
+    # The review's losses: their own grid comes last; until it is complete IPO, CPO and ORPO keep their
+    # family's rate (above), the new IPO variant has none.
+    assert order.index("orpo/lr1e-03-seed2") < order.index("ipo/lr3e-04-seed0")
+    assert jobs["orpo/lr1e-03-seed0"].evals == study.TEST + study.VALIDATION  # one run at both rates' places
+    assert {f"{loss}/lr{lr:.0e}-seed0" for loss in ("ipo", "ipo-tau0.01", "cpo", "orpo")
+            for lr in (3e-4, 1e-4, 1e-3)} <= set(jobs)
+    assert study.undecided(tmp_path) == ["ipo-tau0.01 (seeds 0, 1, 2): rate not chosen yet"]
+
+
+def test_the_reviewed_losses_run_every_seed_at_the_rate_of_their_own_grid(study, tmp_path):
+    scores = {(loss, lr): (0.7 if lr == 1e-4 else 0.2, 0.5) for loss in ("slime", "dpo", "simpo") for lr in (3e-4, 1e-4, 1e-3)}
+    best = {"ipo": 1e-3, "ipo-tau0.01": 3e-4, "cpo": 1e-4, "orpo": 3e-4}
+    scores |= {(loss, lr): (0.6 if lr == best[loss] else 0.1, 0.5) for loss in best for lr in (3e-4, 1e-4, 1e-3)}
+    grid_results(study, tmp_path, scores)
+    rate = study.rates(tmp_path)
+    assert {loss: rate[loss] for loss in best} == best
+    assert rate["simpo-paper"] == rate["slime-soft"] == 1e-4
+    jobs = {job.name: job for job in study.pending(tmp_path)}
+    for loss, lr in best.items():
+        assert jobs[study.run_name(loss, lr, 0)].evals == study.TEST  # the grid's run is reused
+        assert {study.run_name(loss, lr, seed) for seed in (1, 2)} <= set(jobs)
+    assert "ipo/lr1e-04-seed1" not in jobs  # the family's rate (DPO's) is no longer IPO's
     assert study.undecided(tmp_path) == []
+    config = study.train_config(study.Job("ipo-tau0.01", 3e-4, 1, study.TEST), tmp_path / "runs")
+    assert (config.loss, config.loss_params, config.learning_rate, config.seed) == ("ipo", {"tau": 0.01}, 3e-4, 1)
+    config = study.train_config(study.Job("simpo-paper", 1e-4, 0, study.TEST), tmp_path / "runs")
+    assert (config.loss, config.loss_params) == ("simpo", {"beta": 2.5, "gamma": 1.375})
+    assert config.mixed_precision == "no"  # float32, as the study first trained
+    assert study.loss_hyperparameters("simpo-paper").startswith("beta=2.5, gamma=1.375")
+
+
+def test_a_run_trained_again_drops_the_results_of_its_earlier_training_and_evaluates_them_anew(study, tmp_path, monkeypatch):
+    import types
+
+    import slimepo.train
+
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    name = study.run_name("ipo", 3e-4, 0)
+    write_eval(results, name, "test", "greedy", constraint_pass_rate=0.1, old=True)
+    write_generations(results, name, "test", "greedy", [False])
+    (results / "runs" / name / "train.json").write_text("{}")  # trained once; its adapter is gone
+    trained, evaluated = [], []
+
+    def train(config):
+        trained.append(config.output_dir)
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(config.output_dir) / "metrics.jsonl").write_text("")
+        return types.SimpleNamespace(global_step=2, after={})
+
+    def evaluate_one(model, split, decoding, seed, out_dir):
+        evaluated.append((split, decoding))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "generations.jsonl").write_text("")
+        return {"constraint_pass_rate": 0.9}
+
+    monkeypatch.setattr(slimepo.train, "train", train)
+    monkeypatch.setattr(study, "evaluate_one", evaluate_one)
+    study.run_job(study.Job("ipo", 3e-4, 0, study.VALIDATION), results, runs)
+    assert trained == [str(runs / name)]
+    assert evaluated == [("validation", "greedy"), ("test", "greedy")]
+    assert json.loads((results / "runs" / name / "eval-test-greedy.json").read_text())["constraint_pass_rate"] == 0.9
 
 
 def test_report_gives_mean_and_std_over_seeds_and_lists_what_is_missing(study, tmp_path):
@@ -220,3 +280,98 @@ def test_report_has_slime_minus_each_run_from_the_generations(study, tmp_path):
     row = next(line for line in doc.read_text().splitlines() if line.startswith("| slime − dpo"))
     assert row.split("|")[2].strip().startswith("+0.250 [")  # 2/4 - 1/4
     assert "| slime − simpo" not in doc.read_text()  # no simpo run at its rate: no row
+
+
+def test_the_ifeval_part_runs_the_base_model_then_each_seed_of_every_compared_loss_at_its_chosen_rate(study, tmp_path):
+    assert [job.name for job in study.ifeval_plan(tmp_path)] == ["base/seed0"]  # no rate chosen yet
+    grid_results(study, tmp_path, {(loss, lr): (0.7 if (loss, lr) in (("slime", 1e-3), ("dpo", 3e-4)) else 0.2, 0.5)
+                                   for loss in ("slime", "dpo", "simpo") for lr in (3e-4, 1e-4, 1e-3)})
+    jobs = study.ifeval_plan(tmp_path)
+    assert [job.name for job in jobs] == [
+        "base/seed0",
+        "slime/lr1e-03-seed0", "dpo/lr3e-04-seed0", "simpo/lr1e-04-seed0",
+        "slime/lr1e-03-seed1", "dpo/lr3e-04-seed1", "simpo/lr1e-04-seed1",
+        "slime/lr1e-03-seed2", "dpo/lr3e-04-seed2", "simpo/lr1e-04-seed2",
+    ]
+    assert all(job.evals == (("ifeval", "greedy"),) for job in jobs)
+    # Results of the IFEval part live in a tree of their own: the study's own files say nothing of them.
+    write_eval(tmp_path / "ifeval", "base/seed0", "ifeval", "greedy", ifeval={})
+    assert [job.name for job in study.pending(tmp_path / "ifeval", jobs)][:1] == ["slime/lr1e-03-seed0"]
+    assert study.pending(tmp_path, jobs)[0].name == "base/seed0"
+
+
+def write_ifeval(results: Path, name: str, flags: dict[str, list[bool]], per_instruction: dict, **values) -> None:
+    per_prompt = {key: {"strict": f, "loose": [True] * len(f)} for key, f in flags.items()}
+    write_eval(results, name, "ifeval", "greedy", wall_seconds=60.0, machine={"cpu": "Test CPU"},
+               ifeval={"per_prompt": per_prompt, "per_instruction": per_instruction, **values})
+
+
+def test_the_ifeval_section_gives_accuracies_trained_and_other_types_and_slime_minus_each_run(study, tmp_path):
+    results, ifeval_results, doc = tmp_path / "results", tmp_path / "ifeval", tmp_path / "docs" / "results.md"
+    grid_results(study, results, {(loss, lr): (0.5 if lr == 3e-4 else 0.1, 0.5)
+                                  for loss in ("slime", "dpo", "simpo") for lr in (3e-4, 1e-4, 1e-3)})
+    types = {"punctuation:no_comma": {"count": 2, "strict": 1.0, "loose": 1.0},  # a trained type
+             "change_case:english_capital": {"count": 3, "strict": 1 / 3, "loose": 1.0},
+             "detectable_format:title": {"count": 1, "strict": 0.0, "loose": 0.0}}
+    write_ifeval(ifeval_results, "base/seed0", {"1": [False], "2": [False], "3": [True, False], "4": [False]},
+                 types, prompt_level_strict=0.0)
+    for seed, level in ((0, 0.5), (1, 0.7)):
+        write_ifeval(ifeval_results, study.run_name("slime", 3e-4, seed),
+                     {"1": [True], "2": [True], "3": [True, True], "4": [seed == 1]}, types, prompt_level_strict=level)
+    (ifeval_results / "reading.md").write_text("IFEval words by hand.")
+    study.report(results, doc, tmp_path / "docs" / "img", ifeval_results)
+    text = doc.read_text()
+    section = text[text.index("## The study re-scored on IFEval"):]
+    assert "IFEval words by hand." in section
+    slime = [c.strip() for c in next(line for line in section.splitlines()
+                                      if line.startswith("| slime (lr 3e-04)")).strip("|").split("|")]
+    assert slime[1] == "0.600 ± 0.141 (2)"  # prompt-level strict of the two seeds: 0.5, 0.7
+    assert slime[7] == "1.000 ± 0.000 (2)"  # trained types: no_comma, 2 of 2
+    assert slime[8] == "0.250 ± 0.000 (2)"  # other types: (1/3 * 3 + 0 * 1) / 4
+    base = [c.strip() for c in next(line for line in section.splitlines() if line.startswith("| base ")).strip("|").split("|")]
+    assert base[1] == "0.000 (1)"
+    # Per prompt: SLIME follows 3 of 4 (seed 0) and 4 of 4 (seed 1), the base 0 of 4: +0.875 strict;
+    # loose is all-true on both sides: 0.
+    diff = next(line for line in section.splitlines() if line.startswith("| slime − base"))
+    strict, loose = (c.strip() for c in diff.strip("|").split("|")[1:3])
+    assert strict.startswith("+0.875 [") and loose == "+0.000 [+0.00, +0.00]"
+    assert ("Not run yet: dpo/lr3e-04-seed0, simpo/lr3e-04-seed0, dpo/lr3e-04-seed1, simpo/lr3e-04-seed1, "
+            "slime/lr3e-04-seed2, dpo/lr3e-04-seed2, simpo/lr3e-04-seed2.") in section
+    assert "Test CPU" in section
+
+
+@pytest.mark.slow
+def test_the_ifeval_part_trains_answers_scores_and_resumes_on_a_tiny_model(study, tmp_path, tiny_model_dir, monkeypatch):
+    from slimepo.eval import ifeval
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"prompt": f"Say something about the {w}.", "chosen": f"The {w} is good.", "rejected": f"The {w} is bad."}
+            for w in ["river", "garden", "train", "letter", "forest", "window", "market", "bridge"]]
+    with gzip.open(data / "train.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    records = ifeval.load_prompts()[:3]
+    monkeypatch.setattr(ifeval, "load_prompts", lambda path=None: [dict(r) for r in records])
+    monkeypatch.setattr(study, "MODEL", str(tiny_model_dir))
+    monkeypatch.setattr(study, "BASE_OPTIONS", {**study.BASE_OPTIONS, "dataset": str(data / "train.jsonl.gz"),
+                                                "eval_dataset": None, "eval_split": "train", "monitor_steps": 0})
+    monkeypatch.setattr(study, "IFEVAL_LOSSES", ("slime",))
+    monkeypatch.setattr(study, "SEEDS", (0,))
+    monkeypatch.setattr(study, "IFEVAL_MAX_NEW_TOKENS", 4)
+    study_results, results, runs = tmp_path / "study", tmp_path / "ifeval", tmp_path / "runs"
+    grid_results(study, study_results, {("slime", lr): (0.9 if lr == 1e-3 else 0.1, 0.5) for lr in (3e-4, 1e-4, 1e-3)})
+    monkeypatch.setattr(study, "GRID_LOSSES", ("slime",))
+
+    assert study.run(results, runs, None, None, plan_jobs=lambda: study.ifeval_plan(study_results)) == 2
+    for name in ("base/seed0", "slime/lr1e-03-seed0"):
+        evaluation = json.loads((results / "runs" / name / "eval-ifeval-greedy.json").read_text())["ifeval"]
+        assert evaluation["prompts"] == 3 and set(evaluation["per_prompt"]) == {str(r["key"]) for r in records}
+        strict = [all(f["strict"]) for f in evaluation["per_prompt"].values()]
+        assert evaluation["prompt_level_strict"] == sum(strict) / 3
+        assert evaluation["provenance"]["decoding"] == {"max_new_tokens": 4, "sampling": False, "seed": 0}
+        assert evaluation["settings"]["dtype"] == "bfloat16"
+        with gzip.open(results / "runs" / name / "generations-ifeval-greedy.jsonl.gz", "rt") as f:
+            assert len(f.readlines()) == 3
+    train = json.loads((results / "runs" / "slime" / "lr1e-03-seed0" / "train.json").read_text())
+    assert train["options"]["mixed_precision"] == "no" and train["learning_rate"] == 1e-3
+    assert study.run(results, runs, None, None, plan_jobs=lambda: study.ifeval_plan(study_results)) == 0
