@@ -623,7 +623,9 @@ def remaining_cost(runs: Sequence[RunResult], jobs: Sequence[Job], results: Path
     eval_walls = [e["wall_seconds"] for r in runs for e in r.evals.values() if "wall_seconds" in e]
     if not jobs or not train_walls or not eval_walls:
         return []
-    to_train = sum(1 for job in jobs if job.lr is not None and not (results / "runs" / job.name / "train.json").is_file())
+    # A pending run is trained (again) unless its train.json and its adapter are both there.
+    to_train = sum(1 for job in jobs if job.lr is not None and not (
+        (results / "runs" / job.name / "train.json").is_file() and (RUNS / job.name / "adapter_config.json").is_file()))
     evals = sum(len(job.evals) for job in jobs)
     hours = (to_train * statistics.median(train_walls) + evals * statistics.median(eval_walls)) / 3600
     return [f"{to_train} runs to train and {evals} evaluations, about {hours:.1f} h on the machine above "

@@ -318,7 +318,7 @@ def _looks_local(value: str) -> bool:
     return value.startswith((".", "/", "~")) or value.endswith(suffixes) or value.count("/") > 1
 
 
-BENCHMARKS = ("mt-bench", "ifeval", "arena-hard", "alpaca-eval")
+BENCHMARKS = ("mt-bench", "ifeval", "ifbench", "arena-hard", "alpaca-eval")
 #: The benchmarks whose answers a judge (--judge-url) grades.
 JUDGED_BENCHMARKS = ("mt-bench", "arena-hard", "alpaca-eval")
 
@@ -357,13 +357,14 @@ class EvalConfig:
     # benchmark
     bench: str | None = option(
         None, "also answer a benchmark: mt-bench (graded by --judge-url) | ifeval (scored by the official "
-        "IFEval checkers) | arena-hard (judged by --judge-url against the baseline answers) | alpaca-eval (judged by "
+        "IFEval checkers) | ifbench (the official IFBench checkers; partial: the 18 prompts of its two types that need "
+        "NLTK data no PyPI package ships are left out) | arena-hard (judged by --judge-url against the baseline answers) | alpaca-eval (judged by "
         "--judge-url against GPT-4 Turbo's answers)", group="benchmark",
         choices=(None, *BENCHMARKS),
     )
     questions: str | None = option(
         None, "the benchmark's prompts file (default: the installed one): MT-Bench or Arena-Hard question.jsonl, "
-        "IFEval input_data.jsonl, AlpacaEval's JSON list of instructions with the baseline's outputs",
+        "IFEval input_data.jsonl or IFBench_test.jsonl, AlpacaEval's JSON list of instructions with the baseline's outputs",
         group="benchmark",
     )
     max_prompts: int | None = option(None, "answer the first N prompts of --bench only", group="benchmark")

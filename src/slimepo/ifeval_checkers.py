@@ -1,7 +1,8 @@
-"""The official IFEval instruction checkers, offline and reproducible.
+"""The official IFEval and IFBench instruction checkers, offline and reproducible.
 
-The checker classes are Google's (``instruction_following_eval/instructions.py``), as
-packaged by ``if-verifiable``. Three things around them are ours:
+The checker classes are Google's (``instruction_following_eval/instructions.py``) and
+AllenAI's (IFBench's ``instructions.py``), as packaged by ``if-verifiable``. What is
+around them is ours:
 
 - Punkt: the checkers split sentences and words with NLTK's Punkt tokenizer, whose
   English model (``punkt_tab``) NLTK downloads at run time. We write that model's
@@ -14,6 +15,11 @@ packaged by ``if-verifiable``. Three things around them are ours:
   state restored after), and ``langdetect.DetectorFactory.seed = 0``.
 - :func:`build_checker` builds one instruction as the official ``evaluation_lib.py``
   does: its kwargs (``None`` values dropped), then the prompt for those that need it.
+- IFBench's module calls ``nltk.download`` at import for Punkt, the English POS tagger
+  and the stopwords corpus. We import it with ``nltk.download`` replaced by a refusal, so
+  nothing is fetched: Punkt is ours (above); the tagger and NLTK's stopwords list are on
+  no PyPI package, so the two instruction types that need them
+  (:data:`IFBENCH_MISSING_DATA`) cannot be checked and :func:`build_checker` refuses them.
 """
 
 from __future__ import annotations
@@ -51,13 +57,44 @@ def _punkt_data() -> tempfile.TemporaryDirectory[str]:
     return data
 
 
-def registry() -> Mapping[str, Any]:
-    """The official instruction registry (id -> checker class), with Punkt in place."""
-    import langdetect
-    from if_verifiable.ifeval import instructions_registry
+#: IFBench instruction types whose official checker needs NLTK data that no PyPI package ships.
+IFBENCH_MISSING_DATA = {
+    "ratio:stop_words": "NLTK's English stopwords corpus",
+    "words:start_verb": "NLTK's averaged_perceptron_tagger_eng",
+}
+BENCHMARKS = ("ifeval", "ifbench")
 
+
+def registry(benchmark: str = "ifeval") -> Mapping[str, Any]:
+    """The official instruction registry (id -> checker class) of ``benchmark`` (``ifeval`` or
+    ``ifbench``), with Punkt in place and nothing downloaded."""
+    import langdetect
+
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"benchmark must be one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
     _punkt_data()
     langdetect.DetectorFactory.seed = 0
+    if benchmark == "ifbench":
+        return _ifbench_registry()
+    from if_verifiable.ifeval import instructions_registry
+
+    return instructions_registry.INSTRUCTION_DICT
+
+
+def _refuse_download(name: str = "", *args: Any, **kwargs: Any) -> bool:
+    """Stands in for ``nltk.download`` while IFBench's module imports: fetches nothing."""
+    return False
+
+
+@functools.cache
+def _ifbench_registry() -> Mapping[str, Any]:
+    import nltk
+
+    download, nltk.download = nltk.download, _refuse_download
+    try:
+        from if_verifiable.ifbench import instructions_registry
+    finally:
+        nltk.download = download
     return instructions_registry.INSTRUCTION_DICT
 
 
@@ -72,9 +109,18 @@ def seeded_random(seed: int = 0) -> Iterator[None]:
         random.setstate(state)
 
 
-def build_checker(instruction_id: str, kwargs: Mapping[str, Any], prompt: str = "") -> Any:
-    """The official checker of ``instruction_id`` built with ``kwargs`` (and ``prompt`` if it takes one)."""
-    checker = registry()[instruction_id](instruction_id)
+def build_checker(instruction_id: str, kwargs: Mapping[str, Any], prompt: str = "", benchmark: str = "ifeval") -> Any:
+    """The official checker of ``instruction_id`` built with ``kwargs`` (and ``prompt`` if it takes one).
+
+    Raises ``ValueError`` for an IFBench type of :data:`IFBENCH_MISSING_DATA`, or an id the benchmark lacks.
+    """
+    if benchmark == "ifbench" and instruction_id in IFBENCH_MISSING_DATA:
+        raise ValueError(f"IFBench's {instruction_id} checker needs {IFBENCH_MISSING_DATA[instruction_id]}, "
+                         "which no PyPI package ships; it cannot be checked offline")
+    checkers = registry(benchmark)
+    if instruction_id not in checkers:
+        raise ValueError(f"{benchmark} has no instruction type {instruction_id!r}")
+    checker = checkers[instruction_id](instruction_id)
     checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
     args = checker.get_instruction_args()
     if args and "prompt" in args:

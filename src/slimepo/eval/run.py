@@ -10,13 +10,14 @@ It measures the failures SLIME claims to fix (``shared/PAPER.md``) on held-out p
    ``constraint`` (:class:`slimepo.constraints.Constraint` as a dict), whether the
    response obeys it;
 3. optionally a benchmark: MT-Bench answers, graded by an LLM judge when one is given;
-   IFEval answers, scored by the official checkers (:mod:`slimepo.eval.ifeval`); or
+   IFEval or IFBench answers, scored by the official checkers (:mod:`slimepo.eval.ifeval`;
+   IFBench without the prompts whose checkers need NLTK data not on PyPI); or
    Arena-Hard or AlpacaEval answers, judged pairwise against a baseline's. Each benchmark
    result records its ``provenance`` (:func:`bench_provenance`).
 
 Outputs in ``out_dir``: ``eval.json`` (the returned dict), ``generations.jsonl`` (one
 line per held-out prompt: origin, prompt, response, checks), and one folder per benchmark
-(``mt_bench/``, ``ifeval/``, ``arena_hard/``, ``alpaca_eval/``).
+(``mt_bench/``, ``ifeval/``, ``ifbench/``, ``arena_hard/``, ``alpaca_eval/``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from slimepo.eval.health import generation_health, summarize_health
 from slimepo.eval.judge import CompletionClient, judge_answers, summarize_scores
 from slimepo.eval.metrics import preference_metrics
 from slimepo.eval.mtbench import answer_questions, find_questions, load_questions, write_answers
+from slimepo.ifeval_checkers import IFBENCH_MISSING_DATA
 from slimepo.model import load_causal_lm, load_tokenizer, resolve_model_path
 from slimepo.report import GENERATION_COLUMNS, PREFERENCE_COLUMNS, lookup, markdown_table
 from slimepo.scoring import PairScores, score_pairs
@@ -50,9 +52,10 @@ logger = logging.getLogger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
 Questions = Sequence[Mapping[str, Any]] | str | os.PathLike[str] | None
 #: Each benchmark's key in the result, and where its installed prompts file is.
-BENCH_RESULTS = {"mt-bench": "mt_bench", "ifeval": "ifeval", "arena-hard": "arena_hard", "alpaca-eval": "alpaca_eval"}
+BENCH_RESULTS = {"mt-bench": "mt_bench", "ifeval": "ifeval", "ifbench": "ifbench", "arena-hard": "arena_hard",
+                 "alpaca-eval": "alpaca_eval"}
 DEFAULT_QUESTIONS = {
-    "mt-bench": find_questions, "ifeval": ifeval.find_prompts,
+    "mt-bench": find_questions, "ifeval": ifeval.find_prompts, "ifbench": ifeval.find_ifbench_prompts,
     "arena-hard": lambda: arena_hard.find_file("question.jsonl"), "alpaca-eval": alpacaeval.find_instructions,
 }
 
@@ -189,7 +192,7 @@ def evaluate(
     ``generate``: ``generation`` (``summarize_health``), ``constraint_pass_rate``,
     ``constraint_pass_rate_by_family``, ``constraints_checked``, ``constraints_invalid``;
     with ``bench="mt-bench"``: ``mt_bench`` {questions, answers file, and with a judge
-    judgments file + ``summarize_scores``}; with ``bench="ifeval"``: ``ifeval`` (see
+    judgments file + ``summarize_scores``}; with ``bench="ifeval"`` (``"ifbench"``): ``ifeval`` (``ifbench``; see
     :func:`answer_ifeval`); with ``bench="arena-hard"``: ``arena_hard`` (see
     :func:`answer_arena_hard`); with ``bench="alpaca-eval"``: ``alpaca_eval`` (see
     :func:`answer_alpaca_eval`); each benchmark's with its ``provenance``
@@ -198,7 +201,8 @@ def evaluate(
     out = Path(out_dir)
     # Benchmark prompts are read before a model is loaded, so that a missing file fails fast.
     question_list = _records(questions, load_questions)[:max_prompts] if bench == "mt-bench" else None
-    ifeval_prompts = _records(questions, ifeval.load_prompts)[:max_prompts] if bench == "ifeval" else None
+    ifeval_prompts = (_records(questions, lambda path: ifeval.load_prompts(path, bench))[:max_prompts]
+                      if bench in ("ifeval", "ifbench") else None)
     arena_questions = arena_hard.load_questions(questions)[:max_prompts] if bench == "arena-hard" else None
     alpaca_records = _records(questions, alpacaeval.load_instructions)[:max_prompts] if bench == "alpaca-eval" else None
     policy, tokenizer, adapter_base = load_model(model, adapter, dtype=dtype)
@@ -233,8 +237,8 @@ def evaluate(
         if judge is not None:
             result["mt_bench"].update(judge_mtbench(question_list, answers, judge, out / "mt_bench" / "judgments.jsonl"))
     if ifeval_prompts is not None:
-        result["ifeval"] = answer_ifeval(
-            policy, tokenizer, out / "ifeval", ifeval_prompts, batch_size=batch_size, **bench_decoding,
+        result[bench] = answer_ifeval(
+            policy, tokenizer, out / bench, ifeval_prompts, batch_size=batch_size, benchmark=bench, **bench_decoding,
         )
     if arena_questions is not None:
         result["arena_hard"] = answer_arena_hard(
@@ -325,9 +329,10 @@ def answer_ifeval(
     *,
     max_new_tokens: int = 1024,
     batch_size: int = 8,
+    benchmark: str = "ifeval",
     **decoding: Any,
 ) -> dict[str, Any]:
-    """Answer IFEval prompts in batches and score them with the official checkers.
+    """Answer IFEval (or IFBench) prompts in batches and score them with the official checkers.
 
     Resumable (:func:`slimepo.eval.answers.answer_prompts` into ``out_dir/answers.jsonl``).
     Then ``out_dir/input_response_data.jsonl`` is written in the official form.
@@ -339,17 +344,21 @@ def answer_ifeval(
     (:func:`slimepo.eval.health.summarize_health`: end-of-turn rate, mean answer length in
     tokens, ...) and ``responses`` (the path of the official file).
     """
-    records = _records(prompts, ifeval.load_prompts)
+    records, left_out = ifeval.scorable(_records(prompts, lambda path: ifeval.load_prompts(path, benchmark)), benchmark)
     out = Path(out_dir)
     answers = answer_prompts(
         model, tokenizer, out / ifeval.ANSWERS_FILE, {str(r["key"]): r["prompt"] for r in records},
-        max_new_tokens=max_new_tokens, batch_size=batch_size, desc="ifeval", **decoding,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, desc=benchmark, **decoding,
     )
     responses_path = ifeval.write_responses(records, answers, out / ifeval.RESPONSES_FILE)
     chosen = [answers[str(r["key"])] for r in records]
-    result = ifeval.score(records, [a["response"] for a in chosen])
+    result = ifeval.score(records, [a["response"] for a in chosen], benchmark)
     result["generation"] = summarize_health(a["health"] for a in chosen)
     result["responses"] = str(responses_path)
+    if benchmark == "ifbench":
+        result["official"] = False
+        result["left_out"] = {"prompts": len(left_out), "keys": [str(r["key"]) for r in left_out],
+                              "why": dict(IFBENCH_MISSING_DATA)}
     return result
 
 
@@ -490,15 +499,19 @@ def format_eval_table(result: Mapping[str, Any]) -> str:
         rows.append(("MT-Bench questions answered", bench.get("questions"), None))
         rows.append(("MT-Bench score (1-10)", bench.get("overall"), None))
         rows += [(f"  turn {turn}", score, None) for turn, score in (bench.get("per_turn") or {}).items()]
-    scores = result.get("ifeval")
-    if isinstance(scores, Mapping):
-        rows.append(("IFEval prompts answered", scores.get("prompts"), None))
+    for key, name in (("ifeval", "IFEval"), ("ifbench", "IFBench (partial)")):
+        scores = result.get(key)
+        if not isinstance(scores, Mapping):
+            continue
+        rows.append((f"{name} prompts answered", scores.get("prompts"), None))
+        if scores.get("left_out"):
+            rows.append((f"{name} prompts left out (unscorable offline)", scores["left_out"].get("prompts"), None))
         for level in ("prompt", "instruction"):
             for mode in ("strict", "loose"):
-                rows.append((f"IFEval {level}-level accuracy, {mode}", scores.get(f"{level}_level_{mode}"), None))
+                rows.append((f"{name} {level}-level accuracy, {mode}", scores.get(f"{level}_level_{mode}"), None))
         generation = scores.get("generation") or {}
-        rows.append(("IFEval end-of-turn rate", generation.get("ended_rate"), None))
-        rows.append(("IFEval mean answer length (tokens)", generation.get("length_tokens_mean"), None))
+        rows.append((f"{name} end-of-turn rate", generation.get("ended_rate"), None))
+        rows.append((f"{name} mean answer length (tokens)", generation.get("length_tokens_mean"), None))
     arena = result.get("arena_hard")
     if isinstance(arena, Mapping):
         rows.append(("Arena-Hard questions answered", arena.get("questions"), None))
