@@ -256,8 +256,11 @@ def pending(results: Path, jobs: Sequence[Job] | None = None) -> list[Job]:
 
 def undecided(results: Path) -> list[str]:
     """Runs the study will need but cannot plan yet (their rate awaits the grid)."""
+    own = chosen_rates(results, OWN_GRID_LOSSES)
     return [f"{loss} (seeds {', '.join(map(str, SEEDS))}): rate not chosen yet"
-            for loss, rate in rates(results).items() if rate is None]
+            for loss, rate in rates(results).items() if rate is None] + [
+        f"{loss} (seeds {', '.join(map(str, SEEDS))}) at the rate of its own grid, once that is complete "
+        f"(until then at {family}'s)" for loss, family in FAMILY.items() if loss not in own]
 
 
 # ---------------------------------------------------------------------------- run
@@ -539,7 +542,7 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS) -> list[
     lines += ["### Setup and cost", "",
               f"- Greedy, at most {IFEVAL_MAX_NEW_TOKENS} new tokens, batches of {IFEVAL_BATCH} prompts (left-padded, "
               f"longest first), SmolLM2's chat template with IFEval's prompt as the user turn; the LoRA adapter merged "
-              f"into {IFEVAL_DTYPE} weights (generation in float32 is 2.3x slower on this CPU). IFEval's usual harnesses "
+              f"into {IFEVAL_DTYPE} weights (on the AVX512-BF16 EPYC, float32 generation is 2.3x slower: `bench/bench_generate.py`, in README). IFEval's usual harnesses "
               f"allow 1,280 tokens or more: an answer cut at {IFEVAL_MAX_NEW_TOKENS} fails the instructions that need a long "
               "answer (e.g. at least 300 words) in every run alike; `ended (EOT)` is the share that ended on their own.",
               "- The runs are trained again (the study kept its results, not its adapters) with the study's options, "

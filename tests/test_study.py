@@ -40,7 +40,7 @@ def test_plan_starts_with_the_base_model_then_the_grid_with_the_middle_rate_firs
     assert all(job.evals == (("validation", "greedy"),) for job in jobs[1:10])
     # Nothing is trained at a chosen rate before the grid has chosen one.
     assert not any(("test", "greedy") in job.evals for job in jobs[1:])
-    assert len(study.undecided(tmp_path)) == 12  # every loss but the base model
+    assert len(study.undecided(tmp_path)) == 12 + 3  # every loss; IPO, CPO, ORPO also wait for their own grid
 
 
 def test_the_rate_is_chosen_on_validation_pass_rate_then_accuracy_then_the_smaller_rate(study, tmp_path):
@@ -79,7 +79,9 @@ def test_after_the_grid_every_loss_runs_every_seed_at_its_familys_rate(study, tm
     assert jobs["orpo/lr1e-03-seed0"].evals == study.TEST + study.VALIDATION  # one run at both rates' places
     assert {f"{loss}/lr{lr:.0e}-seed0" for loss in ("ipo", "ipo-tau0.01", "cpo", "orpo")
             for lr in (3e-4, 1e-4, 1e-3)} <= set(jobs)
-    assert study.undecided(tmp_path) == ["ipo-tau0.01 (seeds 0, 1, 2): rate not chosen yet"]
+    assert study.undecided(tmp_path) == ["ipo-tau0.01 (seeds 0, 1, 2): rate not chosen yet"] + [
+        f"{loss} (seeds 0, 1, 2) at the rate of its own grid, once that is complete (until then at {family}'s)"
+        for loss, family in (("ipo", "dpo"), ("cpo", "simpo"), ("orpo", "simpo"))]
 
 
 def test_the_reviewed_losses_run_every_seed_at_the_rate_of_their_own_grid(study, tmp_path):

@@ -7,6 +7,8 @@ from slimepo.eval.judge import JudgeClient
 from slimepo.eval.run import answer_alpaca_eval
 from slimepo.testing import tiny_model, tiny_tokenizer
 
+from .judges import FixedJudge
+
 SYSTEM = (
     "You are a highly efficient assistant, who evaluates and selects the best large language model (LLMs) based on "
     "the quality of their responses to a given instruction. This process will be used to create a leaderboard "
@@ -75,19 +77,10 @@ def test_games_go_through_the_judge_api_with_the_switch_undone(judge_url):
     assert alpacaeval.summarize_preferences(games)["win_rate"] == pytest.approx(200 / 3)
 
 
-class FirstJudge:
-    def __init__(self):
-        self.requests = []
-
-    def complete(self, messages):
-        self.requests.append(messages)
-        return "m"
-
-
 def test_answers_are_resumable_and_judged_against_the_baseline(tmp_path):
     tokenizer, model = tiny_tokenizer(), tiny_model("llama").eval()
     records = alpacaeval.load_instructions()[3:5]  # neither switched: the baseline is output_1, "m"
-    judge = FirstJudge()
+    judge = FixedJudge("m")
 
     result = answer_alpaca_eval(model, tokenizer, tmp_path, records, judge, max_new_tokens=3, batch_size=2)
     again = answer_alpaca_eval(model, tokenizer, tmp_path, records, max_new_tokens=3, batch_size=2)

@@ -7,6 +7,8 @@ from slimepo.eval.judge import JudgeClient
 from slimepo.eval.run import answer_arena_hard
 from slimepo.testing import tiny_model, tiny_tokenizer
 
+from .judges import FixedJudge
+
 HARD = {"uid": "h1", "category": "hard_prompt", "prompt": "Prove it."}
 CREATIVE = {"uid": "c1", "category": "creative_writing", "prompt": "Write a poem."}
 BASELINES = {"hard_prompt": {"h1": "baseline proof", "h2": "baseline two"}, "creative_writing": {"c1": "baseline poem"}}
@@ -74,19 +76,10 @@ def test_pairs_are_judged_in_both_orders_through_the_judge_api(judge_url):
     assert summary["score"] == pytest.approx(6 / 8) and summary["unjudged"] == 1
 
 
-class TieJudge:
-    def __init__(self):
-        self.requests = []
-
-    def complete(self, messages):
-        self.requests.append(messages)
-        return "Hard to tell. My final verdict is tie: [[A=B]]"
-
-
 def test_answers_are_resumable_and_judged_against_the_baseline(tmp_path):
     tokenizer, model = tiny_tokenizer(), tiny_model("llama").eval()
     questions = arena_hard.load_questions()[:2]
-    judge = TieJudge()
+    judge = FixedJudge("Hard to tell. My final verdict is tie: [[A=B]]")
 
     result = answer_arena_hard(model, tokenizer, tmp_path, questions, judge, max_new_tokens=3, batch_size=2)
 

@@ -1,13 +1,11 @@
 """IFBench (partial): the official checkers, offline, against hand-checked responses and if-verifiable itself."""
 
-import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 
-from slimepo.cli_eval import register, run
 from slimepo.eval import ifeval
 from slimepo.eval.run import answer_ifeval
 from slimepo.ifeval_checkers import IFBENCH_MISSING_DATA, build_checker, registry, seeded_random
@@ -122,22 +120,3 @@ def test_answers_skip_the_left_out_prompts_and_the_report_says_so(tmp_path):
     assert result["left_out"]["prompts"] == 1 and result["left_out"]["keys"] == [str(left["key"])]
     answered = [json.loads(line)["key"] for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
     assert sorted(answered) == sorted(str(r["key"]) for r in chosen[1:])
-
-
-def test_eval_command_answers_the_first_ifbench_prompts(tmp_path, capsys):
-    tokenizer = tiny_tokenizer()
-    model_dir = tmp_path / "model"
-    tiny_model("llama").save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["eval", "--model", str(model_dir), "--max-pairs", "1", "--no-generate",
-                              "--bench", "ifbench", "--max-prompts", "2", "--bench-max-new-tokens", "3",
-                              "--out", str(tmp_path / "out")])
-
-    assert run(args) == 0
-
-    result = json.loads((tmp_path / "out" / "eval.json").read_text())["ifbench"]
-    assert result["prompts"] == 2 and result["provenance"]["questions_file"].endswith("IFBench_test.jsonl")
-    assert len((tmp_path / "out" / "ifbench" / "input_response_data.jsonl").read_text().splitlines()) == 2
-    assert "IFBench (partial) prompt-level accuracy, strict" in capsys.readouterr().out

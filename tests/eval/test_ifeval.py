@@ -127,7 +127,9 @@ def test_answers_are_written_in_the_official_form_and_a_rerun_answers_only_what_
     assert calls == [1] and again == first  # greedy: the missing answer comes back the same
 
 
-def test_eval_command_answers_the_first_ifeval_prompts(tmp_path, capsys):
+@pytest.mark.parametrize(("bench", "name", "prompts_file"), [("ifeval", "IFEval", "input_data.jsonl"),
+                                                             ("ifbench", "IFBench (partial)", "IFBench_test.jsonl")])
+def test_eval_command_answers_the_first_benchmark_prompts(tmp_path, capsys, bench, name, prompts_file):
     tokenizer = tiny_tokenizer()
     model_dir = tmp_path / "model"
     tiny_model("llama").save_pretrained(model_dir)
@@ -135,12 +137,12 @@ def test_eval_command_answers_the_first_ifeval_prompts(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["eval", "--model", str(model_dir), "--max-pairs", "1", "--no-generate",
-                              "--bench", "ifeval", "--max-prompts", "2", "--bench-max-new-tokens", "3",
+                              "--bench", bench, "--max-prompts", "2", "--bench-max-new-tokens", "3",
                               "--out", str(tmp_path / "out")])
 
     assert run(args) == 0
 
-    result = json.loads((tmp_path / "out" / "eval.json").read_text())["ifeval"]
-    assert result["prompts"] == 2
-    assert len((tmp_path / "out" / "ifeval" / "input_response_data.jsonl").read_text().splitlines()) == 2
-    assert "IFEval prompt-level accuracy, strict" in capsys.readouterr().out
+    result = json.loads((tmp_path / "out" / "eval.json").read_text())[bench]
+    assert result["prompts"] == 2 and result["provenance"]["questions_file"].endswith(prompts_file)
+    assert len((tmp_path / "out" / bench / "input_response_data.jsonl").read_text().splitlines()) == 2
+    assert f"{name} prompt-level accuracy, strict" in capsys.readouterr().out

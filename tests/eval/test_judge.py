@@ -15,6 +15,8 @@ from slimepo.eval.judge import (
     summarize_scores,
 )
 
+from .judges import FixedJudge
+
 
 def server_stats(url):
     with urllib.request.urlopen(url.removesuffix("/v1") + "/stats", timeout=5) as response:
@@ -53,22 +55,14 @@ def test_judge_prompts_match_fastchat_for_every_question_and_turn(fastchat):
 
 
 def test_judging_uses_reference_prompts_exactly_where_fastchat_does(fastchat):
-    class Recorder:
-        def __init__(self):
-            self.seen = []
-
-        def complete(self, messages):
-            self.seen.append(messages)
-            return "[[5]]"
-
-    recorder = Recorder()
+    recorder = FixedJudge("[[5]]")
     judged = judge_answers(fastchat.questions, fastchat.answers, recorder)
 
     assert [r["status"] for r in judged] == ["ok"] * 160
     expected = [
         fastchat.oracle["judge_messages"][f"m/{r['question_id']}/{r['turn']}"] for r in judged
     ]
-    assert recorder.seen == expected
+    assert recorder.requests == expected
 
 
 def test_scores_are_read_as_fastchat_reads_them(fastchat):

@@ -16,6 +16,8 @@ from slimepo.eval.generate import end_of_turn_ids, generate
 from slimepo.eval.run import evaluate, format_eval_table
 from slimepo.testing import TINY_MODEL_KINDS, tiny_model, tiny_tokenizer
 
+from .judges import FixedJudge
+
 HIDDEN = 32  # tiny_model's hidden size
 
 
@@ -242,15 +244,6 @@ def test_sampling_is_reproducible_for_a_seed():
     assert generate(model, tokenizer, prompts, seed=2, **options) != first
 
 
-class FixedJudge:
-    def __init__(self):
-        self.requests = 0
-
-    def complete(self, messages):
-        self.requests += 1
-        return "Fine answer. Rating: [[7]]"
-
-
 def test_mt_bench_answers_and_judge_summary_go_into_eval_json(tmp_path):
     tokenizer = tiny_tokenizer()
     the = tokenizer.encode(" the")[0]
@@ -259,7 +252,7 @@ def test_mt_bench_answers_and_judge_summary_go_into_eval_json(tmp_path):
         {"question_id": 1, "category": "writing", "turns": ["Write a poem.", "Shorter."]},
         {"question_id": 2, "category": "roleplay", "turns": ["Be a cat.", "Now a dog."]},
     ])
-    judge = FixedJudge()
+    judge = FixedJudge("Fine answer. Rating: [[7]]")
 
     result = evaluate(model_dir, write_jsonl(tmp_path / "d.jsonl", DRIFT_ROWS), split="train", generate=False,
                       out_dir=tmp_path / "out", bench="mt-bench", questions=questions, bench_max_new_tokens=3,
@@ -269,7 +262,7 @@ def test_mt_bench_answers_and_judge_summary_go_into_eval_json(tmp_path):
     answers = [json.loads(line) for line in Path(bench["answers"]).read_text().splitlines()]
     assert [a["question_id"] for a in answers] == [1, 2]
     assert answers[0]["choices"][0]["turns"] == ["the the the", "the the the"]
-    assert judge.requests == 4
+    assert len(judge.requests) == 4
     assert len(Path(bench["judgments"]).read_text().splitlines()) == 4
     assert bench["overall"] == 7.0 and bench["questions"] == 2
     assert result["mt_bench"] == bench
