@@ -202,7 +202,7 @@ def rates(results: Path) -> dict[str, float | None]:
     chosen = chosen_rates(results) | chosen_rates(results, OWN_GRID_LOSSES)
     rate: dict[str, float | None] = {loss: chosen.get(INHERIT.get(loss, loss)) for loss in MAIN_LOSSES}
     for loss, family in FAMILY.items():
-        if rate[loss] is None:
+        if loss in rate and rate[loss] is None:
             rate[loss] = chosen.get(family)
     return rate
 

@@ -183,6 +183,8 @@ def test_run_trains_evaluates_and_skips_finished_jobs_on_a_tiny_model(study, tmp
     monkeypatch.setattr(study, "LEARNING_RATES", (1e-3,))
     monkeypatch.setattr(study, "INHERIT", {})
     monkeypatch.setattr(study, "MAIN_LOSSES", ("slime",))
+    monkeypatch.setattr(study, "OWN_GRID_LOSSES", ())
+    monkeypatch.setattr(study, "FAMILY", {})
     monkeypatch.setattr(study, "SEEDS", (0,))
     monkeypatch.setattr(study, "MAX_NEW_TOKENS", 4)
     results, runs = tmp_path / "results", tmp_path / "runs"
