@@ -130,7 +130,7 @@ IFEVAL_LOSSES = ("slime", "dpo", "simpo")
 IFEVAL = (("ifeval", "greedy"),)
 IFEVAL_MAX_NEW_TOKENS = 256
 IFEVAL_BATCH = 64
-IFEVAL_DTYPE = "bfloat16"  # 2.3x faster than float32 generation on the AVX512-BF16 EPYC
+IFEVAL_DTYPE = "bfloat16"  # 2.4x faster than float32 generation on the AVX512-BF16 EPYC (README)
 #: IFEval instruction types that check what one of the training data's constraint families asks for
 #: (no_commas, avoid_word, bullet_count, max_words and min_words, paragraph_count); the other types
 #: (and the families numbered_list and start_word, which IFEval has no type for) are unseen in training.
@@ -542,7 +542,7 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS) -> list[
     lines += ["### Setup and cost", "",
               f"- Greedy, at most {IFEVAL_MAX_NEW_TOKENS} new tokens, batches of {IFEVAL_BATCH} prompts (left-padded, "
               f"longest first), SmolLM2's chat template with IFEval's prompt as the user turn; the LoRA adapter merged "
-              f"into {IFEVAL_DTYPE} weights (on the AVX512-BF16 EPYC, float32 generation is 2.3x slower: `bench/bench_generate.py`, in README). IFEval's usual harnesses "
+              f"into {IFEVAL_DTYPE} weights (on the AVX512-BF16 EPYC, float32 generation was 2.4x slower in `bench/bench_generate.py`, see README). IFEval's usual harnesses "
               f"allow 1,280 tokens or more: an answer cut at {IFEVAL_MAX_NEW_TOKENS} fails the instructions that need a long "
               "answer (e.g. at least 300 words) in every run alike; `ended (EOT)` is the share that ended on their own.",
               "- The runs are trained again (the study kept its results, not its adapters) with the study's options, "
