@@ -12,22 +12,14 @@ machine and quote the ratio of two lines of one run, with the CPU.
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import time
-from pathlib import Path
 
-import torch
+from bench_step import machine
 
 from slimepo.eval.generate import chat_prompt_ids, generate
 from slimepo.eval.ifeval import load_prompts
 from slimepo.model import bf16_hardware, load_causal_lm, load_tokenizer
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
 
 
 def main() -> None:
@@ -40,8 +32,7 @@ def main() -> None:
     tokenizer = load_tokenizer("default")
     records = random.Random(0).sample(load_prompts(), args.prompts)
     prompts = [chat_prompt_ids(tokenizer, [{"role": "user", "content": r["prompt"]}]) for r in records]
-    print(f"# {cpu_name()}, {torch.get_num_threads()} threads, "
-          f"bf16 in hardware: {bf16_hardware()}, torch {torch.__version__}")
+    print(f"# {machine()}, bf16 in hardware: {bf16_hardware()}")
     for dtype in args.dtypes.split(","):
         model = load_causal_lm("default", dtype=dtype, training=False)
         for batch_size in map(int, args.batch_sizes.split(",")):

@@ -334,14 +334,13 @@ def evaluate_one(model: str, split: str, decoding: str, seed: int, out_dir: Path
 
 
 def evaluate_ifeval(model: str, out_dir: Path) -> dict[str, Any]:
-    """Greedy answers to every IFEval prompt, scored by the official checkers, with each prompt's
-    strict and loose flags (``per_prompt``, by key) for the paired comparison of the report.
+    """Greedy answers to every IFEval prompt, scored by the official checkers (each prompt's strict
+    and loose flags, ``per_prompt``, feed the paired comparison of the report).
 
     The adapter is merged into the bf16 weights before answering (generation's speed; the same
     weights a user would serve).
     """
     from slimepo.eval import ifeval
-    from slimepo.eval.answers import read_answers
     from slimepo.eval.run import answer_ifeval, bench_provenance, load_model
 
     policy, tokenizer, _ = load_model(model, dtype=IFEVAL_DTYPE)
@@ -350,8 +349,6 @@ def evaluate_ifeval(model: str, out_dir: Path) -> dict[str, Any]:
     records = ifeval.load_prompts()
     decoding = {"max_new_tokens": IFEVAL_MAX_NEW_TOKENS, "sampling": False, "seed": 0}
     result = answer_ifeval(policy, tokenizer, out_dir / "ifeval", records, batch_size=IFEVAL_BATCH, **decoding)
-    answers = read_answers(out_dir / "ifeval" / ifeval.ANSWERS_FILE)
-    result["per_prompt"] = {str(r["key"]): ifeval.check_response(r, answers[str(r["key"])]["response"]) for r in records}
     result["provenance"] = bench_provenance(ifeval.find_prompts(), tokenizer, None, decoding)
     result["settings"] = {"model": model, "dtype": IFEVAL_DTYPE, "batch_size": IFEVAL_BATCH, "merged": True}
     return {"ifeval": result}
@@ -426,9 +423,8 @@ def load_results(results: Path) -> list[RunResult]:
         lr = float(lr_text[2:].rstrip("-")) if lr_text else None
         evals = {}
         for path in folder.glob("eval-*-*.json"):
-            split, decoding = path.stem.removeprefix("eval-").rsplit("-", 1)
             if (data := read_json(path)) is not None:
-                evals[(split, decoding)] = data
+                evals[eval_name(path)] = data
         metrics = []
         if (folder / "metrics.jsonl").is_file():
             metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -494,11 +490,10 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS) -> list[
         lines += [reading.read_text(encoding="utf-8").strip(), ""]
     if not runs:
         return lines + ["No IFEval result yet (`python scripts/study.py ifeval` runs them).", ""]
-    labels = {(job.loss, job.lr) for job in jobs}
+    labels = dict.fromkeys((job.loss, job.lr) for job in jobs)  # the plan's order: the base model, then IFEVAL_LOSSES
     groups = [(BASELINE if lr is None else f"{loss} (lr {lr:.0e})",
                sorted((r for r in runs if r.loss == loss and r.lr == lr), key=lambda r: r.seed))
-              for loss, lr in sorted(labels, key=lambda x: (x[1] is not None, IFEVAL_LOSSES.index(x[0])
-                                                            if x[0] in IFEVAL_LOSSES else 0))]
+              for loss, lr in labels]
     groups = [(label, members) for label, members in groups if members]
     key = ("ifeval",)
     columns = (
@@ -516,7 +511,7 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS) -> list[
               "Official IFEval definitions (`slimepo.eval.ifeval`, the checkers of `if-verifiable`): prompt-level = share "
               "of prompts whose every instruction is followed, instruction-level = share of all instructions; loose "
               "also accepts the answer without its first and/or last line and without `*`. \"trained types\": the "
-              f"{sum(1 for _ in IFEVAL_TRAINED_TYPES)} instruction types that check what a training family asks for "
+              f"{len(IFEVAL_TRAINED_TYPES)} instruction types that check what a training family asks for "
               f"({', '.join(f'`{t}`' for t in sorted(IFEVAL_TRAINED_TYPES))}); \"other types\": the remaining ones, "
               "which no training pair teaches. The base model's greedy answers do not depend on a seed (one run).", ""]
     slime = next((members for label, members in groups if members[0].loss == "slime"), None)

@@ -47,6 +47,7 @@ def test_prompt_and_instruction_level_accuracies_of_the_hand_checked_responses()
     assert result["instruction_level_strict"] == pytest.approx(4 / 7)
     assert result["prompt_level_loose"] == pytest.approx(4 / 6)  # and h2
     assert result["per_instruction"]["format:no_whitespace"] == {"count": 3, "strict": 2 / 3, "loose": 2 / 3}
+    assert result["per_prompt"]["h2"] == {"strict": [False], "loose": [True]}
 
 
 def test_the_two_types_without_data_are_refused_and_their_prompts_left_out():

@@ -58,6 +58,8 @@ def test_prompt_and_instruction_level_accuracies_follow_the_official_definitions
     assert result["instruction_level_loose"] == pytest.approx(7 / 9)
     assert result["per_instruction"]["startend:quotation"] == {"count": 2, "strict": 0.0, "loose": 0.5}
     assert result["per_instruction"]["punctuation:no_comma"] == {"count": 1, "strict": 0.0, "loose": 1.0}
+    assert result["per_prompt"] == {str(record["key"]): {"strict": strict, "loose": loose}
+                                    for record, _, strict, loose in HAND_CHECKED}
 
 
 RESPONSES = [

@@ -54,10 +54,6 @@ def find_prompts(benchmark: str = "ifeval") -> Path:
     return package_file(*PROMPT_FILES[benchmark], package=DATA_PACKAGE, distribution=DATA_DISTRIBUTION)
 
 
-def find_ifbench_prompts() -> Path:
-    return find_prompts("ifbench")
-
-
 def load_prompts(path: str | Path | None = None, benchmark: str = "ifeval") -> list[dict[str, Any]]:
     """IFEval (IFBench) records ``{"key", "prompt", "instruction_id_list", "kwargs"}``; ``path``
     defaults to :func:`find_prompts`. Raises ``ValueError`` on a record without them."""
@@ -115,7 +111,8 @@ def score(records: Sequence[Mapping[str, Any]], responses: Sequence[str], benchm
 
     Returns ``{"prompts", "instructions", "prompt_level_strict", "instruction_level_strict",
     "prompt_level_loose", "instruction_level_loose", "per_instruction": {id: {"count",
-    "strict", "loose"}}}`` (accuracies in [0, 1]).
+    "strict", "loose"}}, "per_prompt": {key: check_response(...)}}`` (accuracies in [0, 1];
+    ``per_prompt`` keyed by ``str(record["key"])``, for comparisons paired by prompt).
     """
     if len(records) != len(responses):
         raise ValueError(f"one response per prompt: {len(records)} prompts, {len(responses)} responses")
@@ -135,6 +132,7 @@ def score(records: Sequence[Mapping[str, Any]], responses: Sequence[str], benchm
         instruction_id: {"count": c["count"], "strict": c["strict"] / c["count"], "loose": c["loose"] / c["count"]}
         for instruction_id, c in sorted(per_instruction.items())
     }
+    result["per_prompt"] = {str(record["key"]): c for record, c in zip(records, checks, strict=True)}
     return result
 
 

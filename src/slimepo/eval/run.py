@@ -55,7 +55,7 @@ Questions = Sequence[Mapping[str, Any]] | str | os.PathLike[str] | None
 BENCH_RESULTS = {"mt-bench": "mt_bench", "ifeval": "ifeval", "ifbench": "ifbench", "arena-hard": "arena_hard",
                  "alpaca-eval": "alpaca_eval"}
 DEFAULT_QUESTIONS = {
-    "mt-bench": find_questions, "ifeval": ifeval.find_prompts, "ifbench": ifeval.find_ifbench_prompts,
+    "mt-bench": find_questions, "ifeval": ifeval.find_prompts, "ifbench": lambda: ifeval.find_prompts("ifbench"),
     "arena-hard": lambda: arena_hard.find_file("question.jsonl"), "alpaca-eval": alpacaeval.find_instructions,
 }
 
