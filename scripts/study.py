@@ -12,11 +12,12 @@ built from jobs, one per (loss, learning rate, seed), done in order of priority:
    rate, ties broken by preference accuracy), every seed, evaluated on test and the
    held-out family (the grid's seed-0 run is reused);
 4. the base model's sampled answers for the other seeds;
-5. the other losses at the rate of their family (``INHERIT``), every seed;
-6. the losses an outside review found set up in SLIME's favour (``OWN_GRID_LOSSES``: IPO,
+5. the losses an outside review found set up in SLIME's favour (``OWN_GRID_LOSSES``: IPO,
    CPO and ORPO had inherited a rate chosen for DPO or SimPO, and IPO its default τ only):
-   a grid of their own, as in 2, then every seed at the rate it chose (until a grid is
-   complete, a loss of ``FAMILY`` keeps its family's rate, at which the study first ran it).
+   a grid of their own, as in 2 (before 6: the grid decides whether their seeds stand);
+6. the other losses at the rate of their family (``INHERIT``), every seed;
+7. the second grid's losses, every seed at the rate it chose (until a grid is complete, a
+   loss of ``FAMILY`` keeps its family's rate, at which the study first ran it).
 
 A run trained again (its adapter gone, e.g. on another machine) first drops the results
 of its earlier training, so that every result of a run comes from one model.
@@ -216,11 +217,12 @@ def plan(results: Path) -> list[Job]:
     def seeds(losses: Sequence[str]) -> list[Job]:
         return [Job(loss, rate[loss], seed, TEST) for seed in SEEDS for loss in losses if rate[loss] is not None]
 
-    # The grid losses over every seed first, then the base model's other sampled answers, then the rest.
+    # The grid losses over every seed first, then the base model's other sampled answers, then the
+    # second grid (it decides whether the seeds its losses already have stand), then the rest.
     jobs += seeds(GRID_LOSSES)
     jobs += [Job(BASELINE, None, seed, tuple(e for e in TEST if e[1] == "sampled")) for seed in SEEDS[1:]]
-    jobs += seeds((*INHERIT, *FAMILY))
     jobs += [Job(loss, lr, 0, VALIDATION) for lr in LEARNING_RATES for loss in OWN_GRID_LOSSES]
+    jobs += seeds((*INHERIT, *FAMILY))
     return jobs + seeds(tuple(loss for loss in OWN_GRID_LOSSES if loss not in FAMILY))
 
 

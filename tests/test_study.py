@@ -73,10 +73,12 @@ def test_after_the_grid_every_loss_runs_every_seed_at_its_familys_rate(study, tm
     order = list(jobs)
     # Seeds of the compared losses come before the ablations and other baselines.
     assert order.index("simpo/lr1e-03-seed2") < order.index("base/seed1") < order.index("slime-no-anchor/lr1e-04-seed0")
-    # The review's losses: their own grid comes last; until it is complete IPO, CPO and ORPO keep their
-    # family's rate (above), the new IPO variant has none.
-    assert order.index("orpo/lr1e-03-seed2") < order.index("ipo/lr3e-04-seed0")
-    assert jobs["orpo/lr1e-03-seed0"].evals == study.TEST + study.VALIDATION  # one run at both rates' places
+    # The review's losses: their own grid comes before the ablations' seeds (it decides whether their
+    # seeds stand); until it is complete IPO, CPO and ORPO keep their family's rate (above), the new IPO
+    # variant has none.
+    assert order.index("base/seed2") < order.index("ipo/lr3e-04-seed0") < order.index("orpo/lr1e-03-seed0")
+    assert order.index("orpo/lr1e-03-seed0") < order.index("slime-no-anchor/lr1e-04-seed0")
+    assert jobs["orpo/lr1e-03-seed0"].evals == study.VALIDATION + study.TEST  # one run at both rates' places
     assert {f"{loss}/lr{lr:.0e}-seed0" for loss in ("ipo", "ipo-tau0.01", "cpo", "orpo")
             for lr in (3e-4, 1e-4, 1e-3)} <= set(jobs)
     assert study.undecided(tmp_path) == ["ipo-tau0.01 (seeds 0, 1, 2): rate not chosen yet"] + [
