@@ -15,11 +15,9 @@ import argparse
 import random
 import time
 
-from bench_step import machine
-
 from slimepo.eval.generate import chat_prompt_ids, generate
 from slimepo.eval.ifeval import load_prompts
-from slimepo.model import bf16_hardware, load_causal_lm, load_tokenizer
+from slimepo.model import describe_machine, load_causal_lm, load_tokenizer
 
 
 def main() -> None:
@@ -32,7 +30,7 @@ def main() -> None:
     tokenizer = load_tokenizer("default")
     records = random.Random(0).sample(load_prompts(), args.prompts)
     prompts = [chat_prompt_ids(tokenizer, [{"role": "user", "content": r["prompt"]}]) for r in records]
-    print(f"# {machine()}, bf16 in hardware: {bf16_hardware()}")
+    print(f"# {describe_machine()}")
     for dtype in args.dtypes.split(","):
         model = load_causal_lm("default", dtype=dtype, training=False)
         for batch_size in map(int, args.batch_sizes.split(",")):

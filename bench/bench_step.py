@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import torch
 from bench_report import PLAN, write_performance_md
+
+from slimepo.model import describe_machine
 
 PAIRS_PER_STEP = 4
 SHAPES = {  # tokens: prompt, chosen, rejected (each ±10% per pair)
@@ -293,12 +294,6 @@ def run_trl(case: str, path: str, rows: list[dict], meter: Meter, total: int, fo
     trainer.train()
 
 
-def machine() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
-    return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}"
-
-
 def run_one(case: str, shape: str, model: str, steps: int, warmup: int, profile: bool = False) -> dict:
     """One case in a fresh process; a failure becomes ``{"error": last stderr line}``."""
     cmd = [sys.executable, __file__, "--case", case, "--shape", shape, "--model", model,
@@ -333,7 +328,7 @@ def run_all(out: Path, shape: str, steps: int, warmup: int, repeats: int) -> Non
     profile = profiled.get("profile") or profiled.get("error", "")
     prompt, chosen, rejected = SHAPES[shape]
     pairs = f"shape {shape}: prompt {prompt}, chosen {chosen}, rejected {rejected} words, each ±10%"
-    write_performance_md(results, out, machine(), " ".join(["python", *sys.argv]), profile, pairs)
+    write_performance_md(results, out, describe_machine(), " ".join(["python", *sys.argv]), profile, pairs)
 
 
 def main() -> None:

@@ -43,7 +43,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -278,6 +277,7 @@ def train_config(job: Job, runs: Path):
 
 def run_job(job: Job, results: Path, runs: Path) -> None:
     """Train the job's run (unless its adapter and train.json exist), then evaluate it."""
+    from slimepo.model import machine
     from slimepo.train import train
 
     out = results / "runs" / job.name
@@ -361,21 +361,6 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)  # a killed job leaves no half-written result
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def run(results: Path, runs: Path, max_minutes: float | None, max_jobs: int | None,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
+import platform
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -96,6 +100,31 @@ def bf16_hardware() -> bool:
     # Private probes (torch 2.13 has no public one); a torch without them counts as no bf16.
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """What a timing ran on (CPU model, cores, threads, torch, GPU), to write beside it."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):  # not Linux, or no model name: platform's word
+        cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                   if line.startswith("model name"))
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "bf16_hardware": bf16_hardware()}
+
+
+def describe_machine(info: Mapping[str, Any] | None = None) -> str:
+    """:func:`machine` (or a record of it) in one line."""
+    m = machine() if info is None else info
+    line = f"{m['cores']} cores ({m['cpu']}), torch {m['torch']}, {m['torch_threads']} threads"
+    if m.get("python"):
+        line += f", Python {m['python']}"
+    if m.get("cuda"):
+        line += f", GPU {m['cuda']}"
+    if "bf16_hardware" in m:
+        line += f", bf16 in hardware: {m['bf16_hardware']}"
+    return line
 
 
 def resolve_mixed_precision(dtype: str, mixed_precision: str) -> str:

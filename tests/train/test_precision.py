@@ -164,3 +164,24 @@ def test_fp16_autocast_is_refused_before_any_model_is_loaded(monkeypatch, tmp_pa
     monkeypatch.setattr(run, "load_tokenizer", lambda *a, **k: pytest.fail("tokenizer loaded before the check"))
     with pytest.raises(ConfigError, match="mixed_precision: fp16 is not supported yet"):
         train(TrainConfig(mixed_precision="fp16", output_dir=str(tmp_path / "out")))
+
+
+def test_the_machine_line_names_the_cpu_from_cpuinfo_and_says_whether_bf16_is_in_hardware(monkeypatch, tmp_path):
+    from slimepo.model import describe_machine, machine
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n"
+                       "flags\t\t: fpu avx512_bf16\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    info = machine(cpuinfo)
+    assert info["cpu"] == "AMD EPYC 9R14 96-Core Processor" and info["cuda"] is None and info["bf16_hardware"] is True
+    record = {"cpu": "Intel(R) Xeon(R) Processor", "cores": 2, "torch": "2.13.0", "torch_threads": 2,
+              "python": "3.12.3", "cuda": None, "bf16_hardware": False}
+    assert describe_machine(record) == ("2 cores (Intel(R) Xeon(R) Processor), torch 2.13.0, 2 threads, "
+                                        "Python 3.12.3, bf16 in hardware: False")
+    # A record written before the line had Python and bf16 (the study's first results) still reads.
+    assert describe_machine({k: record[k] for k in ("cpu", "cores", "torch", "torch_threads", "cuda")} | {
+        "cuda": "NVIDIA H200"}) == "2 cores (Intel(R) Xeon(R) Processor), torch 2.13.0, 2 threads, GPU NVIDIA H200"
+    assert machine(tmp_path / "missing")["cpu"]  # no /proc/cpuinfo (not Linux): platform's name, not an error
