@@ -31,6 +31,7 @@ results exist, and lists what is still missing.
 
     python scripts/study.py run --max-minutes 110    # one part of the study
     python scripts/study.py report                   # docs/results.md + docs/img/study-*.png
+    python scripts/study.py rescore                  # stored answers checked again by today's checkers
     make study                                       # both, until every job is done
 """
 
@@ -166,6 +167,28 @@ def eval_file(results: Path, name: str, split: str, decoding: str) -> Path:
 
 # ---------------------------------------------------------------------------- plan
 
+#: The data tokenization every result must be made with: since 2026-12-02 (commit bacee8a) a ChatML
+#: response ends at its ``<|im_end|>``; the study's first runs also trained and scored the newline after it.
+TOKENIZATION = "responses end at their end-of-turn token"
+
+
+def current(results: Path, name: str, split: str, decoding: str) -> bool:
+    """Whether a result was made with today's :data:`TOKENIZATION`.
+
+    A trained run's evaluations come from the job that trained it (training again drops them), so
+    its ``train.json`` decides; the base model's each evaluation by itself. Records written before
+    the field existed: ``mixed_precision`` among a train.json's options marks it current (the
+    option came four minutes after the fix, and no study run was trained between the two), and
+    every IFEval evaluation is (the IFEval part postdates the fix).
+    """
+    train = read_json(results / "runs" / name / "train.json")
+    if train is not None:
+        return train.get("tokenization") == TOKENIZATION or "mixed_precision" in train.get("options", {})
+    evaluation = read_json(eval_file(results, name, split, decoding)) or {}
+    return evaluation.get("tokenization") == TOKENIZATION or split == "ifeval"
+
+
+
 
 def read_json(path: Path) -> Any:
     try:
@@ -243,16 +266,28 @@ def missing_evals(job: Job, results: Path) -> tuple[tuple[str, str], ...]:
 
 
 def pending(results: Path, jobs: Sequence[Job] | None = None) -> list[Job]:
-    """The ``jobs`` (default: :func:`plan`'s) with evaluations still missing, merged per run."""
-    merged: dict[str, Job] = {}
+    """The ``jobs`` (default: :func:`plan`'s) with evaluations still missing, merged per run; then,
+    after all of them, the runs whose results predate :data:`TOKENIZATION`, made again (a run owing
+    both does both in its first job: it is trained again anyway)."""
+    missing: dict[str, Job] = {}
+    outdated: dict[str, Job] = {}
+
+    def add(owed: dict[str, Job], job: Job, evals: tuple[tuple[str, str], ...]) -> None:
+        if job.name in owed:
+            evals = owed[job.name].evals + tuple(e for e in evals if e not in owed[job.name].evals)
+        if evals:
+            owed[job.name] = dataclasses.replace(job, evals=evals)
+
     for job in plan(results) if jobs is None else jobs:
-        todo = missing_evals(job, results)
-        if not todo or failed(results, job.name):
+        if failed(results, job.name):
             continue
-        if job.name in merged:
-            todo = merged[job.name].evals + tuple(e for e in todo if e not in merged[job.name].evals)
-        merged[job.name] = dataclasses.replace(job, evals=todo)
-    return list(merged.values())
+        todo = missing_evals(job, results)
+        add(missing, job, todo)
+        add(outdated, job, tuple(e for e in job.evals if e not in todo and not current(results, job.name, *e)))
+    for name, job in outdated.items():
+        if name in missing:
+            add(missing, missing[name], job.evals)
+    return list(missing.values()) + [job for name, job in outdated.items() if name not in missing]
 
 
 def undecided(results: Path) -> list[str]:
@@ -286,7 +321,8 @@ def run_job(job: Job, results: Path, runs: Path) -> None:
     model = MODEL
     if job.lr is not None:
         model = str(run_dir)
-        if not ((out / "train.json").is_file() and (run_dir / "adapter_config.json").is_file()):
+        trained = (out / "train.json").is_file() and (run_dir / "adapter_config.json").is_file()
+        if not (trained and current(results, job.name, *job.evals[0])):
             stale = sorted(p for p in out.iterdir() if p.name.startswith(("eval-", "generations-")))
             if stale:  # results of an earlier training of this run, whose adapter is gone
                 logger.warning("%s: trained again; dropping %s", job.name, ", ".join(p.name for p in stale))
@@ -303,7 +339,7 @@ def run_job(job: Job, results: Path, runs: Path) -> None:
             write_json(out / "train.json", {
                 "loss": job.loss, "learning_rate": job.lr, "seed": job.seed, "steps": result.global_step,
                 "wall_seconds": round(wall, 1), "options": dataclasses.asdict(config) | {"output_dir": None},
-                "validation_after": result.after, "machine": machine(),
+                "validation_after": result.after, "machine": machine(), "tokenization": TOKENIZATION,
             })
     for split, decoding in job.evals:
         logger.info("%s: evaluating on %s, %s", job.name, split, decoding)
@@ -316,6 +352,7 @@ def run_job(job: Job, results: Path, runs: Path) -> None:
             generations = run_dir / f"eval-{split}-{decoding}" / "generations.jsonl"
         evaluation["wall_seconds"] = round(time.perf_counter() - start, 1)
         evaluation["machine"] = machine()
+        evaluation["tokenization"] = TOKENIZATION
         with generations.open("rb") as src, gzip.open(out / f"generations-{split}-{decoding}.jsonl.gz", "wb") as dst:
             shutil.copyfileobj(src, dst)
         write_json(eval_file(results, job.name, split, decoding), evaluation)
@@ -383,6 +420,41 @@ def run(results: Path, runs: Path, max_minutes: float | None, max_jobs: int | No
             write_json(results / "runs" / jobs[0].name / "failed.json", {"error": f"{type(err).__name__}: {err}"})
         done += 1
     return done
+
+
+def rescore(results: Path) -> list[str]:
+    """Check every stored answer's constraint again with today's checkers (``slimepo.constraints``);
+    where a verdict changed, rewrite the answers and their evaluation, keeping what the run wrote
+    (``as_run`` in the answer's check, ``constraints_as_run`` in the evaluation). One line per
+    evaluation changed; a second call changes nothing.
+    """
+    from slimepo.eval.run import rescore_constraints
+
+    lines = []
+    for path in sorted((results / "runs").glob("*/*/generations-*.jsonl.gz")):
+        split, decoding = path.name.removeprefix("generations-").removesuffix(".jsonl.gz").rsplit("-", 1)
+        evaluation = read_json(eval_file(results, f"{path.parent.parent.name}/{path.parent.name}", split, decoding))
+        if evaluation is None or split == "ifeval":
+            continue
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        new, rates, changed = rescore_constraints(records)
+        if not changed:
+            continue
+        for old, record in zip(records, new, strict=True):
+            check, before = record["checks"]["constraint"], old["checks"]["constraint"]
+            if check.get("passed") != before.get("passed"):
+                check["as_run"] = before.get("as_run", {"passed": before.get("passed"), "detail": before.get("detail")})
+        evaluation.setdefault("constraints_as_run", {key: evaluation.get(key) for key in rates})
+        lines.append(f"{path.parent.parent.name}/{path.parent.name} {split}/{decoding}: {changed} verdict(s) changed, "
+                     f"pass rate {evaluation.get('constraint_pass_rate'):.3f} -> {rates['constraint_pass_rate']:.3f}")
+        evaluation.update(rates)
+        tmp = path.with_suffix(".tmp")
+        with gzip.open(tmp, "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps(record) + "\n" for record in new)
+        os.replace(tmp, path)
+        write_json(eval_file(results, f"{path.parent.parent.name}/{path.parent.name}", split, decoding), evaluation)
+    return lines
 
 
 # ---------------------------------------------------------------------------- report
@@ -860,7 +932,7 @@ def save(fig: Any, path: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("run", "report", "plan", "ifeval", "ifeval-plan"))
+    parser.add_argument("command", choices=("run", "report", "plan", "ifeval", "ifeval-plan", "rescore"))
     parser.add_argument("--max-minutes", type=float, default=None, help="start no job after this many minutes")
     parser.add_argument("--max-jobs", type=int, default=None)
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -879,6 +951,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "ifeval-plan":
         for job in pending(args.ifeval_results, ifeval_plan(args.results)):
             print(f"{job.name}: {', '.join('/'.join(e) for e in job.evals)}")
+        return 0
+    if args.command == "rescore":
+        for line in rescore(args.results) or ["no verdict changed"]:
+            print(line)
         return 0
     if args.command == "run":
         run(args.results, args.runs, args.max_minutes, args.max_jobs)

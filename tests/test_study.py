@@ -16,10 +16,16 @@ def study(load_script):
     return load_script("study")
 
 
+#: What study.py records of the tokenization it made a result with (today's: see ``study.TOKENIZATION``).
+TODAY = "responses end at their end-of-turn token"
+
+
 def write_eval(results: Path, name: str, split: str, decoding: str, **values) -> None:
+    """An evaluation made with today's tokenization unless ``tokenization=None`` is given."""
     path = results / "runs" / name / f"eval-{split}-{decoding}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(values))
+    values.setdefault("tokenization", TODAY)
+    path.write_text(json.dumps({k: v for k, v in values.items() if v is not None}))
 
 
 def grid_results(study, results: Path, scores: dict[tuple[str, float], tuple[float, float]]) -> None:
@@ -138,6 +144,65 @@ def test_a_run_trained_again_drops_the_results_of_its_earlier_training_and_evalu
     assert trained == [str(runs / name)]
     assert evaluated == [("validation", "greedy"), ("test", "greedy")]
     assert json.loads((results / "runs" / name / "eval-test-greedy.json").read_text())["constraint_pass_rate"] == 0.9
+
+
+def test_results_made_before_the_tokenization_fix_are_made_again_after_everything_else(study, tmp_path, monkeypatch):
+    import types
+
+    import slimepo.train
+
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    for e in (*study.VALIDATION, *study.TEST):
+        write_eval(results, "base/seed0", *e, tokenization=None)  # the base model's, before the fix
+    for seed in (1, 2):
+        write_eval(results, "base/seed" + str(seed), "test", "sampled")
+        write_eval(results, "base/seed" + str(seed), "heldout", "sampled")
+    old_options = {"options": {"loss": "slime"}}  # a train.json from before the fix: no mixed_precision option
+    new_options = {"options": {"loss": "slime", "mixed_precision": "no"}}  # trained after it (no field yet)
+    for lr in (3e-4, 1e-4, 1e-3):
+        for loss in ("slime", "dpo", "simpo"):
+            name = study.run_name(loss, lr, 0)
+            write_eval(results, name, "validation", "greedy", constraint_pass_rate=0.5 if lr == 3e-4 else 0.1,
+                       accuracy=0.5, tokenization=None)
+            (results / "runs" / name / "train.json").write_text(json.dumps(old_options if loss != "dpo" else new_options))
+    jobs = study.pending(results)
+    names = [job.name for job in jobs]
+    # Every grid run has its validation result: the seeds at the chosen rate are owed first...
+    assert names[0] == "slime/lr3e-04-seed0" and jobs[0].evals == study.TEST + study.VALIDATION  # trained again anyway
+    assert "slime/lr3e-04-seed1" in names and "dpo/lr3e-04-seed0" in names
+    # ...then, after every missing result, the outdated ones: the base model's evaluations, SLIME's and
+    # SimPO's grid runs; not DPO's (its train.json has the option that came after the fix).
+    first_outdated = names.index("base/seed0")
+    assert all(job.name.split("/")[0] in ("base", "slime", "simpo") for job in jobs[first_outdated:])
+    assert jobs[first_outdated].evals == study.VALIDATION + study.TEST
+    assert {"slime/lr1e-04-seed0", "simpo/lr1e-03-seed0"} <= set(names[first_outdated:])
+    assert not any(name.startswith(("dpo/lr1e-04", "dpo/lr1e-03", "base/seed1")) for name in names)
+    assert names.index("slime-soft/lr3e-04-seed2") < first_outdated
+
+    # An outdated run is trained again even where its adapter is still there, and its results say so.
+    name = "slime/lr1e-04-seed0"
+    (runs / name).mkdir(parents=True)
+    (runs / name / "adapter_config.json").write_text("{}")
+    trained = []
+
+    def train(config):
+        trained.append(config.output_dir)
+        (Path(config.output_dir) / "metrics.jsonl").write_text("")
+        return types.SimpleNamespace(global_step=2, after={})
+
+    def evaluate_one(model, split, decoding, seed, out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "generations.jsonl").write_text("")
+        return {"constraint_pass_rate": 0.9}
+
+    monkeypatch.setattr(slimepo.train, "train", train)
+    monkeypatch.setattr(study, "evaluate_one", evaluate_one)
+    study.run_job(next(job for job in jobs if job.name == name), results, runs)
+    assert trained == [str(runs / name)]
+    assert json.loads((results / "runs" / name / "train.json").read_text())["tokenization"] == TODAY
+    assert json.loads((results / "runs" / name / "eval-validation-greedy.json").read_text())["tokenization"] == TODAY
+    # Its new validation result (0.9) now wins SLIME's grid: the run owes the test evaluations, nothing else.
+    assert next(job for job in study.pending(results) if job.name == name).evals == study.TEST
 
 
 def test_report_gives_mean_and_std_over_seeds_and_lists_what_is_missing(study, tmp_path):
@@ -381,3 +446,33 @@ def test_the_ifeval_part_trains_answers_scores_and_resumes_on_a_tiny_model(study
     train = json.loads((results / "runs" / "slime" / "lr1e-03-seed0" / "train.json").read_text())
     assert train["options"]["mixed_precision"] == "no" and train["learning_rate"] == 1e-3
     assert study.run(results, runs, None, None, plan_jobs=lambda: study.ifeval_plan(study_results)) == 0
+
+
+def test_rescore_checks_stored_answers_again_and_keeps_what_the_run_wrote(study, tmp_path):
+    name = "slime/lr1e-03-seed0"
+    rows = [  # the first verdict is wrong (three bullets, two asked), as an older checker could have had it
+        {"origin": "test.jsonl.gz:1", "response": "* a\n* b\n* c",
+         "checks": {"health": {"ended": True}, "constraint": {"family": "bullet_count", "params": {"n": 2},
+                                                               "passed": True, "detail": "ok"}}},
+        {"origin": "test.jsonl.gz:2", "response": "No commas here.",
+         "checks": {"health": {"ended": True}, "constraint": {"family": "no_commas", "params": {},
+                                                               "passed": True, "detail": "ok"}}},
+    ]
+    as_run = {"constraint_pass_rate": 1.0, "constraint_pass_rate_by_family": {"bullet_count": 1.0, "no_commas": 1.0},
+              "constraints_checked": 2, "constraints_invalid": 0}
+    write_eval(tmp_path, name, "test", "greedy", accuracy=0.7, **as_run)
+    generations = tmp_path / "runs" / name / "generations-test-greedy.jsonl.gz"
+    with gzip.open(generations, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    assert study.rescore(tmp_path) == ["slime/lr1e-03-seed0 test/greedy: 1 verdict(s) changed, pass rate 1.000 -> 0.500"]
+    evaluation = json.loads((tmp_path / "runs" / name / "eval-test-greedy.json").read_text())
+    assert evaluation["constraint_pass_rate"] == 0.5 and evaluation["accuracy"] == 0.7
+    assert evaluation["constraint_pass_rate_by_family"] == {"bullet_count": 0.0, "no_commas": 1.0}
+    assert evaluation["constraints_as_run"] == as_run
+    with gzip.open(generations, "rt", encoding="utf-8") as f:
+        first, second = (json.loads(line) for line in f)
+    assert first["checks"]["constraint"]["passed"] is False
+    assert first["checks"]["constraint"]["as_run"] == {"passed": True, "detail": "ok"}
+    assert first["checks"]["health"] == {"ended": True} and second == rows[1]
+    assert study.prompt_passes(tmp_path, name, "test", "greedy") == {"test.jsonl.gz:1": 0.0, "test.jsonl.gz:2": 1.0}
+    assert study.rescore(tmp_path) == []  # nothing left to change

@@ -142,6 +142,25 @@ def _constraint_rates(checks: Sequence[dict[str, Any] | None]) -> dict[str, Any]
     }
 
 
+def rescore_constraints(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any], int]:
+    """The constraint checks of ``generations.jsonl`` records (:func:`evaluate`'s) done again with
+    today's checkers: ``(records with new checks, the constraint rates, records whose verdict changed)``.
+
+    For answers kept from an earlier version of ``slimepo.constraints`` (a checker fixed, or
+    replaced by the official IFEval one): their scores become those a new evaluation would give.
+    """
+    rescored, changed = [], 0
+    for record in records:
+        old = (record.get("checks") or {}).get("constraint")
+        new = old
+        if old is not None and "family" in old:
+            new = _constraint_check({"constraint": {"family": old["family"], "params": old.get("params", {})}},
+                                    record["response"])
+            changed += new.get("passed") != old.get("passed")
+        rescored.append({**record, "checks": {**(record.get("checks") or {}), "constraint": new}})
+    return rescored, _constraint_rates([r["checks"]["constraint"] for r in rescored]), changed
+
+
 def evaluate(
     model: str | os.PathLike[str],
     dataset: str | os.PathLike[str] = "demo",
