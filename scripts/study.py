@@ -188,8 +188,6 @@ def current(results: Path, name: str, split: str, decoding: str) -> bool:
     return evaluation.get("tokenization") == TOKENIZATION or split == "ifeval"
 
 
-
-
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -422,6 +420,12 @@ def run(results: Path, runs: Path, max_minutes: float | None, max_jobs: int | No
     return done
 
 
+def read_generations(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``generations-<split>-<decoding>.jsonl.gz``."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def rescore(results: Path) -> list[str]:
     """Check every stored answer's constraint again with today's checkers (``slimepo.constraints``);
     where a verdict changed, rewrite the answers and their evaluation, keeping what the run wrote
@@ -432,12 +436,12 @@ def rescore(results: Path) -> list[str]:
 
     lines = []
     for path in sorted((results / "runs").glob("*/*/generations-*.jsonl.gz")):
+        name = f"{path.parent.parent.name}/{path.parent.name}"
         split, decoding = path.name.removeprefix("generations-").removesuffix(".jsonl.gz").rsplit("-", 1)
-        evaluation = read_json(eval_file(results, f"{path.parent.parent.name}/{path.parent.name}", split, decoding))
+        evaluation = read_json(eval_file(results, name, split, decoding))
         if evaluation is None or split == "ifeval":
             continue
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
+        records = read_generations(path)
         new, rates, changed = rescore_constraints(records)
         if not changed:
             continue
@@ -446,14 +450,14 @@ def rescore(results: Path) -> list[str]:
             if check.get("passed") != before.get("passed"):
                 check["as_run"] = before.get("as_run", {"passed": before.get("passed"), "detail": before.get("detail")})
         evaluation.setdefault("constraints_as_run", {key: evaluation.get(key) for key in rates})
-        lines.append(f"{path.parent.parent.name}/{path.parent.name} {split}/{decoding}: {changed} verdict(s) changed, "
+        lines.append(f"{name} {split}/{decoding}: {changed} verdict(s) changed, "
                      f"pass rate {evaluation.get('constraint_pass_rate'):.3f} -> {rates['constraint_pass_rate']:.3f}")
         evaluation.update(rates)
         tmp = path.with_suffix(".tmp")
         with gzip.open(tmp, "wt", encoding="utf-8") as f:
             f.writelines(json.dumps(record) + "\n" for record in new)
         os.replace(tmp, path)
-        write_json(eval_file(results, f"{path.parent.parent.name}/{path.parent.name}", split, decoding), evaluation)
+        write_json(eval_file(results, name, split, decoding), evaluation)
     return lines
 
 
@@ -695,8 +699,7 @@ def prompt_passes(results: Path, name: str, split: str, decoding: str) -> dict[s
     path = results / "runs" / name / f"generations-{split}-{decoding}.jsonl.gz"
     if not path.is_file():
         return None
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_generations(path)
     return {Path(row["origin"]).name: float(lookup(row, ("checks", "constraint", "passed")) is True) for row in rows}
 
 
