@@ -195,14 +195,23 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def chosen_rates(results: Path, losses: Sequence[str] | None = None) -> dict[str, float]:
-    """Per grid loss (default ``GRID_LOSSES``) whose grid is complete: the rate with the best validation result."""
+def chosen_rates(results: Path, losses: Sequence[str] | None = None, *, current_only: bool = False) -> dict[str, float]:
+    """Per grid loss (default ``GRID_LOSSES``) whose grid is complete: the rate with the best validation result.
+
+    ``current_only``: a validation result made before :data:`TOKENIZATION` counts as missing, so that a
+    grid being made again chooses nothing until it is whole: otherwise its first new result, compared
+    with the old ones, could move the choice and send the study training seeds at a rate that the
+    rest of the new grid then takes back.
+    """
     chosen = {}
     for loss in GRID_LOSSES if losses is None else losses:
         scored = []
         for lr in LEARNING_RATES:
-            evaluation = read_json(eval_file(results, run_name(loss, lr, 0), "validation", "greedy"))
-            if evaluation is None and failed(results, run_name(loss, lr, 0)):
+            name = run_name(loss, lr, 0)
+            evaluation = read_json(eval_file(results, name, "validation", "greedy"))
+            if current_only and evaluation is not None and not current(results, name, "validation", "greedy"):
+                evaluation = None
+            if evaluation is None and failed(results, name):
                 continue  # a rate whose run failed (e.g. diverged) loses
             if evaluation is None:
                 break
@@ -218,9 +227,11 @@ def validation_score(evaluation: Mapping[str, Any]) -> tuple[float, float]:
     return (evaluation.get("constraint_pass_rate") or 0.0, evaluation.get("accuracy") or 0.0)
 
 
-def rates(results: Path) -> dict[str, float | None]:
-    """The learning rate of every ``MAIN_LOSSES`` loss (None: not decided yet)."""
-    chosen = chosen_rates(results) | chosen_rates(results, OWN_GRID_LOSSES)
+def rates(results: Path, *, current_only: bool = False) -> dict[str, float | None]:
+    """The learning rate of every ``MAIN_LOSSES`` loss (None: not decided yet); ``current_only`` as
+    :func:`chosen_rates` (the plan's choice; the report shows the runs at the rate their results choose)."""
+    chosen = chosen_rates(results, current_only=current_only) | chosen_rates(
+        results, OWN_GRID_LOSSES, current_only=current_only)
     rate: dict[str, float | None] = {loss: chosen.get(INHERIT.get(loss, loss)) for loss in MAIN_LOSSES}
     for loss, family in FAMILY.items():
         if loss in rate and rate[loss] is None:
@@ -232,7 +243,7 @@ def plan(results: Path) -> list[Job]:
     """Every job the study needs that its results can already decide, in order of priority."""
     jobs = [Job(BASELINE, None, 0, VALIDATION + TEST)]
     jobs += [Job(loss, lr, 0, VALIDATION) for lr in LEARNING_RATES for loss in GRID_LOSSES]
-    rate = rates(results)
+    rate = rates(results, current_only=True)
 
     def seeds(losses: Sequence[str]) -> list[Job]:
         return [Job(loss, rate[loss], seed, TEST) for seed in SEEDS for loss in losses if rate[loss] is not None]
@@ -266,7 +277,9 @@ def missing_evals(job: Job, results: Path) -> tuple[tuple[str, str], ...]:
 def pending(results: Path, jobs: Sequence[Job] | None = None) -> list[Job]:
     """The ``jobs`` (default: :func:`plan`'s) with evaluations still missing, merged per run; then,
     after all of them, the runs whose results predate :data:`TOKENIZATION`, made again (a run owing
-    both does both in its first job: it is trained again anyway)."""
+    both does both in its first job: it is trained again anyway): first the seeds at a rate that
+    stands (the plan has a seed only at a rate chosen from today's results), then the validation
+    runs (the base model's and the grids', whose new results may move a rate)."""
     missing: dict[str, Job] = {}
     outdated: dict[str, Job] = {}
 
@@ -285,15 +298,21 @@ def pending(results: Path, jobs: Sequence[Job] | None = None) -> list[Job]:
     for name, job in outdated.items():
         if name in missing:
             add(missing, missing[name], job.evals)
-    return list(missing.values()) + [job for name, job in outdated.items() if name not in missing]
+    redo = [job for name, job in outdated.items() if name not in missing]
+    return list(missing.values()) + sorted(redo, key=lambda job: VALIDATION[0] in job.evals)
 
 
 def undecided(results: Path) -> list[str]:
-    """Runs the study will need but cannot plan yet (their rate awaits the grid)."""
-    own = chosen_rates(results, OWN_GRID_LOSSES)
-    return [f"{loss} (seeds {', '.join(map(str, SEEDS))}): rate not chosen yet"
-            for loss, rate in rates(results).items() if rate is None] + [
-        f"{loss} (seeds {', '.join(map(str, SEEDS))}) at the rate of its own grid, once that is complete "
+    """Runs the study will need but cannot plan yet (their rate awaits the grid, or its remaking)."""
+    own = chosen_rates(results, OWN_GRID_LOSSES, current_only=True)
+    earlier = rates(results)
+    seeds = ", ".join(map(str, SEEDS))
+    return [f"{loss} (seeds {seeds}): rate not chosen yet" + (
+                "" if earlier[loss] is None else
+                f" (the grid that sets it is made again with today's tokenization; its earlier results chose "
+                f"{earlier[loss]:.0e})")
+            for loss, rate in rates(results, current_only=True).items() if rate is None] + [
+        f"{loss} (seeds {seeds}) at the rate of its own grid, once that is complete "
         f"(until then at {family}'s)" for loss, family in FAMILY.items() if loss not in own]
 
 
