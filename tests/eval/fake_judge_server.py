@@ -9,8 +9,10 @@ not JSON, ``forbidden`` HTTP 403, ``slow`` sleeps 1 s before replying; pairwise 
 ``ours=much|better|tie|worse`` judges the marked answer significantly better, slightly
 better, tied or slightly worse, in whichever position (A or B) it stands; AlpacaEval,
 ``pick=ours|baseline`` replies only the identifier (``m`` or ``M``) of the marked answer's
-output or of the other one. ``GET /stats``
-returns the requests seen per key and their Authorization headers.
+output or of the other one; ``nousage`` replies "[[5]]" without the ``usage`` field that
+every other reply has (its "tokens": whitespace-separated words, of all the request's
+messages and of the reply). ``GET /stats`` returns the requests seen per key, their
+Authorization headers and the usage reported in total.
 """
 
 import json
@@ -22,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 MARKER = re.compile(r"FAKE:(\w+):([\w=.]+)")
 attempts: dict[str, int] = {}
 authorizations: list[str | None] = []
+reported = {"prompt_tokens": 0, "completion_tokens": 0}
 lock = threading.Lock()
 
 
@@ -31,10 +34,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         with lock:
-            self._send(200, {"attempts": attempts, "authorizations": authorizations})
+            self._send(200, {"attempts": attempts, "authorizations": authorizations, "usage": reported})
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.prompt_words = sum(len(m["content"].split()) for m in body["messages"])
         markers = MARKER.findall(body["messages"][-1]["content"])
         key, action = markers[-1] if markers else ("unmarked", "score=5")
         with lock:
@@ -72,11 +76,17 @@ class Handler(BaseHTTPRequestHandler):
         elif action == "slow":
             time.sleep(1.0)
             self._reply("Too late. [[9]]")
+        elif action == "nousage":
+            self._reply("[[5]]", usage=False)
 
-    def _reply(self, content):
-        self._send(
-            200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
-        )
+    def _reply(self, content, usage=True):
+        reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+        if usage:
+            reply["usage"] = {"prompt_tokens": self.prompt_words, "completion_tokens": len(content.split())}
+            with lock:
+                for key in reported:
+                    reported[key] += reply["usage"][key]
+        self._send(200, reply)
 
     def _send(self, status, payload):
         self._raw(status, json.dumps(payload).encode())

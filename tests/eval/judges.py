@@ -1,4 +1,7 @@
-"""A judge for tests: one fixed reply to every request, and every request kept."""
+"""Judges for tests: one fixed reply to every request, and every request kept; what the fake judge server saw."""
+
+import json
+import urllib.request
 
 
 class FixedJudge:
@@ -11,3 +14,9 @@ class FixedJudge:
     def complete(self, messages):
         self.requests.append(messages)
         return self.reply
+
+
+def server_stats(url):
+    """What the fake judge server (``fake_judge_server.py``) at ``url`` has seen: its ``GET /stats``."""
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats", timeout=5) as response:
+        return json.loads(response.read())

@@ -1,6 +1,4 @@
-import json
 import socket
-import urllib.request
 
 import pytest
 
@@ -15,12 +13,7 @@ from slimepo.eval.judge import (
     summarize_scores,
 )
 
-from .judges import FixedJudge
-
-
-def server_stats(url):
-    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats", timeout=5) as response:
-        return json.loads(response.read())
+from .judges import FixedJudge, server_stats
 
 
 def answer(question_id, turn_1, turn_2):
@@ -146,6 +139,26 @@ def test_judging_records_scores_garbage_retries_and_failures(judge_url, monkeypa
         {"math": 6.0, "roleplay": None, "stem": None, "writing": 5.5}
     )
     assert summary["per_turn"] == pytest.approx({"1": 6.5, "2": 4.0})
+
+
+def test_the_client_adds_up_requests_replies_and_the_tokens_the_judge_reports(judge_url):
+    client = JudgeClient(judge_url, "fake-judge", max_retries=1, backoff=0.01)
+    system = {"role": "system", "content": "You grade answers."}  # 3 words
+
+    assert client.complete([system, {"role": "user", "content": "one two FAKE:u1:score=3"}]) == (
+        "The answer is fine. Rating: [[3]]")  # 3 + 3 prompt words, 6 reply words
+    assert client.complete([system, {"role": "user", "content": "FAKE:u2:flaky"}]) == "Good after all. [[6]]"
+    assert client.complete([{"role": "user", "content": "a b c FAKE:u3:nousage"}]) == "[[5]]"
+    with pytest.raises(JudgeError):
+        client.complete([{"role": "user", "content": "FAKE:u4:down"}])
+
+    assert client.usage == {
+        "requests": 1 + 2 + 1 + 2,  # the flaky and the failing one retried once
+        "replies": 3,
+        "replies_with_usage": 2,
+        "prompt_tokens": 6 + 4,
+        "completion_tokens": 6 + 4,
+    }
 
 
 def test_unreachable_judge_raises_after_retries():

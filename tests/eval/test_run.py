@@ -13,10 +13,11 @@ from slimepo.constraints import Constraint, check
 from slimepo.data import prepare_pairs
 from slimepo.eval import alpacaeval
 from slimepo.eval.generate import end_of_turn_ids, generate
+from slimepo.eval.judge import JudgeClient
 from slimepo.eval.run import evaluate, format_eval_table
 from slimepo.testing import TINY_MODEL_KINDS, tiny_model, tiny_tokenizer
 
-from .judges import FixedJudge
+from .judges import FixedJudge, server_stats
 
 HIDDEN = 32  # tiny_model's hidden size
 
@@ -269,6 +270,30 @@ def test_mt_bench_answers_and_judge_summary_go_into_eval_json(tmp_path):
     assert bench["provenance"]["questions_sha256"] == hashlib.sha256(questions.read_bytes()).hexdigest()
     assert bench["provenance"]["judge"] == {"model": None, "url": None, "temperature": None, "max_tokens": None}
     assert "MT-Bench score (1-10) | 7" in format_eval_table(result)
+
+
+def test_eval_json_says_what_judging_cost_as_the_judge_reported_it(tmp_path, judge_url):
+    tokenizer = tiny_tokenizer()
+    model_dir = save(context_free_llama(tokenizer, {}), tokenizer, tmp_path / "model")
+    questions = write_jsonl(tmp_path / "question.jsonl", [
+        {"question_id": 1, "category": "writing", "turns": ["Write a poem.", "Shorter."]},
+        {"question_id": 2, "category": "roleplay", "turns": ["Be a cat.", "Now a dog."]},
+    ])
+    judge = JudgeClient(judge_url, "fake-judge")
+    judge.usage["requests"] = 7  # judged before: not this call's cost
+    before = server_stats(judge_url)["usage"]
+
+    evaluate(model_dir, write_jsonl(tmp_path / "d.jsonl", DRIFT_ROWS), split="train", generate=False,
+             out_dir=tmp_path / "out", bench="mt-bench", questions=questions, bench_max_new_tokens=3, judge=judge)
+
+    after = server_stats(judge_url)["usage"]
+    usage = json.loads((tmp_path / "out" / "eval.json").read_text())["mt_bench"]["judge_usage"]
+    assert usage == {"requests": 4, "replies": 4, "replies_with_usage": 4,  # 2 questions x 2 turns
+                     "prompt_tokens": after["prompt_tokens"] - before["prompt_tokens"],
+                     "completion_tokens": after["completion_tokens"] - before["completion_tokens"]}
+    assert usage["prompt_tokens"] > 4 * 100  # FastChat's judge prompts are long
+    assert "| judge requests (usable replies) | 4 (4) |" in format_eval_table(
+        json.loads((tmp_path / "out" / "eval.json").read_text()))
 
 
 def test_eval_command_writes_outputs_and_prints_the_table(tmp_path, capsys):

@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +32,8 @@ from slimepo.eval.mtbench import Message, package_file, read_jsonl
 REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
 #: HTTP statuses worth retrying besides 5xx: request timeout, rate limit.
 RETRY_STATUSES = (408, 429)
+#: What :attr:`JudgeClient.usage` counts.
+USAGE_KEYS = ("requests", "replies", "replies_with_usage", "prompt_tokens", "completion_tokens")
 
 # FastChat's score patterns: the first "[[N]]", else the first "[N]".
 _SCORE_PATTERNS = (re.compile(r"\[\[(\d+\.?\d*)\]\]"), re.compile(r"\[(\d+\.?\d*)\]"))
@@ -63,6 +66,10 @@ class JudgeClient:
         backoff: seconds before the first retry, doubled before each next one.
         timeout: seconds allowed to each request.
         temperature, max_tokens: sampling settings of the judge (FastChat: 0 and 2048).
+
+    ``usage`` adds up what judging cost: ``requests`` (HTTP requests sent, retries
+    included), ``replies`` (usable replies), and over the ``replies_with_usage`` whose
+    server reported it (OpenAI's ``usage`` field), ``prompt_tokens`` and ``completion_tokens``.
     """
 
     def __init__(
@@ -87,6 +94,8 @@ class JudgeClient:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self._api_key = os.environ.get(api_key_env)
+        self.usage = dict.fromkeys(USAGE_KEYS, 0)
+        self._usage_lock = threading.Lock()  # judging runs requests in threads
 
     def complete(self, messages: list[Message]) -> str:
         """The judge's reply to ``messages``; raises :class:`JudgeError` once retries run out."""
@@ -114,6 +123,7 @@ class JudgeClient:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        self._count(requests=1)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 payload = response.read()
@@ -130,12 +140,24 @@ class JudgeClient:
         ) as error:
             raise _Retryable(f"{type(error).__name__}: {error}") from error
         try:
-            content = json.loads(payload)["choices"][0]["message"]["content"]
+            reply = json.loads(payload)
+            content = reply["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as error:
             raise _Retryable(f"malformed reply: {payload[:200]!r}") from error
         if not isinstance(content, str):
             raise _Retryable(f"reply content is not text: {content!r}")
+        usage = reply.get("usage")
+        tokens = {key: usage.get(key) for key in ("prompt_tokens", "completion_tokens")} if isinstance(usage, dict) else {}
+        if tokens and all(isinstance(n, int) for n in tokens.values()):
+            self._count(replies=1, replies_with_usage=1, **tokens)
+        else:
+            self._count(replies=1)
         return content
+
+    def _count(self, **amounts: int) -> None:
+        with self._usage_lock:
+            for key, amount in amounts.items():
+                self.usage[key] += amount
 
 
 def load_judge_prompts(path: str | Path | None = None) -> dict[str, dict[str, Any]]:

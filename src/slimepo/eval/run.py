@@ -215,7 +215,9 @@ def evaluate(
     :func:`answer_ifeval`); with ``bench="arena-hard"``: ``arena_hard`` (see
     :func:`answer_arena_hard`); with ``bench="alpaca-eval"``: ``alpaca_eval`` (see
     :func:`answer_alpaca_eval`); each benchmark's with its ``provenance``
-    (:func:`bench_provenance`); and ``settings`` (what was evaluated, how).
+    (:func:`bench_provenance`) and, from a judge that counts it (:class:`JudgeClient`),
+    ``judge_usage`` (requests, replies and tokens of this call); and ``settings``
+    (what was evaluated, how).
     """
     out = Path(out_dir)
     # Benchmark prompts are read before a model is loaded, so that a missing file fails fast.
@@ -225,6 +227,7 @@ def evaluate(
     arena_questions = arena_hard.load_questions(questions)[:max_prompts] if bench == "arena-hard" else None
     alpaca_records = _records(questions, alpacaeval.load_instructions)[:max_prompts] if bench == "alpaca-eval" else None
     policy, tokenizer, adapter_base = load_model(model, adapter, dtype=dtype)
+    judge_usage = dict(getattr(judge, "usage", None) or {})  # a client may have judged before this call
     source = _source(dataset, split)
     if held_out is None:
         held_out, report = prepare_pairs(source, tokenizer, split=split, **dict(prepare_options or {}))
@@ -272,6 +275,9 @@ def evaluate(
         result[BENCH_RESULTS[bench]]["provenance"] = bench_provenance(
             questions_file, tokenizer, judge, bench_decoding
         )
+        if judge_usage:
+            result[BENCH_RESULTS[bench]]["judge_usage"] = {
+                key: count - judge_usage[key] for key, count in judge.usage.items()}
     result["settings"] = {
         "model": str(model), "adapter": None if adapter is None else str(adapter), "base": base,
         "dataset": str(dataset), "split": split, "generate": generate, **decoding,
@@ -543,5 +549,11 @@ def format_eval_table(result: Mapping[str, Any]) -> str:
         rows.append(("AlpacaEval win rate vs GPT-4 Turbo (%, 50 = par)", alpaca.get("win_rate"), None))
         rows.append(("  95% interval", f"{alpaca['ci_lower']:.1f} to {alpaca['ci_upper']:.1f}"
                      if alpaca.get("ci_lower") is not None else None, None))
+    for key in BENCH_RESULTS.values():
+        usage = (result.get(key) or {}).get("judge_usage")
+        if usage:
+            rows.append(("judge requests (usable replies)", f"{usage['requests']} ({usage['replies']})", None))
+            rows.append(("judge tokens, prompt + completion", f"{usage['prompt_tokens']} + {usage['completion_tokens']}"
+                         f" (reported in {usage['replies_with_usage']} replies)", None))
     headers = ("metric", "model", "base") if has_base else ("metric", "model")
     return "\n".join(markdown_table(headers, [row[: len(headers)] for row in rows]))
