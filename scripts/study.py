@@ -38,6 +38,7 @@ results exist, and lists what is still missing.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import gzip
 import json
@@ -549,8 +550,21 @@ def values(runs: Iterable[RunResult], split: str, decoding: str, keys: Sequence[
     return [float(v) for v in found if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
+def table_rates(results: Path, runs: Sequence[RunResult]) -> dict[str, float | None]:
+    """The rate each loss's row of the report shows: the plan's (chosen from today's results) where
+    there is one; else, while the grid that sets it is made again, the rate most of the loss's
+    evaluated seeds ran at (so that a half-made grid does not empty the table)."""
+    shown = rates(results, current_only=True)
+    for loss, rate in shown.items():
+        if rate is None:
+            tested = collections.Counter(r.lr for r in runs if r.loss == loss and r.lr is not None
+                                         and any(split != "validation" for split, _ in r.evals))
+            shown[loss] = max(tested, key=lambda lr: (tested[lr], -lr)) if tested else None
+    return shown
+
+
 def main_groups(runs: Sequence[RunResult], rate_of: Mapping[str, float | None]) -> list[tuple[str, list[RunResult]]]:
-    """(label, runs) for the base model and every loss at its rate (:func:`rates`), in table order."""
+    """(label, runs) for the base model and every loss at its rate (:func:`table_rates`), in table order."""
     groups = [(BASELINE, [r for r in runs if r.loss == BASELINE])]
     for loss in MAIN_LOSSES:
         rate = rate_of[loss]
@@ -650,8 +664,7 @@ def ifeval_type_accuracy(run: RunResult, *, trained: bool) -> float:
 
 def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RESULTS) -> Path:
     runs = load_results(results)
-    chosen = chosen_rates(results) | chosen_rates(results, OWN_GRID_LOSSES)
-    groups = main_groups(runs, rates(results))
+    groups = main_groups(runs, table_rates(results, runs))
     lines = [
         "# The SLIME study: SmolLM2-135M-Instruct on on-policy, verifiable preference pairs",
         "",
@@ -678,7 +691,7 @@ def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RE
               "ended/degenerate/length describe the greedy test answers.", ""]
     lines += difference_section(results, groups)
     lines += family_table(groups)
-    lines += grid_section(runs, chosen)
+    lines += grid_section(results, runs)
     lines += ifeval_section(ifeval_results, results)
     plots = make_plots(groups, img)
     if plots:
@@ -799,19 +812,27 @@ def family_table(groups: Sequence[tuple[str, list[RunResult]]]) -> list[str]:
             *markdown_table(["run", *families], rows), ""]
 
 
-def grid_section(runs: Sequence[RunResult], chosen: Mapping[str, float]) -> list[str]:
+def grid_section(results: Path, runs: Sequence[RunResult]) -> list[str]:
+    chosen = chosen_rates(results, current_only=True) | chosen_rates(results, OWN_GRID_LOSSES, current_only=True)
+    leading = chosen_rates(results) | chosen_rates(results, OWN_GRID_LOSSES)  # from whatever results there are
     rows = []
     for loss in (*GRID_LOSSES, *OWN_GRID_LOSSES):
+        made = {lr: current(results, run_name(loss, lr, 0), *VALIDATION[0]) for lr in LEARNING_RATES}
         for lr in LEARNING_RATES:
             run = next((r for r in runs if r.loss == loss and r.lr == lr and r.seed == 0), None)
             evaluation = run.evals.get(("validation", "greedy")) if run else None
             if evaluation is None:
-                rows.append([loss, f"{lr:.0e}", "not run", "", "", "", ""])
+                rows.append([loss, f"{lr:.0e}", "not run", "", "", "", "", ""])
                 continue
+            mark = ""
+            if chosen.get(loss) == lr:
+                mark = "**chosen**"
+            elif leading.get(loss) == lr:
+                mark = "chosen before the fix" if not any(made.values()) else "best so far (grid being made again)"
             rows.append([
                 loss, f"{lr:.0e}", number(evaluation, ("constraint_pass_rate",), ".3f"),
                 number(evaluation, ("accuracy",), ".3f"), number(evaluation, ("drift", "chosen_drift_mean"), "+.3f"),
-                number(evaluation, ("generation", "ended_rate"), ".2f"), "**chosen**" if chosen.get(loss) == lr else "",
+                number(evaluation, ("generation", "ended_rate"), ".2f"), "today" if made[lr] else "before the fix", mark,
             ])
     base = next((r for r in runs if r.loss == BASELINE and r.seed == 0), None)
     base_val = base.evals.get(("validation", "greedy")) if base else None
@@ -822,8 +843,12 @@ def grid_section(runs: Sequence[RunResult], chosen: Mapping[str, float]) -> list
             "accuracy, then by the smaller rate; the test split is never looked at. "
             f"Losses outside the grid use their family's rate: {', '.join(f'{k} ← {v}' for k, v in INHERIT.items())}; "
             f"{', '.join(OWN_GRID_LOSSES)} have a grid of their own, added after an outside review (until it is "
-            f"complete they run at their family's rate: {', '.join(f'{k} ← {v}' for k, v in FAMILY.items())}).",
-            "", *markdown_table(["loss", "lr", "val pass (greedy)", "val accuracy", "chosen drift", "ended", ""], rows),
+            f"complete they run at their family's rate: {', '.join(f'{k} ← {v}' for k, v in FAMILY.items())}). "
+            "A grid chooses only from results made with today's tokenization (column \"made\"; the fix of "
+            "2026-12-02 ends a response at its end-of-turn token); until a grid whose runs predate it is made again, "
+            "whole, the tables show its losses at the rate most of their seeds ran at.",
+            "", *markdown_table(["loss", "lr", "val pass (greedy)", "val accuracy", "chosen drift", "ended", "made", ""],
+                                rows),
             "", note, ""]
 
 

@@ -224,6 +224,41 @@ def test_results_made_before_the_tokenization_fix_are_made_again_after_everythin
     assert {"slime/lr1e-04-seed1", "slime-soft/lr1e-04-seed2"} <= set(jobs)
 
 
+def test_a_grid_half_made_again_neither_moves_the_tables_nor_is_called_chosen(study, tmp_path):
+    results = tmp_path / "results"
+    old = {"options": {"loss": "slime"}}  # train.json of a run from before the tokenization fix
+    for lr, pass_rate in ((3e-4, 0.6), (1e-4, 0.5), (1e-3, 0.7)):  # the old grid chose 1e-3...
+        write_eval(results, study.run_name("slime", lr, 0), "validation", "greedy", constraint_pass_rate=pass_rate,
+                   accuracy=0.5, tokenization=None)
+        (results / "runs" / study.run_name("slime", lr, 0) / "train.json").write_text(json.dumps(old))
+    for seed in (0, 1, 2):  # ...and its seeds ran there
+        write_eval(results, study.run_name("slime", 1e-3, seed), "test", "greedy", constraint_pass_rate=0.8,
+                   tokenization=None)
+        (results / "runs" / study.run_name("slime", 1e-3, seed) / "train.json").write_text(json.dumps(old))
+    runs = study.load_results(results)
+    assert study.table_rates(results, runs)["slime"] == 1e-3
+    assert "| slime | 1e-03 | 0.700 | 0.500 | — | — | before the fix | chosen before the fix |" in study.grid_section(
+        results, runs)
+
+    # 3e-4 made again today beats the old 1e-3: the plan waits, the tables stay where the seeds are.
+    name = study.run_name("slime", 3e-4, 0)
+    (results / "runs" / name / "train.json").write_text(json.dumps({"tokenization": TODAY}))
+    write_eval(results, name, "validation", "greedy", constraint_pass_rate=0.9, accuracy=0.5)
+    runs = study.load_results(results)
+    assert study.rates(results)["slime"] == 3e-4 and study.rates(results, current_only=True)["slime"] is None
+    assert study.table_rates(results, runs)["slime"] == 1e-3
+    grid = study.grid_section(results, runs)
+    assert "| slime | 3e-04 | 0.900 | 0.500 | — | — | today | best so far (grid being made again) |" in grid
+    assert not any(row.startswith("| slime |") and row.endswith("| **chosen** |") for row in grid)
+
+    # The whole grid made again: its choice is the plan's and the tables'.
+    for lr in (1e-4, 1e-3):
+        (results / "runs" / study.run_name("slime", lr, 0) / "train.json").write_text(json.dumps({"tokenization": TODAY}))
+    runs = study.load_results(results)
+    assert study.table_rates(results, runs)["slime"] == 3e-4
+    assert "| slime | 3e-04 | 0.900 | 0.500 | — | — | today | **chosen** |" in study.grid_section(results, runs)
+
+
 def test_report_gives_mean_and_std_over_seeds_and_lists_what_is_missing(study, tmp_path):
     results, doc = tmp_path / "results", tmp_path / "docs" / "results.md"
     grid_results(study, results, {(loss, lr): (0.5 if lr == 3e-4 else 0.1, 0.5)
