@@ -853,12 +853,15 @@ def grid_section(results: Path, runs: Sequence[RunResult]) -> list[str]:
 
 
 def compute_section(runs: Sequence[RunResult]) -> list[str]:
+    from slimepo.model import describe_machine
+
     trained = [r for r in runs if r.train]
     train_wall = sum(r.train["wall_seconds"] for r in trained)
     eval_wall = sum(e.get("wall_seconds", 0) for r in runs for e in r.evals.values())
     steps = sum(r.train["steps"] for r in trained)
-    machines = sorted({f"{m['cpu']} ({m['torch_threads']} threads), {m['cuda'] or 'no GPU'}"
-                       for m in (r.train["machine"] for r in trained)})
+    # What every record has (the first ones lack Python and bf16), so that one machine reads as one.
+    machines = collections.Counter(describe_machine({key: r.train["machine"].get(key) for key in (
+        "cpu", "cores", "torch", "torch_threads", "cuda")}) for r in trained)
     per_run = [r.train["wall_seconds"] / r.train["steps"] for r in trained if r.train["steps"]]
     lines = ["## Compute", ""]
     if not trained:
@@ -869,7 +872,7 @@ def compute_section(runs: Sequence[RunResult]) -> list[str]:
         f"{eval_wall / 3600:.2f} h of evaluation ({sum(len(r.evals) for r in runs)} evaluations). The time per "
         "step is a run's whole training wall time (model loading, held-out scoring before and after, saving "
         "included) over its steps.",
-        f"- Machine(s): {'; '.join(machines)}; fp32.",
+        f"- Machine(s), fp32: {'; '.join(f'{m}: {n} run' + 's' * (n > 1) for m, n in sorted(machines.items()))}.",
         "- Wall times are as measured; a run that shared the cores with other work (tests, editing tools) is slower, "
         "so they bound the cost from above.",
         "",

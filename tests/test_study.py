@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="module")
@@ -327,6 +329,10 @@ def test_run_trains_evaluates_and_skips_finished_jobs_on_a_tiny_model(study, tmp
     assert study.run(results, runs, max_minutes=None, max_jobs=None) == 0
     doc = study.report(results, tmp_path / "results.md", tmp_path / "img")
     assert "Every planned job is done." in doc.read_text()
+    cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+               if line.startswith("model name"))
+    assert f"- Machine(s), fp32: {os.cpu_count()} cores ({cpu}), torch {torch.__version__}, " \
+           f"{torch.get_num_threads()} threads: 1 run." in doc.read_text()
 
 
 def test_a_failing_job_is_recorded_skipped_and_reported_while_the_study_goes_on(study, tmp_path, monkeypatch):
