@@ -20,7 +20,10 @@ built from jobs, one per (loss, learning rate, seed), done in order of priority:
    loss of ``FAMILY`` keeps its family's rate, at which the study first ran it).
 
 A run trained again (its adapter gone, e.g. on another machine) first drops the results
-of its earlier training, so that every result of a run comes from one model.
+of its earlier training, so that every result of a run comes from one model. Results made
+before the tokenization fix of 2026-12-02 (:data:`TOKENIZATION`) are made again after every
+missing job; a grid chooses a rate from today's results only, so one being made again plans
+no seed until it is whole (the report meanwhile shows each loss where its seeds ran).
 
 Each finished job writes its evaluated results under ``results/study/`` (tracked in
 git): ``runs/<loss>/lr<lr>-seed<seed>/`` holds ``train.json``, ``metrics.jsonl`` and one
