@@ -449,6 +449,14 @@ def read_generations(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def rescored(results: Path) -> tuple[int, int]:
+    """How many stored constraint verdicts :func:`rescore` changed, of how many there are."""
+    checks = [record["checks"]["constraint"] for path in (results / "runs").glob("*/*/generations-*.jsonl.gz")
+              if "-ifeval-" not in path.name for record in read_generations(path)
+              if (record.get("checks") or {}).get("constraint")]
+    return sum("as_run" in check for check in checks), len(checks)
+
+
 def rescore(results: Path) -> list[str]:
     """Check every stored answer's constraint again with today's checkers (``slimepo.constraints``);
     where a verdict changed, rewrite the answers and their evaluation, keeping what the run wrote
@@ -680,13 +688,18 @@ def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RE
     if reading.is_file():
         lines += [reading.read_text(encoding="utf-8").strip(), ""]
     lines += ["## Results on test prompts (mean ± std over seeds, number of seeds in brackets)", ""]
-    lines += markdown_table(["run", *(c[0] for c in MAIN_COLUMNS)],
-                   [[label, *(mean_std(values(members, s, d, k)) for _, s, d, k in MAIN_COLUMNS)]
+    lines += markdown_table(["run", *(c[0] for c in MAIN_COLUMNS), "seeds made after the fix"],
+                   [[label, *(mean_std(values(members, s, d, k)) for _, s, d, k in MAIN_COLUMNS),
+                     f"{sum(current(results, r.name, 'test', 'greedy') for r in members)}/{len(members)}"]
                     for label, members in groups])
+    changed, checked = rescored(results)
     lines += ["", "Pass rates are shares of prompts whose generated answer obeys the prompt's constraint "
-              "(`slimepo.constraints.check`, with our own checker for every family: the study predates the IFEval "
-              "checkers that now decide six families, and the tokenization fix that ends a ChatML response at its "
-              "`<|im_end|>`, one token shorter than the study trained on); test: 45 prompts of 7 families; held-out family: 52 prompts of "
+              "(`slimepo.constraints.check`: IFEval's official checker for six families, ours for the others; answers "
+              "stored before those checkers were checked again by `python scripts/study.py rescore`, which changed "
+              f"{changed} of {checked:,} verdicts). \"Seeds made after the fix\": the runs trained (the base model: "
+              "evaluated) after the tokenization fix of 2026-12-02, which ends a ChatML response at its `<|im_end|>`, "
+              "one token before where the study's first runs ended it; the others are made again by the study "
+              "(\"Not run yet\"). Test: 45 prompts of 7 families; held-out family: 52 prompts of "
               "`include_word`, a family no training pair has. Greedy and sampled (T=0.9, top-p 0.95, one answer per "
               "prompt, seeded by the run's seed) decoding, at most 96 new tokens. Preference accuracy, drift, "
               "unlearning and collapse are measured on the 45 test pairs (drift and unlearning "

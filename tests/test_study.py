@@ -271,6 +271,8 @@ def test_report_gives_mean_and_std_over_seeds_and_lists_what_is_missing(study, t
                 write_eval(results, study.run_name("slime", 3e-4, seed), split, decoding,
                            constraint_pass_rate=rate, accuracy=0.8, drift={"chosen_drift_mean": -0.1 * (seed + 1)},
                            constraint_pass_rate_by_family={"max_words": rate})
+    write_eval(results, study.run_name("dpo", 3e-4, 0), "test", "greedy", constraint_pass_rate=0.4,
+               tokenization=None)  # made before the tokenization fix
     (results / "reading.md").write_text("## Reading\n\nHand-written words.")
     study.report(results, doc, tmp_path / "docs" / "img")
     text = doc.read_text()
@@ -278,6 +280,9 @@ def test_report_gives_mean_and_std_over_seeds_and_lists_what_is_missing(study, t
     cells = [c.strip() for c in slime_row.strip("|").split("|")]
     assert cells[1] == "0.600 ± 0.141 (2)"  # mean and sample std of 0.5 and 0.7
     assert cells[6] == "-0.150 ± 0.071 (2)"  # chosen drift -0.1, -0.2
+    assert cells[-1] == "2/2"  # both seeds made with today's tokenization
+    assert next(line for line in text.splitlines() if line.startswith("| dpo (lr 3e-04)")).endswith("| 0/1 |")
+    assert "which changed 0 of 0 verdicts" in text  # no answers stored here
     assert "Hand-written words." in text
     assert "| slime | 3e-04 | 0.500 | 0.500 |" in text.replace("**chosen**", "").replace("  ", " ")
     assert "- slime/lr3e-04-seed2: test/greedy" in text  # the missing seed
@@ -536,3 +541,4 @@ def test_rescore_checks_stored_answers_again_and_keeps_what_the_run_wrote(study,
     assert first["checks"]["health"] == {"ended": True} and second == rows[1]
     assert study.prompt_passes(tmp_path, name, "test", "greedy") == {"test.jsonl.gz:1": 0.0, "test.jsonl.gz:2": 1.0}
     assert study.rescore(tmp_path) == []  # nothing left to change
+    assert study.rescored(tmp_path) == (1, 2)
