@@ -690,7 +690,7 @@ def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RE
     lines += ["## Results on test prompts (mean ± std over seeds, number of seeds in brackets)", ""]
     lines += markdown_table(["run", *(c[0] for c in MAIN_COLUMNS), "seeds made after the fix"],
                    [[label, *(mean_std(values(members, s, d, k)) for _, s, d, k in MAIN_COLUMNS),
-                     f"{sum(current(results, r.name, 'test', 'greedy') for r in members)}/{len(members)}"]
+                     f"{sum(all(current(results, r.name, *e) for e in r.evals) for r in members)}/{len(members)}"]
                     for label, members in groups])
     changed, checked = rescored(results)
     lines += ["", "Pass rates are shares of prompts whose generated answer obeys the prompt's constraint "
