@@ -20,40 +20,29 @@ from collections.abc import Callable
 from slimepo.eval import alpacaeval, arena_hard, mtbench
 from slimepo.eval.judge import judge_answers
 from slimepo.model import load_tokenizer
+from slimepo.testing import FixedJudge
 
 
-class CountingJudge:
-    """Replies ``reply`` to every request and keeps the messages."""
-
-    def __init__(self, reply: str) -> None:
-        self.reply = reply
-        self.requests: list[list[dict[str, str]]] = []
-
-    def complete(self, messages: list[dict[str, str]]) -> str:
-        self.requests.append(messages)
-        return self.reply
-
-
-def mt_bench(judge: CountingJudge) -> int:
+def mt_bench(judge: FixedJudge) -> int:
     questions = mtbench.load_questions()
     answers = [{"question_id": q["question_id"], "choices": [{"index": 0, "turns": ["", ""]}]} for q in questions]
     judge_answers(questions, answers, judge)
     return len(questions)
 
 
-def arena_hard_v2(judge: CountingJudge) -> int:
+def arena_hard_v2(judge: FixedJudge) -> int:
     questions = arena_hard.load_questions()
     arena_hard.judge_pairs(questions, {q["uid"]: "" for q in questions}, judge)
     return len(questions)
 
 
-def alpaca_eval(judge: CountingJudge) -> int:
+def alpaca_eval(judge: FixedJudge) -> int:
     records = alpacaeval.load_instructions()
     alpacaeval.judge_pairs(records, {r["key"]: "" for r in records}, judge)
     return len(records)
 
 
-BENCHES: dict[str, tuple[Callable[[CountingJudge], int], str]] = {
+BENCHES: dict[str, tuple[Callable[[FixedJudge], int], str]] = {
     "mt-bench": (mt_bench, "Rating: [[5]]"),
     "arena-hard": (arena_hard_v2, "[[A=B]]"),
     "alpaca-eval": (alpaca_eval, "m"),
@@ -65,7 +54,7 @@ def main() -> None:
     print("| `--bench` | prompts | judge requests | judge input without our answers: characters | tokens (SmolLM2 tokenizer) | tokens per request, median |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, (judge_all, reply) in BENCHES.items():
-        judge = CountingJudge(reply)
+        judge = FixedJudge(reply)
         prompts = judge_all(judge)
         texts = ["\n".join(m["content"] for m in messages) for messages in judge.requests]
         tokens = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]

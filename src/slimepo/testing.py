@@ -171,3 +171,16 @@ def ultrafeedback_like_rows(n: int = 16) -> list[dict]:
             "messages": [user, good], "score_chosen": 8.0, "score_rejected": 3.0,
         })
     return rows
+
+
+class FixedJudge:
+    """A judge (``complete(messages)``, as :class:`slimepo.eval.judge.CompletionClient`) that
+    returns ``reply`` to every request and keeps, in ``requests``, the messages it was sent."""
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.requests: list[list[dict[str, str]]] = []
+
+    def complete(self, messages: list[dict[str, str]]) -> str:
+        self.requests.append(messages)
+        return self.reply

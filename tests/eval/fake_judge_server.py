@@ -10,7 +10,7 @@ not JSON, ``forbidden`` HTTP 403, ``slow`` sleeps 1 s before replying; pairwise 
 better, tied or slightly worse, in whichever position (A or B) it stands; AlpacaEval,
 ``pick=ours|baseline`` replies only the identifier (``m`` or ``M``) of the marked answer's
 output or of the other one; ``nousage`` replies "[[5]]" without the ``usage`` field that
-every other reply has (its "tokens": whitespace-separated words, of all the request's
+every other reply has, ``nochoices`` a 200 with ``usage`` and no reply in it (its "tokens": whitespace-separated words, of all the request's
 messages and of the reply). ``GET /stats`` returns the requests seen per key, their
 Authorization headers and the usage reported in total.
 """
@@ -78,11 +78,14 @@ class Handler(BaseHTTPRequestHandler):
             self._reply("Too late. [[9]]")
         elif action == "nousage":
             self._reply("[[5]]", usage=False)
+        elif action == "nochoices":
+            self._reply(None)
 
     def _reply(self, content, usage=True):
-        reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+        reply = {} if content is None else {
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
         if usage:
-            reply["usage"] = {"prompt_tokens": self.prompt_words, "completion_tokens": len(content.split())}
+            reply["usage"] = {"prompt_tokens": self.prompt_words, "completion_tokens": len((content or "").split())}
             with lock:
                 for key in reported:
                     reported[key] += reply["usage"][key]

@@ -1,19 +1,7 @@
-"""Judges for tests: one fixed reply to every request, and every request kept; what the fake judge server saw."""
+"""What the fake judge server saw (a judge with one fixed reply is ``slimepo.testing.FixedJudge``)."""
 
 import json
 import urllib.request
-
-
-class FixedJudge:
-    """``complete(messages)`` returns ``reply``; ``requests`` holds the messages it was sent, in order."""
-
-    def __init__(self, reply: str):
-        self.reply = reply
-        self.requests: list = []
-
-    def complete(self, messages):
-        self.requests.append(messages)
-        return self.reply
 
 
 def server_stats(url):

@@ -5,9 +5,7 @@ import pytest
 from slimepo.eval import alpacaeval
 from slimepo.eval.judge import JudgeClient
 from slimepo.eval.run import answer_alpaca_eval
-from slimepo.testing import tiny_model, tiny_tokenizer
-
-from .judges import FixedJudge
+from slimepo.testing import FixedJudge, tiny_model, tiny_tokenizer
 
 SYSTEM = (
     "You are a highly efficient assistant, who evaluates and selects the best large language model (LLMs) based on "

@@ -5,9 +5,7 @@ import pytest
 from slimepo.eval import arena_hard
 from slimepo.eval.judge import JudgeClient
 from slimepo.eval.run import answer_arena_hard
-from slimepo.testing import tiny_model, tiny_tokenizer
-
-from .judges import FixedJudge
+from slimepo.testing import FixedJudge, tiny_model, tiny_tokenizer
 
 HARD = {"uid": "h1", "category": "hard_prompt", "prompt": "Prove it."}
 CREATIVE = {"uid": "c1", "category": "creative_writing", "prompt": "Write a poem."}

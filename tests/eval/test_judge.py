@@ -12,8 +12,9 @@ from slimepo.eval.judge import (
     parse_score,
     summarize_scores,
 )
+from slimepo.testing import FixedJudge
 
-from .judges import FixedJudge, server_stats
+from .judges import server_stats
 
 
 def answer(question_id, turn_1, turn_2):
@@ -151,12 +152,14 @@ def test_the_client_adds_up_requests_replies_and_the_tokens_the_judge_reports(ju
     assert client.complete([{"role": "user", "content": "a b c FAKE:u3:nousage"}]) == "[[5]]"
     with pytest.raises(JudgeError):
         client.complete([{"role": "user", "content": "FAKE:u4:down"}])
+    with pytest.raises(JudgeError):  # answered (and billed) twice, with no reply in it
+        client.complete([{"role": "user", "content": "x FAKE:u5:nochoices"}])
 
     assert client.usage == {
-        "requests": 1 + 2 + 1 + 2,  # the flaky and the failing one retried once
+        "requests": 1 + 2 + 1 + 2 + 2,  # the flaky and the failing ones retried once
         "replies": 3,
-        "replies_with_usage": 2,
-        "prompt_tokens": 6 + 4,
+        "responses_with_usage": 2 + 2,
+        "prompt_tokens": 6 + 4 + 2 * 2,
         "completion_tokens": 6 + 4,
     }
 

@@ -15,9 +15,9 @@ from slimepo.eval import alpacaeval
 from slimepo.eval.generate import end_of_turn_ids, generate
 from slimepo.eval.judge import JudgeClient
 from slimepo.eval.run import evaluate, format_eval_table
-from slimepo.testing import TINY_MODEL_KINDS, tiny_model, tiny_tokenizer
+from slimepo.testing import TINY_MODEL_KINDS, FixedJudge, tiny_model, tiny_tokenizer
 
-from .judges import FixedJudge, server_stats
+from .judges import server_stats
 
 HIDDEN = 32  # tiny_model's hidden size
 
@@ -288,12 +288,24 @@ def test_eval_json_says_what_judging_cost_as_the_judge_reported_it(tmp_path, jud
 
     after = server_stats(judge_url)["usage"]
     usage = json.loads((tmp_path / "out" / "eval.json").read_text())["mt_bench"]["judge_usage"]
-    assert usage == {"requests": 4, "replies": 4, "replies_with_usage": 4,  # 2 questions x 2 turns
+    assert usage == {"requests": 4, "replies": 4, "responses_with_usage": 4,  # 2 questions x 2 turns
                      "prompt_tokens": after["prompt_tokens"] - before["prompt_tokens"],
                      "completion_tokens": after["completion_tokens"] - before["completion_tokens"]}
     assert usage["prompt_tokens"] > 4 * 100  # FastChat's judge prompts are long
     assert "| judge requests (usable replies) | 4 (4) |" in format_eval_table(
         json.loads((tmp_path / "out" / "eval.json").read_text()))
+
+
+def test_a_benchmark_that_is_not_judged_says_nothing_of_judging(tmp_path, judge_url):
+    tokenizer = tiny_tokenizer()
+    model_dir = save(context_free_llama(tokenizer, {}), tokenizer, tmp_path / "model")
+
+    result = evaluate(model_dir, write_jsonl(tmp_path / "d.jsonl", DRIFT_ROWS), split="train", generate=False,
+                      out_dir=tmp_path / "out", bench="ifeval", max_prompts=1, bench_max_new_tokens=2,
+                      judge=JudgeClient(judge_url, "fake-judge"))
+
+    assert result["ifeval"]["prompts"] == 1 and "judge_usage" not in result["ifeval"]
+    assert "judge requests" not in format_eval_table(result)
 
 
 def test_eval_command_writes_outputs_and_prints_the_table(tmp_path, capsys):

@@ -33,7 +33,7 @@ REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
 #: HTTP statuses worth retrying besides 5xx: request timeout, rate limit.
 RETRY_STATUSES = (408, 429)
 #: What :attr:`JudgeClient.usage` counts.
-USAGE_KEYS = ("requests", "replies", "replies_with_usage", "prompt_tokens", "completion_tokens")
+USAGE_KEYS = ("requests", "replies", "responses_with_usage", "prompt_tokens", "completion_tokens")
 
 # FastChat's score patterns: the first "[[N]]", else the first "[N]".
 _SCORE_PATTERNS = (re.compile(r"\[\[(\d+\.?\d*)\]\]"), re.compile(r"\[(\d+\.?\d*)\]"))
@@ -68,8 +68,9 @@ class JudgeClient:
         temperature, max_tokens: sampling settings of the judge (FastChat: 0 and 2048).
 
     ``usage`` adds up what judging cost: ``requests`` (HTTP requests sent, retries
-    included), ``replies`` (usable replies), and over the ``replies_with_usage`` whose
-    server reported it (OpenAI's ``usage`` field), ``prompt_tokens`` and ``completion_tokens``.
+    included), ``replies`` (usable replies), and over the ``responses_with_usage`` that
+    reported it (OpenAI's ``usage`` field; a response then rejected and retried included),
+    ``prompt_tokens`` and ``completion_tokens``.
     """
 
     def __init__(
@@ -141,17 +142,19 @@ class JudgeClient:
             raise _Retryable(f"{type(error).__name__}: {error}") from error
         try:
             reply = json.loads(payload)
+        except ValueError as error:
+            raise _Retryable(f"malformed reply: {payload[:200]!r}") from error
+        usage = reply.get("usage") if isinstance(reply, dict) else None
+        tokens = {key: usage.get(key) for key in ("prompt_tokens", "completion_tokens")} if isinstance(usage, dict) else {}
+        if tokens and all(isinstance(n, int) for n in tokens.values()):
+            self._count(responses_with_usage=1, **tokens)  # billed even if the reply is not usable
+        try:
             content = reply["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as error:
+        except (KeyError, IndexError, TypeError) as error:
             raise _Retryable(f"malformed reply: {payload[:200]!r}") from error
         if not isinstance(content, str):
             raise _Retryable(f"reply content is not text: {content!r}")
-        usage = reply.get("usage")
-        tokens = {key: usage.get(key) for key in ("prompt_tokens", "completion_tokens")} if isinstance(usage, dict) else {}
-        if tokens and all(isinstance(n, int) for n in tokens.values()):
-            self._count(replies=1, replies_with_usage=1, **tokens)
-        else:
-            self._count(replies=1)
+        self._count(replies=1)
         return content
 
     def _count(self, **amounts: int) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from slimepo.config import JUDGED_BENCHMARKS
 from slimepo.constraints import Constraint, check
 from slimepo.data import Origin, TokenizedPair, load_rows, prepare_pairs
 from slimepo.eval import alpacaeval, arena_hard, ifeval
@@ -39,7 +40,7 @@ from slimepo.eval.answers import answer_prompts
 from slimepo.eval.generate import chat_generator, end_of_turn_ids
 from slimepo.eval.generate import generate as generate_responses
 from slimepo.eval.health import generation_health, summarize_health
-from slimepo.eval.judge import CompletionClient, judge_answers, summarize_scores
+from slimepo.eval.judge import CompletionClient, JudgeClient, judge_answers, summarize_scores
 from slimepo.eval.metrics import preference_metrics
 from slimepo.eval.mtbench import answer_questions, find_questions, load_questions, write_answers
 from slimepo.ifeval_checkers import IFBENCH_MISSING_DATA
@@ -215,8 +216,8 @@ def evaluate(
     :func:`answer_ifeval`); with ``bench="arena-hard"``: ``arena_hard`` (see
     :func:`answer_arena_hard`); with ``bench="alpaca-eval"``: ``alpaca_eval`` (see
     :func:`answer_alpaca_eval`); each benchmark's with its ``provenance``
-    (:func:`bench_provenance`) and, from a judge that counts it (:class:`JudgeClient`),
-    ``judge_usage`` (requests, replies and tokens of this call); and ``settings``
+    (:func:`bench_provenance`) and, for a judged benchmark and a :class:`JudgeClient`,
+    ``judge_usage`` (its :attr:`~JudgeClient.usage` during this call); and ``settings``
     (what was evaluated, how).
     """
     out = Path(out_dir)
@@ -227,7 +228,8 @@ def evaluate(
     arena_questions = arena_hard.load_questions(questions)[:max_prompts] if bench == "arena-hard" else None
     alpaca_records = _records(questions, alpacaeval.load_instructions)[:max_prompts] if bench == "alpaca-eval" else None
     policy, tokenizer, adapter_base = load_model(model, adapter, dtype=dtype)
-    judge_usage = dict(getattr(judge, "usage", None) or {})  # a client may have judged before this call
+    # A client may have judged before this call; what it counts while no other call shares it is this call's.
+    judge_usage = dict(judge.usage) if isinstance(judge, JudgeClient) and bench in JUDGED_BENCHMARKS else None
     source = _source(dataset, split)
     if held_out is None:
         held_out, report = prepare_pairs(source, tokenizer, split=split, **dict(prepare_options or {}))
@@ -275,7 +277,7 @@ def evaluate(
         result[BENCH_RESULTS[bench]]["provenance"] = bench_provenance(
             questions_file, tokenizer, judge, bench_decoding
         )
-        if judge_usage:
+        if judge_usage is not None:
             result[BENCH_RESULTS[bench]]["judge_usage"] = {
                 key: count - judge_usage[key] for key, count in judge.usage.items()}
     result["settings"] = {
@@ -554,6 +556,6 @@ def format_eval_table(result: Mapping[str, Any]) -> str:
         if usage:
             rows.append(("judge requests (usable replies)", f"{usage['requests']} ({usage['replies']})", None))
             rows.append(("judge tokens, prompt + completion", f"{usage['prompt_tokens']} + {usage['completion_tokens']}"
-                         f" (reported in {usage['replies_with_usage']} replies)", None))
+                         f" (reported in {usage['responses_with_usage']} responses)", None))
     headers = ("metric", "model", "base") if has_base else ("metric", "model")
     return "\n".join(markdown_table(headers, [row[: len(headers)] for row in rows]))
