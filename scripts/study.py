@@ -52,7 +52,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -231,14 +231,29 @@ def validation_score(evaluation: Mapping[str, Any]) -> tuple[float, float]:
     return (evaluation.get("constraint_pass_rate") or 0.0, evaluation.get("accuracy") or 0.0)
 
 
+def chosen_all(results: Path, *, current_only: bool = False) -> dict[str, float]:
+    """:func:`chosen_rates` of both grids: ``GRID_LOSSES`` and ``OWN_GRID_LOSSES``."""
+    return chosen_rates(results, current_only=current_only) | chosen_rates(
+        results, OWN_GRID_LOSSES, current_only=current_only)
+
+
+def grid_outdated(results: Path, loss: str) -> bool:
+    """Whether any validation result of ``loss``'s grid predates :data:`TOKENIZATION`."""
+    return any(eval_file(results, run_name(loss, lr, 0), *VALIDATION[0]).is_file()
+               and not current(results, run_name(loss, lr, 0), *VALIDATION[0]) for lr in LEARNING_RATES)
+
+
 def rates(results: Path, *, current_only: bool = False) -> dict[str, float | None]:
     """The learning rate of every ``MAIN_LOSSES`` loss (None: not decided yet); ``current_only`` as
-    :func:`chosen_rates` (the plan's choice; the report shows the runs at the rate their results choose)."""
-    chosen = chosen_rates(results, current_only=current_only) | chosen_rates(
-        results, OWN_GRID_LOSSES, current_only=current_only)
+    :func:`chosen_rates` (the plan's choice; the report shows the runs at the rate their results choose).
+
+    A ``FAMILY`` loss takes its family's rate until its own grid is complete, unless (``current_only``)
+    its own grid is being made again: its old results would otherwise send it back to the family's rate.
+    """
+    chosen = chosen_all(results, current_only=current_only)
     rate: dict[str, float | None] = {loss: chosen.get(INHERIT.get(loss, loss)) for loss in MAIN_LOSSES}
     for loss, family in FAMILY.items():
-        if loss in rate and rate[loss] is None:
+        if loss in rate and rate[loss] is None and not (current_only and grid_outdated(results, loss)):
             rate[loss] = chosen.get(family)
     return rate
 
@@ -264,14 +279,16 @@ def plan(results: Path) -> list[Job]:
 def ifeval_plan(study_results: Path = RESULTS) -> list[Job]:
     """The IFEval part: the base model, then every seed of each ``IFEVAL_LOSSES`` loss at the rate the
     study chose for it (seed by seed, so that a part cut short has every loss at seed 0 first)."""
-    chosen = chosen_rates(study_results)
+    chosen = chosen_rates(study_results, current_only=True)
     jobs = [Job(BASELINE, None, 0, IFEVAL)]  # greedy: the base model's answers do not depend on a seed
     return jobs + [Job(loss, chosen[loss], seed, IFEVAL) for seed in SEEDS for loss in IFEVAL_LOSSES if loss in chosen]
 
 
 def failed(results: Path, name: str) -> dict[str, Any] | None:
-    """The error of a run that failed (``failed.json``); such a run is not retried until it is deleted."""
-    return read_json(results / "runs" / name / "failed.json")
+    """The error of a run that failed (``failed.json``) with today's :data:`TOKENIZATION`; such a run
+    is not retried until it is deleted (one that failed before the fix is tried again)."""
+    failure = read_json(results / "runs" / name / "failed.json")
+    return failure if failure is not None and failure.get("tokenization") == TOKENIZATION else None
 
 
 def missing_evals(job: Job, results: Path) -> tuple[tuple[str, str], ...]:
@@ -309,15 +326,15 @@ def pending(results: Path, jobs: Sequence[Job] | None = None) -> list[Job]:
 def undecided(results: Path) -> list[str]:
     """Runs the study will need but cannot plan yet (their rate awaits the grid, or its remaking)."""
     own = chosen_rates(results, OWN_GRID_LOSSES, current_only=True)
-    earlier = rates(results)
+    planned, earlier = rates(results, current_only=True), rates(results)
     seeds = ", ".join(map(str, SEEDS))
     return [f"{loss} (seeds {seeds}): rate not chosen yet" + (
                 "" if earlier[loss] is None else
                 f" (the grid that sets it is made again with today's tokenization; its earlier results chose "
                 f"{earlier[loss]:.0e})")
-            for loss, rate in rates(results, current_only=True).items() if rate is None] + [
+            for loss, rate in planned.items() if rate is None] + [
         f"{loss} (seeds {seeds}) at the rate of its own grid, once that is complete "
-        f"(until then at {family}'s)" for loss, family in FAMILY.items() if loss not in own]
+        f"(until then at {family}'s)" for loss, family in FAMILY.items() if loss not in own and planned[loss] is not None]
 
 
 # ---------------------------------------------------------------------------- run
@@ -438,7 +455,8 @@ def run(results: Path, runs: Path, max_minutes: float | None, max_jobs: int | No
             run_job(jobs[0], results, runs)
         except Exception as err:  # e.g. a diverging run stopped by --max-bad-steps: record it, go on
             logger.exception("%s failed", jobs[0].name)
-            write_json(results / "runs" / jobs[0].name / "failed.json", {"error": f"{type(err).__name__}: {err}"})
+            write_json(results / "runs" / jobs[0].name / "failed.json",
+                       {"error": f"{type(err).__name__}: {err}", "tokenization": TOKENIZATION})
         done += 1
     return done
 
@@ -449,12 +467,20 @@ def read_generations(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def stored_answers(results: Path) -> Iterator[tuple[Path, str, str, str]]:
+    """``(path, run name, split, decoding)`` of every stored answers file checked against constraints
+    (not IFEval's, which its own checkers score)."""
+    for path in sorted((results / "runs").glob("*/*/generations-*.jsonl.gz")):
+        split, decoding = path.name.removeprefix("generations-").removesuffix(".jsonl.gz").rsplit("-", 1)
+        if split != "ifeval":
+            yield path, f"{path.parent.parent.name}/{path.parent.name}", split, decoding
+
+
 def rescored(results: Path) -> tuple[int, int]:
-    """How many stored constraint verdicts :func:`rescore` changed, of how many there are."""
-    checks = [record["checks"]["constraint"] for path in (results / "runs").glob("*/*/generations-*.jsonl.gz")
-              if "-ifeval-" not in path.name for record in read_generations(path)
-              if (record.get("checks") or {}).get("constraint")]
-    return sum("as_run" in check for check in checks), len(checks)
+    """How many stored constraint verdicts differ from what their run wrote (:func:`rescore`), of all."""
+    checks = [record["checks"]["constraint"] for path, *_ in stored_answers(results)
+              for record in read_generations(path) if (record.get("checks") or {}).get("constraint")]
+    return sum("as_run" in c and c["as_run"].get("passed") != c.get("passed") for c in checks), len(checks)
 
 
 def rescore(results: Path) -> list[str]:
@@ -466,11 +492,9 @@ def rescore(results: Path) -> list[str]:
     from slimepo.eval.run import rescore_constraints
 
     lines = []
-    for path in sorted((results / "runs").glob("*/*/generations-*.jsonl.gz")):
-        name = f"{path.parent.parent.name}/{path.parent.name}"
-        split, decoding = path.name.removeprefix("generations-").removesuffix(".jsonl.gz").rsplit("-", 1)
+    for path, name, split, decoding in stored_answers(results):
         evaluation = read_json(eval_file(results, name, split, decoding))
-        if evaluation is None or split == "ifeval":
+        if evaluation is None:
             continue
         records = read_generations(path)
         new, rates, changed = rescore_constraints(records)
@@ -561,6 +585,11 @@ def values(runs: Iterable[RunResult], split: str, decoding: str, keys: Sequence[
     return [float(v) for v in found if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
+def tested_beyond_validation(run: RunResult) -> bool:
+    """Whether ``run`` has results the tables show (test or held-out family; a grid run may have validation only)."""
+    return any(split != "validation" for split, _ in run.evals)
+
+
 def table_rates(results: Path, runs: Sequence[RunResult]) -> dict[str, float | None]:
     """The rate each loss's row of the report shows: the plan's (chosen from today's results) where
     there is one; else, while the grid that sets it is made again, the rate most of the loss's
@@ -568,8 +597,7 @@ def table_rates(results: Path, runs: Sequence[RunResult]) -> dict[str, float | N
     shown = rates(results, current_only=True)
     for loss, rate in shown.items():
         if rate is None:
-            tested = collections.Counter(r.lr for r in runs if r.loss == loss and r.lr is not None
-                                         and any(split != "validation" for split, _ in r.evals))
+            tested = collections.Counter(r.lr for r in runs if r.loss == loss and r.lr is not None and tested_beyond_validation(r))
             shown[loss] = max(tested, key=lambda lr: (tested[lr], -lr)) if tested else None
     return shown
 
@@ -579,8 +607,7 @@ def main_groups(runs: Sequence[RunResult], rate_of: Mapping[str, float | None]) 
     groups = [(BASELINE, [r for r in runs if r.loss == BASELINE])]
     for loss in MAIN_LOSSES:
         rate = rate_of[loss]
-        members = [r for r in runs if r.loss == loss and rate is not None and r.lr == rate and
-                   any(split != "validation" for split, _ in r.evals)]
+        members = [r for r in runs if r.loss == loss and rate is not None and r.lr == rate and tested_beyond_validation(r)]
         groups.append((loss if rate is None else f"{loss} (lr {rate:.0e})", members))
     return groups
 
@@ -597,7 +624,8 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS) -> list[
         lines += [reading.read_text(encoding="utf-8").strip(), ""]
     if not runs:
         return lines + ["No IFEval result yet (`python scripts/study.py ifeval` runs them).", ""]
-    labels = dict.fromkeys((job.loss, job.lr) for job in jobs)  # the plan's order: the base model, then IFEVAL_LOSSES
+    # The runs there are (not the plan's, which waits while a grid is made again): the base model, then IFEVAL_LOSSES.
+    labels = sorted({(r.loss, r.lr) for r in runs}, key=lambda key: ((BASELINE, *IFEVAL_LOSSES).index(key[0]), key[1] or 0))
     groups = [(BASELINE if lr is None else f"{loss} (lr {lr:.0e})",
                sorted((r for r in runs if r.loss == loss and r.lr == lr), key=lambda r: r.seed))
               for loss, lr in labels]
@@ -695,11 +723,12 @@ def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RE
     changed, checked = rescored(results)
     lines += ["", "Pass rates are shares of prompts whose generated answer obeys the prompt's constraint "
               "(`slimepo.constraints.check`: IFEval's official checker for six families, ours for the others; answers "
-              "stored before those checkers were checked again by `python scripts/study.py rescore`, which changed "
-              f"{changed} of {checked:,} verdicts). \"Seeds made after the fix\": the runs trained (the base model: "
-              "evaluated) after the tokenization fix of 2026-12-02, which ends a ChatML response at its `<|im_end|>`, "
-              "one token before where the study's first runs ended it; the others are made again by the study "
-              "(\"Not run yet\"). Test: 45 prompts of 7 families; held-out family: 52 prompts of "
+              "stored before those checkers were checked again by `python scripts/study.py rescore`: "
+              f"{changed} of the {checked:,} stored verdicts differ from what their run wrote). \"Seeds made after "
+              "the fix\": the runs trained (the base model: evaluated) after the tokenization fix of 2026-12-02, which "
+              "ends a ChatML response at its `<|im_end|>`, one token before where the study's first runs ended it; the "
+              "study makes the others again (\"Not run yet\"), or, where a grid made again chooses another rate, "
+              "leaves them out of the tables. Test: 45 prompts of 7 families; held-out family: 52 prompts of "
               "`include_word`, a family no training pair has. Greedy and sampled (T=0.9, top-p 0.95, one answer per "
               "prompt, seeded by the run's seed) decoding, at most 96 new tokens. Preference accuracy, drift, "
               "unlearning and collapse are measured on the 45 test pairs (drift and unlearning "
@@ -829,8 +858,8 @@ def family_table(groups: Sequence[tuple[str, list[RunResult]]]) -> list[str]:
 
 
 def grid_section(results: Path, runs: Sequence[RunResult]) -> list[str]:
-    chosen = chosen_rates(results, current_only=True) | chosen_rates(results, OWN_GRID_LOSSES, current_only=True)
-    leading = chosen_rates(results) | chosen_rates(results, OWN_GRID_LOSSES)  # from whatever results there are
+    chosen = chosen_all(results, current_only=True)
+    leading = chosen_all(results)  # from whatever results there are
     rows = []
     for loss in (*GRID_LOSSES, *OWN_GRID_LOSSES):
         made = {lr: current(results, run_name(loss, lr, 0), *VALIDATION[0]) for lr in LEARNING_RATES}

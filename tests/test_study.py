@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,7 @@ def test_plan_starts_with_the_base_model_then_the_grid_with_the_middle_rate_firs
     assert all(job.evals == (("validation", "greedy"),) for job in jobs[1:10])
     # Nothing is trained at a chosen rate before the grid has chosen one.
     assert not any(("test", "greedy") in job.evals for job in jobs[1:])
-    assert len(study.undecided(tmp_path)) == 12 + 3  # every loss; IPO, CPO, ORPO also wait for their own grid
+    assert len(study.undecided(tmp_path)) == 12  # every loss (IPO, CPO, ORPO: nor their family's rate either)
 
 
 def test_the_rate_is_chosen_on_validation_pass_rate_then_accuracy_then_the_smaller_rate(study, tmp_path):
@@ -226,6 +224,29 @@ def test_results_made_before_the_tokenization_fix_are_made_again_after_everythin
     assert {"slime/lr1e-04-seed1", "slime-soft/lr1e-04-seed2"} <= set(jobs)
 
 
+def test_a_reviewed_loss_whose_own_grid_is_made_again_waits_for_it_not_for_its_familys_rate(study, tmp_path):
+    old = {"options": {"loss": "cpo"}}  # train.json of a run from before the tokenization fix
+    grid_results(study, tmp_path, {(loss, lr): (0.7 if lr == 1e-4 else 0.2, 0.5)
+                                   for loss in ("slime", "dpo", "simpo") for lr in (3e-4, 1e-4, 1e-3)})
+    write_eval(tmp_path, "cpo/lr3e-04-seed0", "validation", "greedy", constraint_pass_rate=0.5, tokenization=None)
+    (tmp_path / "runs" / "cpo/lr3e-04-seed0" / "train.json").write_text(json.dumps(old))
+    assert study.rates(tmp_path)["cpo"] == 1e-4  # what the report shows: its family's (SimPO's) rate
+    assert study.rates(tmp_path, current_only=True)["cpo"] is None
+    jobs = {job.name: job for job in study.pending(tmp_path)}
+    assert not any(name.startswith("cpo/") and job.evals != study.VALIDATION for name, job in jobs.items())
+    assert jobs["orpo/lr1e-04-seed1"].evals == study.TEST  # ORPO's own grid has not started: SimPO's rate
+    assert jobs["cpo/lr3e-04-seed0"].evals == study.VALIDATION  # made again, after what is missing
+    assert list(jobs).index("cpo/lr3e-04-seed0") > list(jobs).index("orpo/lr1e-04-seed2")
+
+    # A run that failed before the fix is tried again; one that failed since is not.
+    (tmp_path / "runs" / "cpo/lr1e-03-seed0").mkdir(parents=True)
+    (tmp_path / "runs" / "cpo/lr1e-03-seed0" / "failed.json").write_text(json.dumps({"error": "NaN"}))
+    assert study.failed(tmp_path, "cpo/lr1e-03-seed0") is None and "cpo/lr1e-03-seed0" in {
+        job.name for job in study.pending(tmp_path)}
+    (tmp_path / "runs" / "cpo/lr1e-03-seed0" / "failed.json").write_text(json.dumps({"error": "NaN", "tokenization": TODAY}))
+    assert "cpo/lr1e-03-seed0" not in {job.name for job in study.pending(tmp_path)}
+
+
 def test_a_grid_half_made_again_neither_moves_the_tables_nor_is_called_chosen(study, tmp_path):
     results = tmp_path / "results"
     old = {"options": {"loss": "slime"}}  # train.json of a run from before the tokenization fix
@@ -274,7 +295,7 @@ def test_report_gives_mean_and_std_over_seeds_and_lists_what_is_missing(study, t
     write_eval(results, study.run_name("dpo", 3e-4, 0), "test", "greedy", constraint_pass_rate=0.4,
                tokenization=None)  # made before the tokenization fix
     (results / "reading.md").write_text("## Reading\n\nHand-written words.")
-    study.report(results, doc, tmp_path / "docs" / "img")
+    study.report(results, doc, tmp_path / "docs" / "img", tmp_path / "ifeval")
     text = doc.read_text()
     slime_row = next(line for line in text.splitlines() if line.startswith("| slime (lr 3e-04)"))
     cells = [c.strip() for c in slime_row.strip("|").split("|")]
@@ -282,7 +303,7 @@ def test_report_gives_mean_and_std_over_seeds_and_lists_what_is_missing(study, t
     assert cells[6] == "-0.150 ± 0.071 (2)"  # chosen drift -0.1, -0.2
     assert cells[-1] == "2/2"  # both seeds made with today's tokenization
     assert next(line for line in text.splitlines() if line.startswith("| dpo (lr 3e-04)")).endswith("| 0/1 |")
-    assert "which changed 0 of 0 verdicts" in text  # no answers stored here
+    assert "0 of the 0 stored verdicts differ from what their run wrote" in text  # no answers stored here
     assert "Hand-written words." in text
     assert "| slime | 3e-04 | 0.500 | 0.500 |" in text.replace("**chosen**", "").replace("  ", " ")
     assert "- slime/lr3e-04-seed2: test/greedy" in text  # the missing seed
@@ -292,6 +313,8 @@ def test_report_gives_mean_and_std_over_seeds_and_lists_what_is_missing(study, t
 
 @pytest.mark.slow
 def test_run_trains_evaluates_and_skips_finished_jobs_on_a_tiny_model(study, tmp_path, tiny_model_dir, monkeypatch):
+    import slimepo.model
+
     data = tmp_path / "data"
     data.mkdir()
     words = ["river", "garden", "train", "letter", "forest", "window", "market", "bridge"]
@@ -315,6 +338,8 @@ def test_run_trains_evaluates_and_skips_finished_jobs_on_a_tiny_model(study, tmp
     monkeypatch.setattr(study, "FAMILY", {})
     monkeypatch.setattr(study, "SEEDS", (0,))
     monkeypatch.setattr(study, "MAX_NEW_TOKENS", 4)
+    monkeypatch.setattr(slimepo.model, "machine", lambda: {  # what train.json records of the machine
+        "cpu": "Test CPU", "cores": 3, "torch": "9.9", "torch_threads": 5, "cuda": "Test GPU"})
     results, runs = tmp_path / "results", tmp_path / "runs"
 
     # The base model; slime's grid run on validation; the same run (not retrained) on test once chosen.
@@ -332,12 +357,9 @@ def test_run_trains_evaluates_and_skips_finished_jobs_on_a_tiny_model(study, tmp
     assert (run / "metrics.jsonl").is_file()
     # Finished jobs are not redone.
     assert study.run(results, runs, max_minutes=None, max_jobs=None) == 0
-    doc = study.report(results, tmp_path / "results.md", tmp_path / "img")
+    doc = study.report(results, tmp_path / "results.md", tmp_path / "img", tmp_path / "ifeval")
     assert "Every planned job is done." in doc.read_text()
-    cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("model name"))
-    assert f"- Machine(s), fp32: {os.cpu_count()} cores ({cpu}), torch {torch.__version__}, " \
-           f"{torch.get_num_threads()} threads: 1 run." in doc.read_text()
+    assert "- Machine(s), fp32: 3 cores (Test CPU), torch 9.9, 5 threads, GPU Test GPU: 1 run." in doc.read_text()
 
 
 def test_a_failing_job_is_recorded_skipped_and_reported_while_the_study_goes_on(study, tmp_path, monkeypatch):
@@ -355,12 +377,12 @@ def test_a_failing_job_is_recorded_skipped_and_reported_while_the_study_goes_on(
     assert study.run(results, tmp_path / "runs", max_minutes=None, max_jobs=3) == 3
     assert calls == ["base/seed0", "slime/lr3e-04-seed0", "dpo/lr3e-04-seed0"]
     failure = json.loads((results / "runs" / "slime" / "lr3e-04-seed0" / "failed.json").read_text())
-    assert failure == {"error": "RuntimeError: loss diverged"}
+    assert failure == {"error": "RuntimeError: loss diverged", "tokenization": TODAY}
     assert "slime/lr3e-04-seed0" not in [job.name for job in study.pending(results)]
     # In the grid, a failed rate loses: the other two decide.
     grid_results(study, results, {("slime", 1e-4): (0.2, 0.5), ("slime", 1e-3): (0.1, 0.5)})
     assert study.chosen_rates(results)["slime"] == 1e-4
-    study.report(results, tmp_path / "results.md", tmp_path / "img")
+    study.report(results, tmp_path / "results.md", tmp_path / "img", tmp_path / "ifeval")
     assert "- slime/lr3e-04-seed0: failed (RuntimeError: loss diverged)" in (tmp_path / "results.md").read_text()
 
 
@@ -412,7 +434,7 @@ def test_report_has_slime_minus_each_run_from_the_generations(study, tmp_path):
         name = study.run_name(loss, 3e-4, 0)
         write_eval(results, name, "test", "greedy", constraint_pass_rate=sum(passed) / 4)
         write_generations(results, name, "test", "greedy", passed)
-    study.report(results, doc, tmp_path / "docs" / "img")
+    study.report(results, doc, tmp_path / "docs" / "img", tmp_path / "ifeval")
     row = next(line for line in doc.read_text().splitlines() if line.startswith("| slime − dpo"))
     assert row.split("|")[2].strip().startswith("+0.250 [")  # 2/4 - 1/4
     assert "| slime − simpo" not in doc.read_text()  # no simpo run at its rate: no row
@@ -474,6 +496,16 @@ def test_the_ifeval_section_gives_accuracies_trained_and_other_types_and_slime_m
     assert ("Not run yet: dpo/lr3e-04-seed0, simpo/lr3e-04-seed0, dpo/lr3e-04-seed1, simpo/lr3e-04-seed1, "
             "slime/lr3e-04-seed2, dpo/lr3e-04-seed2, simpo/lr3e-04-seed2.") in section
     assert "Test CPU" in section
+
+    # SLIME's grid made again, half-way (1e-4 today, now ahead): the IFEval part plans nothing at a rate
+    # from mixed results, and the section still shows the runs it has.
+    (results / "runs" / "slime/lr1e-04-seed0" / "train.json").write_text(json.dumps({"tokenization": TODAY}))
+    write_eval(results, "slime/lr1e-04-seed0", "validation", "greedy", constraint_pass_rate=0.9, accuracy=0.5)
+    for name in ("slime/lr3e-04-seed0", "slime/lr1e-03-seed0"):
+        (results / "runs" / name / "train.json").write_text(json.dumps({"options": {}}))  # before the fix
+    assert not any(job.loss == "slime" for job in study.ifeval_plan(results))
+    section = study.ifeval_section(ifeval_results, results)
+    assert any(line.startswith("| slime (lr 3e-04) | 0.600 ± 0.141 (2)") for line in section)
 
 
 @pytest.mark.slow
