@@ -756,19 +756,34 @@ def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RE
 
 
 def remaining_cost(runs: Sequence[RunResult], jobs: Sequence[Job], results: Path) -> list[str]:
-    """How long the pending ``jobs`` should take, from the median run and evaluation so far."""
+    """How long the pending ``jobs`` should take, from the median run and evaluation so far; then what
+    waits on grids being made again (their losses' runs from before the fix, at the rate they ran at)."""
     train_walls = [r.train["wall_seconds"] for r in runs if r.train]
     eval_walls = [e["wall_seconds"] for r in runs for e in r.evals.values() if "wall_seconds" in e]
-    if not jobs or not train_walls or not eval_walls:
+    if not train_walls or not eval_walls:
         return []
-    # A pending run is trained (again) unless its train.json and its adapter are both there.
-    to_train = sum(1 for job in jobs if job.lr is not None and not (
-        (results / "runs" / job.name / "train.json").is_file() and (RUNS / job.name / "adapter_config.json").is_file()))
-    evals = sum(len(job.evals) for job in jobs)
-    hours = (to_train * statistics.median(train_walls) + evals * statistics.median(eval_walls)) / 3600
-    return [f"{to_train} runs to train and {evals} evaluations, about {hours:.1f} h on the machine above "
-            f"(median {statistics.median(train_walls) / 60:.1f} min per training run, "
-            f"{statistics.median(eval_walls) / 60:.1f} min per evaluation):", ""]
+    train_s, eval_s = statistics.median(train_walls), statistics.median(eval_walls)
+
+    def cost(to_train: int, evals: int) -> str:
+        return f"{to_train} runs to train and {evals} evaluations, about {(to_train * train_s + evals * eval_s) / 3600:.1f} h"
+
+    # A pending run is trained (again) unless its train.json and its adapter are both there; one trained
+    # again also evaluates again whatever its earlier training had (run_job).
+    retrained = [job for job in jobs if job.lr is not None and not (
+        (results / "runs" / job.name / "train.json").is_file() and (RUNS / job.name / "adapter_config.json").is_file())]
+    evals = sum(len(job.evals) for job in jobs) + sum(
+        len({eval_name(path) for path in (results / "runs" / job.name).glob("eval-*.json")} - set(job.evals))
+        for job in retrained)
+    lines = [f"{cost(len(retrained), evals)} on the machine above (median {train_s / 60:.1f} min per training run, "
+             f"{eval_s / 60:.1f} min per evaluation)"] if jobs else []
+    waiting_losses = {loss for loss, rate in rates(results, current_only=True).items() if rate is None}
+    pending_names = {job.name for job in jobs}
+    waiting = [r for r in runs if r.loss in waiting_losses and r.name not in pending_names
+               and not all(current(results, r.name, *e) for e in r.evals)]
+    if waiting:
+        lines.append(f"then, once the grids being made again have chosen (at the rates chosen before, if they choose "
+                     f"them again), {cost(len(waiting), sum(len(r.evals) for r in waiting))} more")
+    return ["; ".join(lines) + ":", ""] if lines else []
 
 
 def prompt_passes(results: Path, name: str, split: str, decoding: str) -> dict[str, float] | None:
