@@ -298,9 +298,9 @@ def missing_evals(job: Job, results: Path) -> tuple[tuple[str, str], ...]:
 def pending(results: Path, jobs: Sequence[Job] | None = None) -> list[Job]:
     """The ``jobs`` (default: :func:`plan`'s) with evaluations still missing, merged per run; then,
     after all of them, the runs whose results predate :data:`TOKENIZATION`, made again (a run owing
-    both does both in its first job: it is trained again anyway): first the seeds at a rate that
-    stands (the plan has a seed only at a rate chosen from today's results), then the validation
-    runs (the base model's and the grids', whose new results may move a rate)."""
+    both does both in its first job: it is trained again anyway): first those of the compared
+    losses and the base model (their grid, then their seeds at the rate it chose), then the rest,
+    each part in the plan's order (seeds are planned only at a rate chosen from today's results)."""
     missing: dict[str, Job] = {}
     outdated: dict[str, Job] = {}
 
@@ -320,7 +320,7 @@ def pending(results: Path, jobs: Sequence[Job] | None = None) -> list[Job]:
         if name in missing:
             add(missing, missing[name], job.evals)
     redo = [job for name, job in outdated.items() if name not in missing]
-    return list(missing.values()) + sorted(redo, key=lambda job: VALIDATION[0] in job.evals)
+    return list(missing.values()) + sorted(redo, key=lambda job: job.loss not in (BASELINE, *GRID_LOSSES))
 
 
 def undecided(results: Path) -> list[str]:

@@ -168,6 +168,9 @@ def test_results_made_before_the_tokenization_fix_are_made_again_after_everythin
     for e in study.TEST:  # a DPO seed at its rate, trained before the fix
         write_eval(results, "dpo/lr3e-04-seed1", *e, tokenization=None)
     (results / "runs" / "dpo/lr3e-04-seed1" / "train.json").write_text(json.dumps(old_options))
+    for e in study.TEST:  # and an IPO seed at DPO's rate (its family's), before the fix too
+        write_eval(results, "ipo/lr3e-04-seed1", *e, tokenization=None)
+    (results / "runs" / "ipo/lr3e-04-seed1" / "train.json").write_text(json.dumps(old_options))
     jobs = study.pending(results)
     names = [job.name for job in jobs]
     # DPO's grid is all current: its choice stands, and what its seeds lack is owed first.
@@ -181,15 +184,15 @@ def test_results_made_before_the_tokenization_fix_are_made_again_after_everythin
                    for job in jobs)  # CPO and ORPO would take SimPO's rate (until their own grid is done)
     assert "slime (seeds 0, 1, 2): rate not chosen yet (the grid that sets it is made again with today's " \
            "tokenization; its earlier results chose 3e-04)" in study.undecided(results)
-    # ...then, after every missing result, the outdated ones: first the seeds at a rate that stands
-    # (DPO's seed 1), then the runs judged on validation (the base model's, SLIME's and SimPO's grid
-    # runs); not DPO's grid (its train.json has the option that came after the fix).
-    first_outdated = names.index("dpo/lr3e-04-seed1")
-    assert jobs[first_outdated].evals == study.TEST
-    assert names[first_outdated + 1] == "base/seed0" and jobs[first_outdated + 1].evals == study.VALIDATION + study.TEST
-    assert names[first_outdated + 2:] == [study.run_name(loss, lr, 0) for lr in (3e-4, 1e-4, 1e-3)
-                                          for loss in ("slime", "simpo")]
-    assert all(job.evals == study.VALIDATION for job in jobs[first_outdated + 2:])
+    # ...then, after every missing result, the outdated ones, those of the compared losses first, in
+    # the plan's order: the base model's evaluations, SLIME's and SimPO's grid runs (not DPO's: its
+    # train.json has the option that came after the fix), then DPO's seed at the rate that stands.
+    first_outdated = names.index("base/seed0")
+    assert jobs[first_outdated].evals == study.VALIDATION + study.TEST
+    assert names[first_outdated + 1:] == [study.run_name(loss, lr, 0) for lr in (3e-4, 1e-4, 1e-3)
+                                          for loss in ("slime", "simpo")] + ["dpo/lr3e-04-seed1", "ipo/lr3e-04-seed1"]
+    assert all(job.evals == study.VALIDATION for job in jobs[first_outdated + 1:-2])
+    assert jobs[-2].evals == jobs[-1].evals == study.TEST
 
     # An outdated run is trained again even where its adapter is still there, and its results say so.
     name = "slime/lr1e-04-seed0"
