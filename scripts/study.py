@@ -585,6 +585,11 @@ def values(runs: Iterable[RunResult], split: str, decoding: str, keys: Sequence[
     return [float(v) for v in found if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
+def made_today(results: Path, run: RunResult) -> bool:
+    """Whether every result of ``run`` was made with today's :data:`TOKENIZATION`."""
+    return all(current(results, run.name, *e) for e in run.evals)
+
+
 def tested_beyond_validation(run: RunResult) -> bool:
     """Whether ``run`` has results the tables show (test or held-out family; a grid run may have validation only)."""
     return any(split != "validation" for split, _ in run.evals)
@@ -718,7 +723,7 @@ def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RE
     lines += ["## Results on test prompts (mean ± std over seeds, number of seeds in brackets)", ""]
     lines += markdown_table(["run", *(c[0] for c in MAIN_COLUMNS), "seeds made after the fix"],
                    [[label, *(mean_std(values(members, s, d, k)) for _, s, d, k in MAIN_COLUMNS),
-                     f"{sum(all(current(results, r.name, *e) for e in r.evals) for r in members)}/{len(members)}"]
+                     f"{sum(made_today(results, r) for r in members)}/{len(members)}"]
                     for label, members in groups])
     changed, checked = rescored(results)
     lines += ["", "Pass rates are shares of prompts whose generated answer obeys the prompt's constraint "
@@ -779,7 +784,7 @@ def remaining_cost(runs: Sequence[RunResult], jobs: Sequence[Job], results: Path
     waiting_losses = {loss for loss, rate in rates(results, current_only=True).items() if rate is None}
     pending_names = {job.name for job in jobs}
     waiting = [r for r in runs if r.loss in waiting_losses and r.name not in pending_names
-               and not all(current(results, r.name, *e) for e in r.evals)]
+               and not made_today(results, r)]
     if waiting:
         lines.append(f"then, once the grids being made again have chosen (at the rates chosen before, if they choose "
                      f"them again), {cost(len(waiting), sum(len(r.evals) for r in waiting))} more")
