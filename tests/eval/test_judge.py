@@ -1,4 +1,5 @@
 import socket
+import threading
 
 import pytest
 
@@ -162,6 +163,31 @@ def test_the_client_adds_up_requests_replies_and_the_tokens_the_judge_reports(ju
         "prompt_tokens": 6 + 4 + 2 * 2,
         "completion_tokens": 6 + 4,
     }
+
+
+def test_metered_clients_sharing_one_client_at_the_same_time_each_count_their_own(judge_url):
+    shared = JudgeClient(judge_url, "fake-judge", max_retries=1, backoff=0.01)
+    shared.complete([{"role": "user", "content": "FAKE:m0:score=2"}])  # before: in neither meter
+    before = dict(shared.usage)
+    first, second = shared.metered(), shared.metered()
+    assert (first.url, first.model, first.max_retries) == (shared.url, shared.model, shared.max_retries)
+
+    def ask(client, tags):
+        for tag in tags:
+            client.complete([{"role": "user", "content": f"FAKE:{tag}"}])
+
+    threads = [threading.Thread(target=ask, args=(first, [f"mone{i}:score=3" for i in range(6)])),
+               threading.Thread(target=ask, args=(second, ["mtwo0:flaky", "mtwo1:score=4"]))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert (first.usage["requests"], first.usage["replies"]) == (6, 6)
+    assert (second.usage["requests"], second.usage["replies"]) == (2 + 1, 2)  # the flaky one retried
+    assert first.usage["prompt_tokens"] > 0 and second.usage["completion_tokens"] > 0
+    assert shared.usage == {key: before[key] + first.usage[key] + second.usage[key] for key in before}
+    assert (shared.usage["requests"], shared.usage["replies"]) == (1 + 6 + 3, 1 + 6 + 2)
 
 
 def test_unreachable_judge_raises_after_retries():

@@ -292,6 +292,7 @@ def test_eval_json_says_what_judging_cost_as_the_judge_reported_it(tmp_path, jud
                      "prompt_tokens": after["prompt_tokens"] - before["prompt_tokens"],
                      "completion_tokens": after["completion_tokens"] - before["completion_tokens"]}
     assert usage["prompt_tokens"] > 4 * 100  # FastChat's judge prompts are long
+    assert judge.usage["requests"] == 7 + 4  # the client the caller holds counts them too
     assert "| judge requests (usable replies) | 4 (4) |" in format_eval_table(
         json.loads((tmp_path / "out" / "eval.json").read_text()))
 

@@ -13,6 +13,7 @@ Standard library only (``urllib``), so judging needs no extra package.
 from __future__ import annotations
 
 import ast
+import copy
 import http.client
 import json
 import os
@@ -97,6 +98,17 @@ class JudgeClient:
         self._api_key = os.environ.get(api_key_env)
         self.usage = dict.fromkeys(USAGE_KEYS, 0)
         self._usage_lock = threading.Lock()  # judging runs requests in threads
+        self._parent: JudgeClient | None = None
+
+    def metered(self) -> JudgeClient:
+        """A client with these settings whose :attr:`usage` counts only its own requests
+        (from zero); each count is added to this client's too, so that calls sharing one
+        client, even at the same time, each know their own cost."""
+        child = copy.copy(self)
+        child.usage = dict.fromkeys(USAGE_KEYS, 0)
+        child._usage_lock = threading.Lock()
+        child._parent = self
+        return child
 
     def complete(self, messages: list[Message]) -> str:
         """The judge's reply to ``messages``; raises :class:`JudgeError` once retries run out."""
@@ -161,6 +173,8 @@ class JudgeClient:
         with self._usage_lock:
             for key, amount in amounts.items():
                 self.usage[key] += amount
+        if self._parent is not None:
+            self._parent._count(**amounts)
 
 
 def load_judge_prompts(path: str | Path | None = None) -> dict[str, dict[str, Any]]:

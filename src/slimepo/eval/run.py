@@ -228,8 +228,10 @@ def evaluate(
     arena_questions = arena_hard.load_questions(questions)[:max_prompts] if bench == "arena-hard" else None
     alpaca_records = _records(questions, alpacaeval.load_instructions)[:max_prompts] if bench == "alpaca-eval" else None
     policy, tokenizer, adapter_base = load_model(model, adapter, dtype=dtype)
-    # A client may have judged before this call; what it counts while no other call shares it is this call's.
-    judge_usage = dict(judge.usage) if isinstance(judge, JudgeClient) and bench in JUDGED_BENCHMARKS else None
+    # A client may judge before, after or beside this call: this call's requests are counted apart.
+    metered = isinstance(judge, JudgeClient) and bench in JUDGED_BENCHMARKS
+    if metered:
+        judge = judge.metered()
     source = _source(dataset, split)
     if held_out is None:
         held_out, report = prepare_pairs(source, tokenizer, split=split, **dict(prepare_options or {}))
@@ -277,9 +279,8 @@ def evaluate(
         result[BENCH_RESULTS[bench]]["provenance"] = bench_provenance(
             questions_file, tokenizer, judge, bench_decoding
         )
-        if judge_usage is not None:
-            result[BENCH_RESULTS[bench]]["judge_usage"] = {
-                key: count - judge_usage[key] for key, count in judge.usage.items()}
+        if metered:
+            result[BENCH_RESULTS[bench]]["judge_usage"] = dict(judge.usage)
     result["settings"] = {
         "model": str(model), "adapter": None if adapter is None else str(adapter), "base": base,
         "dataset": str(dataset), "split": split, "generate": generate, **decoding,
