@@ -763,14 +763,24 @@ def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RE
 def remaining_cost(runs: Sequence[RunResult], jobs: Sequence[Job], results: Path) -> list[str]:
     """How long the pending ``jobs`` should take, from the median run and evaluation so far; then what
     waits on grids being made again (their losses' runs from before the fix, at the rate they ran at)."""
-    train_walls = [r.train["wall_seconds"] for r in runs if r.train]
-    eval_walls = [e["wall_seconds"] for r in runs for e in r.evals.values() if "wall_seconds" in e]
-    if not train_walls or not eval_walls:
+    # Medians per machine (the CPU the record names): the study has run on machines of different speed.
+    train_walls, eval_walls = collections.defaultdict(list), collections.defaultdict(list)
+    for r in runs:
+        if r.train:
+            train_walls[r.train.get("machine", {}).get("cpu")].append(r.train["wall_seconds"])
+        for e in r.evals.values():
+            if "wall_seconds" in e:
+                eval_walls[e.get("machine", {}).get("cpu")].append(e["wall_seconds"])
+    medians = {cpu: (statistics.median(train_walls[cpu]), statistics.median(eval_walls[cpu]))
+               for cpu in sorted(set(train_walls) & set(eval_walls), key=str)}
+    if not medians:
         return []
-    train_s, eval_s = statistics.median(train_walls), statistics.median(eval_walls)
 
     def cost(to_train: int, evals: int) -> str:
-        return f"{to_train} runs to train and {evals} evaluations, about {(to_train * train_s + evals * eval_s) / 3600:.1f} h"
+        return f"{to_train} runs to train and {evals} evaluations, about " + ", ".join(
+            f"{(to_train * train_s + evals * eval_s) / 3600:.1f} h on the {cpu or 'unnamed CPU'} "
+            f"(median {train_s / 60:.1f} min per training run, {eval_s / 60:.1f} min per evaluation there)"
+            for cpu, (train_s, eval_s) in medians.items())
 
     # A pending run is trained (again) unless its train.json and its adapter are both there; one trained
     # again also evaluates again whatever its earlier training had (run_job).
@@ -779,8 +789,7 @@ def remaining_cost(runs: Sequence[RunResult], jobs: Sequence[Job], results: Path
     evals = sum(len(job.evals) for job in jobs) + sum(
         len({eval_name(path) for path in (results / "runs" / job.name).glob("eval-*.json")} - set(job.evals))
         for job in retrained)
-    lines = [f"{cost(len(retrained), evals)} on the machine above (median {train_s / 60:.1f} min per training run, "
-             f"{eval_s / 60:.1f} min per evaluation)"] if jobs else []
+    lines = [cost(len(retrained), evals)] if jobs else []
     waiting_losses = {loss for loss, rate in rates(results, current_only=True).items() if rate is None}
     pending_names = {job.name for job in jobs}
     waiting = [r for r in runs if r.loss in waiting_losses and r.name not in pending_names

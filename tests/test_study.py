@@ -295,23 +295,30 @@ def test_the_cost_left_counts_what_a_retrained_run_evaluates_again_and_what_wait
     for seed in (1, 2):
         for e in study.TEST[1::2]:  # the sampled ones
             write_eval(results, f"base/seed{seed}", *e)
-    old = {"options": {}, "wall_seconds": 600.0}  # a train.json from before the tokenization fix
+    xeon, epyc = {"cpu": "Xeon"}, {"cpu": "EPYC"}
+    old = {"options": {}, "wall_seconds": 600.0, "machine": xeon}  # a train.json from before the tokenization fix
     for lr in (3e-4, 1e-4, 1e-3):  # SLIME's grid, all before the fix: made again
         write_eval(results, study.run_name("slime", lr, 0), "validation", "greedy", constraint_pass_rate=0.5,
-                   wall_seconds=60.0, tokenization=None)
+                   wall_seconds=60.0, tokenization=None, machine=xeon)
         (results / "runs" / study.run_name("slime", lr, 0) / "train.json").write_text(json.dumps(old))
-    for seed in (0, 1, 2):  # the seeds at the rate it chose before
+    for seed in (0, 1, 2):  # the seeds at the rate it chose before, on a slower machine
         for e in study.TEST:
-            write_eval(results, study.run_name("slime", 1e-4, seed), *e, tokenization=None)
-        (results / "runs" / study.run_name("slime", 1e-4, seed) / "train.json").write_text(json.dumps(old))
+            write_eval(results, study.run_name("slime", 1e-4, seed), *e, tokenization=None, wall_seconds=120.0,
+                       machine=epyc)
+        (results / "runs" / study.run_name("slime", 1e-4, seed) / "train.json").write_text(
+            json.dumps({**old, "wall_seconds": 1200.0, "machine": epyc}))
     jobs = study.pending(results)
     assert [job.name for job in jobs] == [study.run_name("slime", lr, 0) for lr in (3e-4, 1e-4, 1e-3)]
     # 3 grid runs trained again, evaluating validation and (1e-4, seed 0) its 4 test evaluations again;
-    # seeds 1 and 2 wait for the grid: 2 runs, 8 evaluations. 10 min per training run, 1 min per evaluation.
+    # seeds 1 and 2 wait for the grid: 2 runs, 8 evaluations. On the EPYC 20 min per training run and 2 per
+    # evaluation, on the Xeon 10 and 1.
     assert study.remaining_cost(study.load_results(results), jobs, results) == [
-        "3 runs to train and 7 evaluations, about 0.6 h on the machine above (median 10.0 min per training run, "
-        "1.0 min per evaluation); then, once the grids being made again have chosen (at the rates chosen before, "
-        "if they choose them again), 2 runs to train and 8 evaluations, about 0.5 h more:", ""]
+        "3 runs to train and 7 evaluations, about 1.2 h on the EPYC (median 20.0 min per training run, 2.0 min per "
+        "evaluation there), 0.6 h on the Xeon (median 10.0 min per training run, 1.0 min per evaluation there); "
+        "then, once the grids being made again have chosen (at the rates chosen before, if they choose them again), "
+        "2 runs to train and 8 evaluations, about 0.9 h on the EPYC (median 20.0 min per training run, 2.0 min per "
+        "evaluation there), 0.5 h on the Xeon (median 10.0 min per training run, 1.0 min per evaluation there) "
+        "more:", ""]
 
 
 def test_report_gives_mean_and_std_over_seeds_and_lists_what_is_missing(study, tmp_path):
