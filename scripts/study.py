@@ -131,8 +131,16 @@ TEST = tuple((split, decoding) for split in ("test", "heldout") for decoding in 
 #: budget and dtype differ from IFEval's usual settings.
 IFEVAL_RESULTS = ROOT / "results" / "study-ifeval"
 IFEVAL_RUNS = ROOT / "runs" / "study-ifeval"
-IFEVAL_LOSSES = ("slime", "dpo", "simpo")
-IFEVAL = (("ifeval", "greedy"),)
+#: SimPO also at the SimPO authors' β and γ (the outside review's point, as in the constraint study).
+IFEVAL_LOSSES = ("slime", "dpo", "simpo", "simpo-paper")
+#: The same models on IFBench (its own tree again: the IFEval part's adapters were not kept either, so
+#: its runs are the same recipes trained once more). Greedy answers to the 282 of IFBench's 300 prompts
+#: whose checkers need no external data, same budget, dtype and batches as IFEval.
+IFBENCH_RESULTS = ROOT / "results" / "study-ifbench"
+IFBENCH_RUNS = ROOT / "runs" / "study-ifbench"
+IFBENCH_LOSSES = ("slime", "dpo", "simpo")
+#: The parts scored by an instruction-following benchmark (each evaluation's "split" is its name).
+BENCHMARKS = ("ifeval", "ifbench")
 IFEVAL_MAX_NEW_TOKENS = 256
 IFEVAL_BATCH = 64
 IFEVAL_DTYPE = "bfloat16"  # 2.4x faster than float32 generation on the AVX512-BF16 EPYC (README)
@@ -276,12 +284,16 @@ def plan(results: Path) -> list[Job]:
     return jobs + seeds(tuple(loss for loss in OWN_GRID_LOSSES if loss not in FAMILY))
 
 
-def ifeval_plan(study_results: Path = RESULTS) -> list[Job]:
-    """The IFEval part: the base model, then every seed of each ``IFEVAL_LOSSES`` loss at the rate the
-    study chose for it (seed by seed, so that a part cut short has every loss at seed 0 first)."""
+def ifeval_plan(study_results: Path = RESULTS, benchmark: str = "ifeval") -> list[Job]:
+    """The IFEval part (or the IFBench part): the base model, then every seed of each
+    ``IFEVAL_LOSSES`` (``IFBENCH_LOSSES``) loss at the rate the study chose for it, or for the grid
+    loss it inherits its rate from (seed by seed, so that a part cut short has every loss at seed 0 first)."""
+    evals = ((benchmark, "greedy"),)
+    losses = IFEVAL_LOSSES if benchmark == "ifeval" else IFBENCH_LOSSES
     chosen = chosen_rates(study_results, current_only=True)
-    jobs = [Job(BASELINE, None, 0, IFEVAL)]  # greedy: the base model's answers do not depend on a seed
-    return jobs + [Job(loss, chosen[loss], seed, IFEVAL) for seed in SEEDS for loss in IFEVAL_LOSSES if loss in chosen]
+    rate = {loss: chosen.get(loss, chosen.get(INHERIT.get(loss, ""))) for loss in losses}
+    jobs = [Job(BASELINE, None, 0, evals)]  # greedy: the base model's answers do not depend on a seed
+    return jobs + [Job(loss, rate[loss], seed, evals) for seed in SEEDS for loss in losses if rate[loss] is not None]
 
 
 def failed(results: Path, name: str) -> dict[str, Any] | None:
@@ -382,9 +394,9 @@ def run_job(job: Job, results: Path, runs: Path) -> None:
     for split, decoding in job.evals:
         logger.info("%s: evaluating on %s, %s", job.name, split, decoding)
         start = time.perf_counter()
-        if split == "ifeval":
-            evaluation = evaluate_ifeval(model, run_dir / f"eval-{split}-{decoding}")
-            generations = run_dir / f"eval-{split}-{decoding}" / "ifeval" / "answers.jsonl"
+        if split in BENCHMARKS:
+            evaluation = evaluate_ifeval(model, run_dir / f"eval-{split}-{decoding}", split)
+            generations = run_dir / f"eval-{split}-{decoding}" / split / "answers.jsonl"
         else:
             evaluation = evaluate_one(model, split, decoding, job.seed, run_dir / f"eval-{split}-{decoding}")
             generations = run_dir / f"eval-{split}-{decoding}" / "generations.jsonl"
@@ -410,9 +422,10 @@ def evaluate_one(model: str, split: str, decoding: str, seed: int, out_dir: Path
                     max_new_tokens=MAX_NEW_TOKENS, seed=seed, batch_size=EVAL_BATCH, **DECODINGS[decoding])
 
 
-def evaluate_ifeval(model: str, out_dir: Path) -> dict[str, Any]:
-    """Greedy answers to every IFEval prompt, scored by the official checkers (each prompt's strict
-    and loose flags, ``per_prompt``, feed the paired comparison of the report).
+def evaluate_ifeval(model: str, out_dir: Path, benchmark: str = "ifeval") -> dict[str, Any]:
+    """Greedy answers to every IFEval prompt (or IFBench's, those its checkers can score), scored by
+    the official checkers (each prompt's strict and loose flags, ``per_prompt``, feed the paired
+    comparison of the report).
 
     The adapter is merged into the bf16 weights before answering (generation's speed; the same
     weights a user would serve).
@@ -423,12 +436,13 @@ def evaluate_ifeval(model: str, out_dir: Path) -> dict[str, Any]:
     policy, tokenizer, _ = load_model(model, dtype=IFEVAL_DTYPE)
     if hasattr(policy, "merge_and_unload"):
         policy = policy.merge_and_unload()
-    records = ifeval.load_prompts()
+    records = ifeval.load_prompts(benchmark=benchmark)
     decoding = {"max_new_tokens": IFEVAL_MAX_NEW_TOKENS, "sampling": False, "seed": 0}
-    result = answer_ifeval(policy, tokenizer, out_dir / "ifeval", records, batch_size=IFEVAL_BATCH, **decoding)
-    result["provenance"] = bench_provenance(ifeval.find_prompts(), tokenizer, None, decoding)
+    result = answer_ifeval(policy, tokenizer, out_dir / benchmark, records, batch_size=IFEVAL_BATCH,
+                           benchmark=benchmark, **decoding)
+    result["provenance"] = bench_provenance(ifeval.find_prompts(benchmark), tokenizer, None, decoding)
     result["settings"] = {"model": model, "dtype": IFEVAL_DTYPE, "batch_size": IFEVAL_BATCH, "merged": True}
-    return {"ifeval": result}
+    return {benchmark: result}
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -472,7 +486,7 @@ def stored_answers(results: Path) -> Iterator[tuple[Path, str, str, str]]:
     (not IFEval's, which its own checkers score)."""
     for path in sorted((results / "runs").glob("*/*/generations-*.jsonl.gz")):
         split, decoding = path.name.removeprefix("generations-").removesuffix(".jsonl.gz").rsplit("-", 1)
-        if split != "ifeval":
+        if split not in BENCHMARKS:
             yield path, f"{path.parent.parent.name}/{path.parent.name}", split, decoding
 
 
@@ -617,43 +631,71 @@ def main_groups(runs: Sequence[RunResult], rate_of: Mapping[str, float | None]) 
     return groups
 
 
-def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS) -> list[str]:
-    """The study re-scored on IFEval: accuracies per run, SLIME minus each other run paired by
-    prompt, accuracy on the instruction types training covered and on the others, cost, and what is missing."""
-    runs = [r for r in load_results(ifeval_results) if ("ifeval", "greedy") in r.evals]
-    jobs = ifeval_plan(study_results)
+#: Per benchmark part: the section's title, and the number of prompts answered.
+BENCH_TITLES = {"ifeval": ("The study re-scored on IFEval", "541 prompts, official checkers"),
+                "ifbench": ("The same study on IFBench", "282 of 300 prompts, official checkers")}
+
+
+def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmark: str = "ifeval") -> list[str]:
+    """The study re-scored on IFEval (or IFBench): accuracies per run, SLIME minus each other run
+    paired by prompt, accuracy on the instruction types training covered and on the others (IFEval;
+    IFBench has no type any training family covers: accuracy per category instead), cost, and what is
+    missing."""
+    name = {"ifeval": "IFEval", "ifbench": "IFBench"}[benchmark]
+    runs = [r for r in load_results(ifeval_results) if (benchmark, "greedy") in r.evals]
+    jobs = ifeval_plan(study_results, benchmark)
     todo = [job.name for job in pending(ifeval_results, jobs)]
-    lines = ["## The study re-scored on IFEval (541 prompts, official checkers)", ""]
+    title, scope = BENCH_TITLES[benchmark]
+    lines = [f"## {title} ({scope})", ""]
     reading = ifeval_results / "reading.md"
     if reading.is_file():
         lines += [reading.read_text(encoding="utf-8").strip(), ""]
     if not runs:
-        return lines + ["No IFEval result yet (`python scripts/study.py ifeval` runs them).", ""]
+        return lines + [f"No {name} result yet (`python scripts/study.py {benchmark}` runs them).", ""]
     # The runs there are (not the plan's, which waits while a grid is made again): the base model, then IFEVAL_LOSSES.
-    labels = sorted({(r.loss, r.lr) for r in runs}, key=lambda key: ((BASELINE, *IFEVAL_LOSSES).index(key[0]), key[1] or 0))
+    order = (BASELINE, *IFEVAL_LOSSES, *IFBENCH_LOSSES)
+    labels = sorted({(r.loss, r.lr) for r in runs}, key=lambda key: (order.index(key[0]), key[1] or 0))
     groups = [(BASELINE if lr is None else f"{loss} (lr {lr:.0e})",
                sorted((r for r in runs if r.loss == loss and r.lr == lr), key=lambda r: r.seed))
               for loss, lr in labels]
     groups = [(label, members) for label, members in groups if members]
-    key = ("ifeval",)
+    key = (benchmark,)
     columns = (
         ("prompt-level strict", key + ("prompt_level_strict",)), ("prompt-level loose", key + ("prompt_level_loose",)),
         ("instruction-level strict", key + ("instruction_level_strict",)),
         ("instruction-level loose", key + ("instruction_level_loose",)),
         ("ended (EOT)", key + ("generation", "ended_rate")), ("length (tokens)", key + ("generation", "length_tokens_mean")),
     )
-    rows = [[label, *(mean_std(values(members, "ifeval", "greedy", k)) for _, k in columns),
-             mean_std([ifeval_type_accuracy(r, trained=True) for r in members]),
-             mean_std([ifeval_type_accuracy(r, trained=False) for r in members])] for label, members in groups]
-    lines += ["### Accuracy (mean ± std over seeds, number of seeds in brackets)", "",
-              *markdown_table(["run", *(c[0] for c in columns), "instr. strict, trained types",
-                               "instr. strict, other types"], rows), "",
-              "Official IFEval definitions (`slimepo.eval.ifeval`, the checkers of `if-verifiable`): prompt-level = share "
-              "of prompts whose every instruction is followed, instruction-level = share of all instructions; loose "
-              "also accepts the answer without its first and/or last line and without `*`. \"trained types\": the "
-              f"{len(IFEVAL_TRAINED_TYPES)} instruction types that check what a training family asks for "
-              f"({', '.join(f'`{t}`' for t in sorted(IFEVAL_TRAINED_TYPES))}); \"other types\": the remaining ones, "
-              "which no training pair teaches. The base model's greedy answers do not depend on a seed (one run).", ""]
+    if benchmark == "ifbench":
+        categories = sorted({t.split(":")[0] for r in runs for t in r.evals[(benchmark, "greedy")][benchmark]["per_instruction"]})
+        rows = [[label, *(mean_std(values(members, benchmark, "greedy", k)) for _, k in columns)] for label, members in groups]
+        category_rows = [[label, *(mean_std([ifeval_type_accuracy(r, category=c, benchmark=benchmark) for r in members])
+                                   for c in categories)] for label, members in groups]
+        counts = {c: sum(n["count"] for t, n in runs[0].evals[(benchmark, "greedy")][benchmark]["per_instruction"].items()
+                         if t.split(":")[0] == c) for c in categories}
+        lines += ["### Accuracy (mean ± std over seeds, number of seeds in brackets)", "",
+                  *markdown_table(["run", *(c[0] for c in columns)], rows), "",
+                  "### Instruction-level strict accuracy per IFBench category (instructions in brackets)", "",
+                  *markdown_table(["run", *(f"{c} ({counts[c]})" for c in categories)], category_rows), "",
+                  "IFBench's definitions are IFEval's (`slimepo.eval.ifeval`, the IFBench checkers of `if-verifiable`); "
+                  "its 58 instruction types (56 in the prompts scored here) are new ones, made to be unseen by training, "
+                  "and none checks what one of the study's training families asks for. The 18 prompts whose checkers "
+                  "need data no PyPI package ships are left out (their ids in each evaluation's `left_out`), so these are not the official "
+                  "IFBench score. The base model's greedy answers do not depend on a seed (one run).", ""]
+    else:
+        rows = [[label, *(mean_std(values(members, benchmark, "greedy", k)) for _, k in columns),
+                 mean_std([ifeval_type_accuracy(r, trained=True) for r in members]),
+                 mean_std([ifeval_type_accuracy(r, trained=False) for r in members])] for label, members in groups]
+        lines += ["### Accuracy (mean ± std over seeds, number of seeds in brackets)", "",
+                  *markdown_table(["run", *(c[0] for c in columns), "instr. strict, trained types",
+                                   "instr. strict, other types"], rows), "",
+                  "Official IFEval definitions (`slimepo.eval.ifeval`, the checkers of `if-verifiable`): prompt-level = "
+                  "share of prompts whose every instruction is followed, instruction-level = share of all instructions; "
+                  "loose also accepts the answer without its first and/or last line and without `*`. \"trained types\": "
+                  f"the {len(IFEVAL_TRAINED_TYPES)} instruction types that check what a training family asks for "
+                  f"({', '.join(f'`{t}`' for t in sorted(IFEVAL_TRAINED_TYPES))}); \"other types\": the remaining "
+                  "ones, which no training pair teaches. The base model's greedy answers do not depend on a seed (one run).",
+                  ""]
     slime = next((members for label, members in groups if members[0].loss == "slime"), None)
     if slime is not None:
         diff_rows = []
@@ -662,8 +704,8 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS) -> list[
                 continue
             cells = []
             for mode in ("strict", "loose"):
-                found = paired_difference([ifeval_prompt_passes(r, mode) for r in slime],
-                                          [ifeval_prompt_passes(r, mode) for r in members])
+                found = paired_difference([ifeval_prompt_passes(r, mode, benchmark) for r in slime],
+                                          [ifeval_prompt_passes(r, mode, benchmark) for r in members])
                 cells.append("—" if found is None else f"{found[0]:+.3f} [{found[1]:+.2f}, {found[2]:+.2f}]")
             diff_rows.append([f"slime − {label}", *cells])
         if diff_rows:
@@ -671,21 +713,24 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS) -> list[
                       *markdown_table(["difference", "strict", "loose"], diff_rows), "",
                       "As in the table of the constraint study: the same prompts for both sides, each side's seeds "
                       "resampled (10,000 draws); an interval that contains 0 does not separate the two.", ""]
-    walls = [(r, r.evals[("ifeval", "greedy")]) for r in runs]
+    walls = [(r, r.evals[(benchmark, "greedy")]) for r in runs]
     trained = [r for r in runs if r.train]
     cpus = sorted({e.get("machine", {}).get("cpu", "?") for _, e in walls})
     lines += ["### Setup and cost", "",
               f"- Greedy, at most {IFEVAL_MAX_NEW_TOKENS} new tokens, batches of {IFEVAL_BATCH} prompts (left-padded, "
-              f"longest first), SmolLM2's chat template with IFEval's prompt as the user turn; the LoRA adapter merged "
-              f"into {IFEVAL_DTYPE} weights (on the AVX512-BF16 EPYC, float32 generation was 2.4x slower in `bench/bench_generate.py`, see README). IFEval's usual harnesses "
+              f"longest first), SmolLM2's chat template with {name}'s prompt as the user turn; the LoRA adapter merged "
+              f"into {IFEVAL_DTYPE} weights (on the AVX512-BF16 EPYC, float32 generation was 2.4x slower in `bench/bench_generate.py`, see README). {name}'s usual harnesses "
               f"allow 1,280 tokens or more: an answer cut at {IFEVAL_MAX_NEW_TOKENS} fails the instructions that need a long "
               "answer (e.g. at least 300 words) in every run alike; `ended (EOT)` is the share that ended on their own.",
               "- The runs are trained again (the study kept its results, not its adapters) with the study's options, "
               "float32, at the rates its grid chose; the code now ends a ChatML response at `<|im_end|>` (one token "
-              "shorter than when the study trained), so these are not bit-for-bit the models of the tables above.",
+              "shorter than when the study trained), so these are not bit-for-bit the models of the tables above"
+              + ("." if benchmark == "ifeval" else ", nor those of the IFEval section (trained once more, on the "
+                 "machine named below)."),
               f"- {len(trained)} training runs, {sum(r.train['wall_seconds'] for r in trained) / 60:.0f} min; "
-              f"{len(walls)} IFEval evaluations, {sum(e['wall_seconds'] for _, e in walls) / 60:.0f} min in all "
-              f"(median {statistics.median(e['wall_seconds'] for _, e in walls) / 60:.1f} min for 541 prompts); "
+              f"{len(walls)} {name} evaluations, {sum(e['wall_seconds'] for _, e in walls) / 60:.0f} min in all "
+              f"(median {statistics.median(e['wall_seconds'] for _, e in walls) / 60:.1f} min for "
+              f"{scope.split(' prompts')[0]} prompts); "
               f"{', '.join(cpus)}, 2 cores.",
               ""]
     if todo:
@@ -693,20 +738,24 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS) -> list[
     return lines
 
 
-def ifeval_prompt_passes(run: RunResult, mode: str) -> dict[str, float]:
-    """Per IFEval prompt (by key): 1.0 when every instruction is followed in ``mode``, else 0.0."""
-    per_prompt = run.evals[("ifeval", "greedy")]["ifeval"]["per_prompt"]
+def ifeval_prompt_passes(run: RunResult, mode: str, benchmark: str = "ifeval") -> dict[str, float]:
+    """Per IFEval (IFBench) prompt (by key): 1.0 when every instruction is followed in ``mode``, else 0.0."""
+    per_prompt = run.evals[(benchmark, "greedy")][benchmark]["per_prompt"]
     return {key: float(all(flags[mode])) for key, flags in per_prompt.items()}
 
 
-def ifeval_type_accuracy(run: RunResult, *, trained: bool) -> float:
-    """Instruction-level strict accuracy over the types training covers (``trained``) or the others."""
-    per_type = run.evals[("ifeval", "greedy")]["ifeval"]["per_instruction"]
-    chosen = [c for t, c in per_type.items() if (t in IFEVAL_TRAINED_TYPES) == trained]
+def ifeval_type_accuracy(run: RunResult, *, trained: bool | None = None, category: str | None = None,
+                         benchmark: str = "ifeval") -> float:
+    """Instruction-level strict accuracy over the types training covers (``trained``) or the others,
+    or over the types of one ``category`` (the part of an id before its colon)."""
+    per_type = run.evals[(benchmark, "greedy")][benchmark]["per_instruction"]
+    chosen = [c for t, c in per_type.items()
+              if (t.split(":")[0] == category if category is not None else (t in IFEVAL_TRAINED_TYPES) == trained)]
     return sum(c["strict"] * c["count"] for c in chosen) / sum(c["count"] for c in chosen)
 
 
-def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RESULTS) -> Path:
+def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RESULTS,
+           ifbench_results: Path = IFBENCH_RESULTS) -> Path:
     runs = load_results(results)
     groups = main_groups(runs, table_rates(results, runs))
     lines = [
@@ -743,6 +792,7 @@ def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RE
     lines += family_table(groups)
     lines += grid_section(results, runs)
     lines += ifeval_section(ifeval_results, results)
+    lines += ifeval_section(ifbench_results, results, "ifbench")
     plots = make_plots(groups, img)
     if plots:
         lines += ["## Plots", ""] + [f"![{title}]({os.path.relpath(path, doc.parent)})" for title, path in plots] + [""]
@@ -1056,7 +1106,8 @@ def save(fig: Any, path: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("run", "report", "plan", "ifeval", "ifeval-plan", "rescore"))
+    parser.add_argument("command", choices=("run", "report", "plan", "ifeval", "ifeval-plan", "ifbench",
+                                                       "ifbench-plan", "rescore"))
     parser.add_argument("--max-minutes", type=float, default=None, help="start no job after this many minutes")
     parser.add_argument("--max-jobs", type=int, default=None)
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -1064,6 +1115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--doc", type=Path, default=DOC)
     parser.add_argument("--ifeval-results", type=Path, default=IFEVAL_RESULTS)
     parser.add_argument("--ifeval-runs", type=Path, default=IFEVAL_RUNS)
+    parser.add_argument("--ifbench-results", type=Path, default=IFBENCH_RESULTS)
+    parser.add_argument("--ifbench-runs", type=Path, default=IFBENCH_RUNS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.command == "plan":
@@ -1072,8 +1125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in undecided(args.results):
             print(line)
         return 0
-    if args.command == "ifeval-plan":
-        for job in pending(args.ifeval_results, ifeval_plan(args.results)):
+    if args.command in ("ifeval-plan", "ifbench-plan"):
+        bench = args.command.removesuffix("-plan")
+        results = args.ifeval_results if bench == "ifeval" else args.ifbench_results
+        for job in pending(results, ifeval_plan(args.results, bench)):
             print(f"{job.name}: {', '.join('/'.join(e) for e in job.evals)}")
         return 0
     if args.command == "rescore":
@@ -1085,7 +1140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "ifeval":
         run(args.ifeval_results, args.ifeval_runs, args.max_minutes, args.max_jobs,
             plan_jobs=lambda: ifeval_plan(args.results))
-    print(report(args.results, args.doc, IMG if args.doc == DOC else args.doc.parent / "img", args.ifeval_results))
+    if args.command == "ifbench":
+        run(args.ifbench_results, args.ifbench_runs, args.max_minutes, args.max_jobs,
+            plan_jobs=lambda: ifeval_plan(args.results, "ifbench"))
+    print(report(args.results, args.doc, IMG if args.doc == DOC else args.doc.parent / "img", args.ifeval_results,
+                 args.ifbench_results))
     return 0
 
 

@@ -334,7 +334,7 @@ def test_report_gives_mean_and_std_over_seeds_and_lists_what_is_missing(study, t
     write_eval(results, study.run_name("dpo", 3e-4, 0), "test", "greedy", constraint_pass_rate=0.4,
                tokenization=None)  # made before the tokenization fix
     (results / "reading.md").write_text("## Reading\n\nHand-written words.")
-    study.report(results, doc, tmp_path / "docs" / "img", tmp_path / "ifeval")
+    study.report(results, doc, tmp_path / "docs" / "img", tmp_path / "ifeval", tmp_path / "ifbench")
     text = doc.read_text()
     slime_row = next(line for line in text.splitlines() if line.startswith("| slime (lr 3e-04)"))
     cells = [c.strip() for c in slime_row.strip("|").split("|")]
@@ -396,7 +396,7 @@ def test_run_trains_evaluates_and_skips_finished_jobs_on_a_tiny_model(study, tmp
     assert (run / "metrics.jsonl").is_file()
     # Finished jobs are not redone.
     assert study.run(results, runs, max_minutes=None, max_jobs=None) == 0
-    doc = study.report(results, tmp_path / "results.md", tmp_path / "img", tmp_path / "ifeval")
+    doc = study.report(results, tmp_path / "results.md", tmp_path / "img", tmp_path / "ifeval", tmp_path / "ifbench")
     assert "Every planned job is done." in doc.read_text()
     assert "- Machine(s), fp32: 3 cores (Test CPU), torch 9.9, 5 threads, GPU Test GPU: 1 run." in doc.read_text()
 
@@ -421,7 +421,7 @@ def test_a_failing_job_is_recorded_skipped_and_reported_while_the_study_goes_on(
     # In the grid, a failed rate loses: the other two decide.
     grid_results(study, results, {("slime", 1e-4): (0.2, 0.5), ("slime", 1e-3): (0.1, 0.5)})
     assert study.chosen_rates(results)["slime"] == 1e-4
-    study.report(results, tmp_path / "results.md", tmp_path / "img", tmp_path / "ifeval")
+    study.report(results, tmp_path / "results.md", tmp_path / "img", tmp_path / "ifeval", tmp_path / "ifbench")
     assert "- slime/lr3e-04-seed0: failed (RuntimeError: loss diverged)" in (tmp_path / "results.md").read_text()
 
 
@@ -473,7 +473,7 @@ def test_report_has_slime_minus_each_run_from_the_generations(study, tmp_path):
         name = study.run_name(loss, 3e-4, 0)
         write_eval(results, name, "test", "greedy", constraint_pass_rate=sum(passed) / 4)
         write_generations(results, name, "test", "greedy", passed)
-    study.report(results, doc, tmp_path / "docs" / "img", tmp_path / "ifeval")
+    study.report(results, doc, tmp_path / "docs" / "img", tmp_path / "ifeval", tmp_path / "ifbench")
     row = next(line for line in doc.read_text().splitlines() if line.startswith("| slime − dpo"))
     assert row.split("|")[2].strip().startswith("+0.250 [")  # 2/4 - 1/4
     assert "| slime − simpo" not in doc.read_text()  # no simpo run at its rate: no row
@@ -485,22 +485,28 @@ def test_the_ifeval_part_runs_the_base_model_then_each_seed_of_every_compared_lo
                                    for loss in ("slime", "dpo", "simpo") for lr in (3e-4, 1e-4, 1e-3)})
     jobs = study.ifeval_plan(tmp_path)
     assert [job.name for job in jobs] == [
-        "base/seed0",
-        "slime/lr1e-03-seed0", "dpo/lr3e-04-seed0", "simpo/lr1e-04-seed0",
-        "slime/lr1e-03-seed1", "dpo/lr3e-04-seed1", "simpo/lr1e-04-seed1",
-        "slime/lr1e-03-seed2", "dpo/lr3e-04-seed2", "simpo/lr1e-04-seed2",
+        "base/seed0",  # SimPO at its authors' β and γ: SimPO's rate, as in the constraint study
+        "slime/lr1e-03-seed0", "dpo/lr3e-04-seed0", "simpo/lr1e-04-seed0", "simpo-paper/lr1e-04-seed0",
+        "slime/lr1e-03-seed1", "dpo/lr3e-04-seed1", "simpo/lr1e-04-seed1", "simpo-paper/lr1e-04-seed1",
+        "slime/lr1e-03-seed2", "dpo/lr3e-04-seed2", "simpo/lr1e-04-seed2", "simpo-paper/lr1e-04-seed2",
     ]
     assert all(job.evals == (("ifeval", "greedy"),) for job in jobs)
+    assert study.train_config(jobs[4], tmp_path).loss_params == {"beta": 2.5, "gamma": 1.375}
+    # The IFBench part: the same runs but SimPO-paper, IFBench's evaluation instead.
+    ifbench = study.ifeval_plan(tmp_path, "ifbench")
+    assert [job.name for job in ifbench] == [job.name for job in jobs if job.loss != "simpo-paper"]
+    assert all(job.evals == (("ifbench", "greedy"),) for job in ifbench)
     # Results of the IFEval part live in a tree of their own: the study's own files say nothing of them.
     write_eval(tmp_path / "ifeval", "base/seed0", "ifeval", "greedy", ifeval={})
     assert [job.name for job in study.pending(tmp_path / "ifeval", jobs)][:1] == ["slime/lr1e-03-seed0"]
     assert study.pending(tmp_path, jobs)[0].name == "base/seed0"
 
 
-def write_ifeval(results: Path, name: str, flags: dict[str, list[bool]], per_instruction: dict, **values) -> None:
+def write_ifeval(results: Path, name: str, flags: dict[str, list[bool]], per_instruction: dict,
+                 benchmark: str = "ifeval", **values) -> None:
     per_prompt = {key: {"strict": f, "loose": [True] * len(f)} for key, f in flags.items()}
-    write_eval(results, name, "ifeval", "greedy", wall_seconds=60.0, machine={"cpu": "Test CPU"},
-               ifeval={"per_prompt": per_prompt, "per_instruction": per_instruction, **values})
+    write_eval(results, name, benchmark, "greedy", wall_seconds=60.0, machine={"cpu": "Test CPU"},
+               **{benchmark: {"per_prompt": per_prompt, "per_instruction": per_instruction, **values}})
 
 
 def test_the_ifeval_section_gives_accuracies_trained_and_other_types_and_slime_minus_each_run(study, tmp_path):
@@ -516,7 +522,7 @@ def test_the_ifeval_section_gives_accuracies_trained_and_other_types_and_slime_m
         write_ifeval(ifeval_results, study.run_name("slime", 3e-4, seed),
                      {"1": [True], "2": [True], "3": [True, True], "4": [seed == 1]}, types, prompt_level_strict=level)
     (ifeval_results / "reading.md").write_text("IFEval words by hand.")
-    study.report(results, doc, tmp_path / "docs" / "img", ifeval_results)
+    study.report(results, doc, tmp_path / "docs" / "img", ifeval_results, tmp_path / "ifbench")
     text = doc.read_text()
     section = text[text.index("## The study re-scored on IFEval"):]
     assert "IFEval words by hand." in section
@@ -532,8 +538,9 @@ def test_the_ifeval_section_gives_accuracies_trained_and_other_types_and_slime_m
     diff = next(line for line in section.splitlines() if line.startswith("| slime − base"))
     strict, loose = (c.strip() for c in diff.strip("|").split("|")[1:3])
     assert strict.startswith("+0.875 [") and loose == "+0.000 [+0.00, +0.00]"
-    assert ("Not run yet: dpo/lr3e-04-seed0, simpo/lr3e-04-seed0, dpo/lr3e-04-seed1, simpo/lr3e-04-seed1, "
-            "slime/lr3e-04-seed2, dpo/lr3e-04-seed2, simpo/lr3e-04-seed2.") in section
+    assert ("Not run yet: dpo/lr3e-04-seed0, simpo/lr3e-04-seed0, simpo-paper/lr3e-04-seed0, dpo/lr3e-04-seed1, "
+            "simpo/lr3e-04-seed1, simpo-paper/lr3e-04-seed1, slime/lr3e-04-seed2, dpo/lr3e-04-seed2, "
+            "simpo/lr3e-04-seed2, simpo-paper/lr3e-04-seed2.") in section
     assert "Test CPU" in section
 
     # SLIME's grid made again, half-way (1e-4 today, now ahead): the IFEval part plans nothing at a rate
@@ -547,8 +554,42 @@ def test_the_ifeval_section_gives_accuracies_trained_and_other_types_and_slime_m
     assert any(line.startswith("| slime (lr 3e-04) | 0.600 ± 0.141 (2)") for line in section)
 
 
+def test_the_ifbench_section_gives_accuracies_per_category_and_slime_minus_each_run(study, tmp_path):
+    results, ifbench_results, doc = tmp_path / "results", tmp_path / "ifbench", tmp_path / "docs" / "results.md"
+    grid_results(study, results, {(loss, lr): (0.5 if lr == 3e-4 else 0.1, 0.5)
+                                  for loss in ("slime", "dpo", "simpo") for lr in (3e-4, 1e-4, 1e-3)})
+    study.report(results, doc, tmp_path / "docs" / "img", tmp_path / "ifeval", ifbench_results)
+    assert "No IFBench result yet (`python scripts/study.py ifbench` runs them)." in doc.read_text()
+    types = {"count:numbers": {"count": 2, "strict": 0.5, "loose": 0.5},
+             "count:pronouns": {"count": 2, "strict": 1.0, "loose": 1.0},
+             "format:emoji": {"count": 1, "strict": 0.0, "loose": 1.0}}
+    write_ifeval(ifbench_results, "base/seed0", {"1": [False], "2": [True, False]}, types, "ifbench",
+                 prompt_level_strict=0.0)
+    for seed, level in ((0, 0.5), (1, 1.0)):
+        write_ifeval(ifbench_results, study.run_name("slime", 3e-4, seed), {"1": [True], "2": [seed == 1, True]},
+                     types, "ifbench", prompt_level_strict=level)
+    (ifbench_results / "reading.md").write_text("IFBench words by hand.")
+    study.report(results, doc, tmp_path / "docs" / "img", tmp_path / "ifeval", ifbench_results)
+    text = doc.read_text()
+    section = text[text.index("## The same study on IFBench (282 of 300 prompts"):]
+    assert "IFBench words by hand." in section and "No IFBench result yet" not in section
+    assert "| run | count (4) | format (1) |" in section  # instructions per category
+    rows = [line for line in section.splitlines() if line.startswith("| slime (lr 3e-04)")]
+    accuracy, category = ([c.strip() for c in row.strip("|").split("|")] for row in rows)
+    assert accuracy[1] == "0.750 ± 0.354 (2)"  # prompt-level strict of the two seeds: 0.5, 1.0
+    assert category[1:] == ["0.750 ± 0.000 (2)", "0.000 ± 0.000 (2)"]  # count: (0.5 * 2 + 1.0 * 2) / 4
+    # Per prompt: SLIME follows 1 of 2 (seed 0) and 2 of 2 (seed 1), the base 0 of 2: +0.750 strict.
+    diff = next(line for line in section.splitlines() if line.startswith("| slime − base"))
+    assert diff.strip("|").split("|")[1].strip().startswith("+0.750 [")
+    assert "nor those of the IFEval section" in section and "Test CPU" in section
+    assert "IFBench evaluations" in section and "for 282 of 300 prompts" in section
+    assert "Not run yet: dpo/lr3e-04-seed0," in section
+
+
 @pytest.mark.slow
-def test_the_ifeval_part_trains_answers_scores_and_resumes_on_a_tiny_model(study, tmp_path, tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize("benchmark", ["ifeval", "ifbench"])
+def test_the_ifeval_part_trains_answers_scores_and_resumes_on_a_tiny_model(study, tmp_path, tiny_model_dir, monkeypatch,
+                                                                            benchmark):
     from slimepo.eval import ifeval
 
     data = tmp_path / "data"
@@ -557,8 +598,14 @@ def test_the_ifeval_part_trains_answers_scores_and_resumes_on_a_tiny_model(study
             for w in ["river", "garden", "train", "letter", "forest", "window", "market", "bridge"]]
     with gzip.open(data / "train.jsonl.gz", "wt") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
-    records = ifeval.load_prompts()[:3]
-    monkeypatch.setattr(ifeval, "load_prompts", lambda path=None: [dict(r) for r in records])
+    records = ifeval.scorable(ifeval.load_prompts(benchmark=benchmark), benchmark)[0][:3]
+
+    def load_prompts(path=None, benchmark="ifeval"):
+        assert path is None and benchmark == asked  # the part's own benchmark
+        return [dict(r) for r in records]
+
+    asked = benchmark
+    monkeypatch.setattr(ifeval, "load_prompts", load_prompts)
     monkeypatch.setattr(study, "MODEL", str(tiny_model_dir))
     monkeypatch.setattr(study, "BASE_OPTIONS", {**study.BASE_OPTIONS, "dataset": str(data / "train.jsonl.gz"),
                                                 "eval_dataset": None, "eval_split": "train", "monitor_steps": 0})
@@ -569,19 +616,22 @@ def test_the_ifeval_part_trains_answers_scores_and_resumes_on_a_tiny_model(study
     grid_results(study, study_results, {("slime", lr): (0.9 if lr == 1e-3 else 0.1, 0.5) for lr in (3e-4, 1e-4, 1e-3)})
     monkeypatch.setattr(study, "GRID_LOSSES", ("slime",))
 
-    assert study.run(results, runs, None, None, plan_jobs=lambda: study.ifeval_plan(study_results)) == 2
+    monkeypatch.setattr(study, "IFBENCH_LOSSES", ("slime",))
+    assert study.run(results, runs, None, None, plan_jobs=lambda: study.ifeval_plan(study_results, benchmark)) == 2
     for name in ("base/seed0", "slime/lr1e-03-seed0"):
-        evaluation = json.loads((results / "runs" / name / "eval-ifeval-greedy.json").read_text())["ifeval"]
+        evaluation = json.loads((results / "runs" / name / f"eval-{benchmark}-greedy.json").read_text())[benchmark]
         assert evaluation["prompts"] == 3 and set(evaluation["per_prompt"]) == {str(r["key"]) for r in records}
         strict = [all(f["strict"]) for f in evaluation["per_prompt"].values()]
         assert evaluation["prompt_level_strict"] == sum(strict) / 3
         assert evaluation["provenance"]["decoding"] == {"max_new_tokens": 4, "sampling": False, "seed": 0}
         assert evaluation["settings"]["dtype"] == "bfloat16"
-        with gzip.open(results / "runs" / name / "generations-ifeval-greedy.jsonl.gz", "rt") as f:
+        assert evaluation["provenance"]["questions_file"] == str(ifeval.find_prompts(benchmark))
+        assert ("left_out" in evaluation) == (benchmark == "ifbench")
+        with gzip.open(results / "runs" / name / f"generations-{benchmark}-greedy.jsonl.gz", "rt") as f:
             assert len(f.readlines()) == 3
     train = json.loads((results / "runs" / "slime" / "lr1e-03-seed0" / "train.json").read_text())
     assert train["options"]["mixed_precision"] == "no" and train["learning_rate"] == 1e-3
-    assert study.run(results, runs, None, None, plan_jobs=lambda: study.ifeval_plan(study_results)) == 0
+    assert study.run(results, runs, None, None, plan_jobs=lambda: study.ifeval_plan(study_results, benchmark)) == 0
 
 
 def test_rescore_checks_stored_answers_again_and_keeps_what_the_run_wrote(study, tmp_path):
