@@ -631,9 +631,9 @@ def main_groups(runs: Sequence[RunResult], rate_of: Mapping[str, float | None]) 
     return groups
 
 
-#: Per benchmark part: the section's title, and the number of prompts answered.
-BENCH_TITLES = {"ifeval": ("The study re-scored on IFEval", "541 prompts, official checkers"),
-                "ifbench": ("The same study on IFBench", "282 of 300 prompts, official checkers")}
+#: Per benchmark part: the benchmark's name, the section's title, and the number of prompts answered.
+BENCH_TITLES = {"ifeval": ("IFEval", "The study re-scored on IFEval", "541 prompts, official checkers"),
+                "ifbench": ("IFBench", "The same study on IFBench", "282 of 300 prompts, official checkers")}
 
 
 def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmark: str = "ifeval") -> list[str]:
@@ -641,11 +641,10 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmar
     paired by prompt, accuracy on the instruction types training covered and on the others (IFEval;
     IFBench has no type any training family covers: accuracy per category instead), cost, and what is
     missing."""
-    name = {"ifeval": "IFEval", "ifbench": "IFBench"}[benchmark]
+    name, title, scope = BENCH_TITLES[benchmark]
     runs = [r for r in load_results(ifeval_results) if (benchmark, "greedy") in r.evals]
     jobs = ifeval_plan(study_results, benchmark)
     todo = [job.name for job in pending(ifeval_results, jobs)]
-    title, scope = BENCH_TITLES[benchmark]
     lines = [f"## {title} ({scope})", ""]
     reading = ifeval_results / "reading.md"
     if reading.is_file():
@@ -1106,8 +1105,8 @@ def save(fig: Any, path: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("run", "report", "plan", "ifeval", "ifeval-plan", "ifbench",
-                                                       "ifbench-plan", "rescore"))
+    parser.add_argument("command", choices=("run", "report", "plan", "rescore", *BENCHMARKS,
+                                            *(f"{bench}-plan" for bench in BENCHMARKS)))
     parser.add_argument("--max-minutes", type=float, default=None, help="start no job after this many minutes")
     parser.add_argument("--max-jobs", type=int, default=None)
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -1119,16 +1118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ifbench-runs", type=Path, default=IFBENCH_RUNS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    bench_dirs = {"ifeval": (args.ifeval_results, args.ifeval_runs), "ifbench": (args.ifbench_results, args.ifbench_runs)}
     if args.command == "plan":
         for job in pending(args.results):
             print(f"{job.name}: {', '.join('/'.join(e) for e in job.evals)}")
         for line in undecided(args.results):
             print(line)
         return 0
-    if args.command in ("ifeval-plan", "ifbench-plan"):
+    if args.command.endswith("-plan"):
         bench = args.command.removesuffix("-plan")
-        results = args.ifeval_results if bench == "ifeval" else args.ifbench_results
-        for job in pending(results, ifeval_plan(args.results, bench)):
+        for job in pending(bench_dirs[bench][0], ifeval_plan(args.results, bench)):
             print(f"{job.name}: {', '.join('/'.join(e) for e in job.evals)}")
         return 0
     if args.command == "rescore":
@@ -1137,12 +1136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "run":
         run(args.results, args.runs, args.max_minutes, args.max_jobs)
-    if args.command == "ifeval":
-        run(args.ifeval_results, args.ifeval_runs, args.max_minutes, args.max_jobs,
-            plan_jobs=lambda: ifeval_plan(args.results))
-    if args.command == "ifbench":
-        run(args.ifbench_results, args.ifbench_runs, args.max_minutes, args.max_jobs,
-            plan_jobs=lambda: ifeval_plan(args.results, "ifbench"))
+    if args.command in BENCHMARKS:
+        run(*bench_dirs[args.command], args.max_minutes, args.max_jobs,
+            plan_jobs=lambda: ifeval_plan(args.results, args.command))
     print(report(args.results, args.doc, IMG if args.doc == DOC else args.doc.parent / "img", args.ifeval_results,
                  args.ifbench_results))
     return 0
