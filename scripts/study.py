@@ -666,11 +666,11 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmar
         ("ended (EOT)", key + ("generation", "ended_rate")), ("length (tokens)", key + ("generation", "length_tokens_mean")),
     )
     if benchmark == "ifbench":
-        categories = sorted({t.split(":")[0] for r in runs for t in r.evals[(benchmark, "greedy")][benchmark]["per_instruction"]})
+        categories = sorted({t.split(":")[0] for r in runs for t in bench_result(r, benchmark)["per_instruction"]})
         rows = [[label, *(mean_std(values(members, benchmark, "greedy", k)) for _, k in columns)] for label, members in groups]
         category_rows = [[label, *(mean_std([ifeval_type_accuracy(r, category=c, benchmark=benchmark) for r in members])
                                    for c in categories)] for label, members in groups]
-        counts = {c: sum(n["count"] for t, n in runs[0].evals[(benchmark, "greedy")][benchmark]["per_instruction"].items()
+        counts = {c: sum(n["count"] for t, n in bench_result(runs[0], benchmark)["per_instruction"].items()
                          if t.split(":")[0] == c) for c in categories}
         lines += ["### Accuracy (mean ± std over seeds, number of seeds in brackets)", "",
                   *markdown_table(["run", *(c[0] for c in columns)], rows), "",
@@ -737,9 +737,14 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmar
     return lines
 
 
+def bench_result(run: RunResult, benchmark: str) -> dict[str, Any]:
+    """The scores of a run's greedy IFEval (IFBench) evaluation."""
+    return run.evals[(benchmark, "greedy")][benchmark]
+
+
 def ifeval_prompt_passes(run: RunResult, mode: str, benchmark: str = "ifeval") -> dict[str, float]:
     """Per IFEval (IFBench) prompt (by key): 1.0 when every instruction is followed in ``mode``, else 0.0."""
-    per_prompt = run.evals[(benchmark, "greedy")][benchmark]["per_prompt"]
+    per_prompt = bench_result(run, benchmark)["per_prompt"]
     return {key: float(all(flags[mode])) for key, flags in per_prompt.items()}
 
 
@@ -747,7 +752,7 @@ def ifeval_type_accuracy(run: RunResult, *, trained: bool | None = None, categor
                          benchmark: str = "ifeval") -> float:
     """Instruction-level strict accuracy over the types training covers (``trained``) or the others,
     or over the types of one ``category`` (the part of an id before its colon)."""
-    per_type = run.evals[(benchmark, "greedy")][benchmark]["per_instruction"]
+    per_type = bench_result(run, benchmark)["per_instruction"]
     chosen = [c for t, c in per_type.items()
               if (t.split(":")[0] == category if category is not None else (t in IFEVAL_TRAINED_TYPES) == trained)]
     return sum(c["strict"] * c["count"] for c in chosen) / sum(c["count"] for c in chosen)
