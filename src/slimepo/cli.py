@@ -97,12 +97,31 @@ def _train(args: argparse.Namespace) -> int:
     from slimepo.train.card import summary_table
 
     result = train(config)
+    main_process = _leave_process_group()
+    if not main_process:
+        return 0
     if result.after:
         print("\n" + summary_table(result.before, result.after))
     print(f"\n{result.global_step} optimizer steps. Outputs in {result.output_dir}/:")
     kind = "LoRA adapter (PEFT)" if config.use_lora else "model weights"
     print(f"  {kind}, tokenizer, config.yaml, metrics.jsonl, eval.json, README.md")
     return 0
+
+
+def _leave_process_group() -> bool:
+    """Under torchrun/accelerate, after a finished run: destroy the process group; True on process 0.
+
+    Training has done every collective by then (the weights are saved). Left to the interpreter's
+    teardown, the group warns under NCCL and can abort a finished process under gloo. Not called
+    when training raised: tearing down while other processes sit in a collective can hang.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    rank = dist.get_rank()
+    dist.destroy_process_group()
+    return rank == 0
 
 
 def _inspect_data(args: argparse.Namespace) -> int:

@@ -8,7 +8,9 @@ decoder layers and root are ``fully_shard``-ed. It writes the largest difference
 log-probs and of the (gathered) gradients of the trained weights to ``OUT/rank<N>.json``.
 """
 
+import gc
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -72,8 +74,19 @@ def main() -> None:
         "trained": len(grads),
     }
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(report))
+    # Once in CI (2026-12-05) process 0 aborted after this point ("terminate called without an
+    # active exception", SIGABRT): a process group torn down while the other process still
+    # talks to it, or gloo's threads destroyed with the interpreter. So: both processes finish
+    # every collective, drop what holds the sharded model (its device mesh holds the group),
+    # destroy the group, and leave without interpreter teardown; the reports are written.
+    dist.barrier()
+    del reference, sharded, head, grads, sharded_grads
+    gc.collect()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

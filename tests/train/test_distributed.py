@@ -97,6 +97,43 @@ def test_two_nodes_rendezvous_on_localhost_and_log_the_same_losses_as_one_proces
     assert_same_losses(train_lines(one_process), train_lines(out))
 
 
+@pytest.mark.slow
+def test_the_documented_torchrun_command_trains_as_one_process_and_exits_cleanly(
+    one_process, tiny_model_dir, toy_data, tmp_path
+):
+    """``torchrun ... -m slimepo.cli train`` as README and docs/distributed.md give it, with the
+    settings ddp_worker.py passes: the same losses as one process, one summary, exit status 0."""
+    data, out = toy_data["train"].parent, tmp_path / "cli"
+    options = {"model": tiny_model_dir, "dataset": data / "train.jsonl", "eval_dataset": data / "test.jsonl",
+               "eval_split": "train", "output_dir": out, "max_steps": 3, "batch_size": 2, "learning_rate": 1e-2,
+               "logging_steps": 1, "save_steps": 0, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+               "warmup_ratio": 0.0, "seed": 0, "loss": "slime", "dtype": "float32"}
+    flags = [part for name, value in options.items() for part in ("--" + name.replace("_", "-"), str(value))]
+    result = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_port", free_port(),
+                             "-m", "slimepo.cli", "train", *flags], env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count("3 optimizer steps. Outputs in") == 1, result.stdout  # process 0 alone reports
+    assert (out / "adapter_model.safetensors").exists()
+    assert_same_losses(train_lines(one_process), train_lines(out))
+
+
+def test_the_train_command_destroys_the_process_group_after_a_finished_run(monkeypatch, capsys, tmp_path):
+    """Left to the interpreter's teardown, a live group warns (NCCL) or can abort a finished process (gloo)."""
+    import torch.distributed as dist
+
+    from slimepo import cli, train
+    from slimepo.train.run import TrainResult
+
+    calls = []
+    monkeypatch.setattr(train, "train", lambda config: TrainResult(tmp_path, {}, {}, 3))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroyed"))
+    assert cli.main(["train", "--output-dir", str(tmp_path / "out")]) == 0
+    assert calls == ["destroyed"]
+    assert capsys.readouterr().out == ""  # process 1 leaves the summary to process 0
+
+
 def parameter_reports(out: Path, world: int) -> list[dict]:
     return [json.loads((out / f"params-rank{rank}.json").read_text()) for rank in range(world)]
 
