@@ -131,14 +131,14 @@ TEST = tuple((split, decoding) for split in ("test", "heldout") for decoding in 
 #: budget and dtype differ from IFEval's usual settings.
 IFEVAL_RESULTS = ROOT / "results" / "study-ifeval"
 IFEVAL_RUNS = ROOT / "runs" / "study-ifeval"
-#: SimPO also at the SimPO authors' β and γ (the outside review's point, as in the constraint study).
-IFEVAL_LOSSES = ("slime", "dpo", "simpo", "simpo-paper")
 #: The same models on IFBench (its own tree again: the IFEval part's adapters were not kept either, so
 #: its runs are the same recipes trained once more). Greedy answers to the 282 of IFBench's 300 prompts
 #: whose checkers need no external data, same budget, dtype and batches as IFEval.
 IFBENCH_RESULTS = ROOT / "results" / "study-ifbench"
 IFBENCH_RUNS = ROOT / "runs" / "study-ifbench"
-IFBENCH_LOSSES = ("slime", "dpo", "simpo")
+#: The losses both parts compare; SimPO also at the SimPO authors' β and γ (the outside review's
+#: point, as in the constraint study).
+BENCH_LOSSES = ("slime", "dpo", "simpo", "simpo-paper")
 #: The parts scored by an instruction-following benchmark (each evaluation's "split" is its name).
 BENCHMARKS = ("ifeval", "ifbench")
 IFEVAL_MAX_NEW_TOKENS = 256
@@ -286,14 +286,13 @@ def plan(results: Path) -> list[Job]:
 
 def ifeval_plan(study_results: Path = RESULTS, benchmark: str = "ifeval") -> list[Job]:
     """The IFEval part (or the IFBench part): the base model, then every seed of each
-    ``IFEVAL_LOSSES`` (``IFBENCH_LOSSES``) loss at the rate the study chose for it, or for the grid
+    ``BENCH_LOSSES`` loss at the rate the study chose for it, or for the grid
     loss it inherits its rate from (seed by seed, so that a part cut short has every loss at seed 0 first)."""
     evals = ((benchmark, "greedy"),)
-    losses = IFEVAL_LOSSES if benchmark == "ifeval" else IFBENCH_LOSSES
     chosen = chosen_rates(study_results, current_only=True)
-    rate = {loss: chosen.get(loss, chosen.get(INHERIT.get(loss, ""))) for loss in losses}
+    rate = {loss: chosen.get(loss, chosen.get(INHERIT.get(loss, ""))) for loss in BENCH_LOSSES}
     jobs = [Job(BASELINE, None, 0, evals)]  # greedy: the base model's answers do not depend on a seed
-    return jobs + [Job(loss, rate[loss], seed, evals) for seed in SEEDS for loss in losses if rate[loss] is not None]
+    return jobs + [Job(loss, rate[loss], seed, evals) for seed in SEEDS for loss in BENCH_LOSSES if rate[loss] is not None]
 
 
 def failed(results: Path, name: str) -> dict[str, Any] | None:
@@ -651,8 +650,8 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmar
         lines += [reading.read_text(encoding="utf-8").strip(), ""]
     if not runs:
         return lines + [f"No {name} result yet (`python scripts/study.py {benchmark}` runs them).", ""]
-    # The runs there are (not the plan's, which waits while a grid is made again): the base model, then IFEVAL_LOSSES.
-    order = (BASELINE, *IFEVAL_LOSSES, *IFBENCH_LOSSES)
+    # The runs there are (not the plan's, which waits while a grid is made again): the base model, then BENCH_LOSSES.
+    order = (BASELINE, *BENCH_LOSSES)
     labels = sorted({(r.loss, r.lr) for r in runs}, key=lambda key: (order.index(key[0]), key[1] or 0))
     groups = [(BASELINE if lr is None else f"{loss} (lr {lr:.0e})",
                sorted((r for r in runs if r.loss == loss and r.lr == lr), key=lambda r: r.seed))

@@ -492,9 +492,9 @@ def test_the_ifeval_part_runs_the_base_model_then_each_seed_of_every_compared_lo
     ]
     assert all(job.evals == (("ifeval", "greedy"),) for job in jobs)
     assert study.train_config(jobs[4], tmp_path).loss_params == {"beta": 2.5, "gamma": 1.375}
-    # The IFBench part: the same runs but SimPO-paper, IFBench's evaluation instead.
+    # The IFBench part: the same runs, IFBench's evaluation instead.
     ifbench = study.ifeval_plan(tmp_path, "ifbench")
-    assert [job.name for job in ifbench] == [job.name for job in jobs if job.loss != "simpo-paper"]
+    assert [job.name for job in ifbench] == [job.name for job in jobs]
     assert all(job.evals == (("ifbench", "greedy"),) for job in ifbench)
     # Results of the IFEval part live in a tree of their own: the study's own files say nothing of them.
     write_eval(tmp_path / "ifeval", "base/seed0", "ifeval", "greedy", ifeval={})
@@ -609,14 +609,13 @@ def test_the_ifeval_part_trains_answers_scores_and_resumes_on_a_tiny_model(study
     monkeypatch.setattr(study, "MODEL", str(tiny_model_dir))
     monkeypatch.setattr(study, "BASE_OPTIONS", {**study.BASE_OPTIONS, "dataset": str(data / "train.jsonl.gz"),
                                                 "eval_dataset": None, "eval_split": "train", "monitor_steps": 0})
-    monkeypatch.setattr(study, "IFEVAL_LOSSES", ("slime",))
+    monkeypatch.setattr(study, "BENCH_LOSSES", ("slime",))
     monkeypatch.setattr(study, "SEEDS", (0,))
     monkeypatch.setattr(study, "IFEVAL_MAX_NEW_TOKENS", 4)
     study_results, results, runs = tmp_path / "study", tmp_path / "ifeval", tmp_path / "runs"
     grid_results(study, study_results, {("slime", lr): (0.9 if lr == 1e-3 else 0.1, 0.5) for lr in (3e-4, 1e-4, 1e-3)})
     monkeypatch.setattr(study, "GRID_LOSSES", ("slime",))
 
-    monkeypatch.setattr(study, "IFBENCH_LOSSES", ("slime",))
     assert study.run(results, runs, None, None, plan_jobs=lambda: study.ifeval_plan(study_results, benchmark)) == 2
     for name in ("base/seed0", "slime/lr1e-03-seed0"):
         evaluation = json.loads((results / "runs" / name / f"eval-{benchmark}-greedy.json").read_text())[benchmark]
