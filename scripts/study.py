@@ -694,23 +694,25 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmar
                   f"({', '.join(f'`{t}`' for t in sorted(IFEVAL_TRAINED_TYPES))}); \"other types\": the remaining "
                   "ones, which no training pair teaches. The base model's greedy answers do not depend on a seed (one run).",
                   ""]
-    slime = next((members for label, members in groups if members[0].loss == "slime"), None)
-    if slime is not None:
-        diff_rows = []
-        for label, members in groups:
-            if members is slime:
-                continue
-            cells = []
-            for mode in ("strict", "loose"):
-                found = paired_difference([ifeval_prompt_passes(r, mode, benchmark) for r in slime],
-                                          [ifeval_prompt_passes(r, mode, benchmark) for r in members])
-                cells.append("—" if found is None else f"{found[0]:+.3f} [{found[1]:+.2f}, {found[2]:+.2f}]")
-            diff_rows.append([f"slime − {label}", *cells])
-        if diff_rows:
-            lines += ["### SLIME minus each other run, prompt-level, paired by prompt (95% bootstrap interval)", "",
-                      *markdown_table(["difference", "strict", "loose"], diff_rows), "",
-                      "As in the table of the constraint study: the same prompts for both sides, each side's seeds "
-                      "resampled (10,000 draws); an interval that contains 0 does not separate the two.", ""]
+    # SLIME minus each other run first, then every other pair, the later run of the table minus the earlier.
+    slime = [(label, members) for label, members in groups if members[0].loss == "slime"]
+    others = [(label, members) for label, members in groups if members[0].loss != "slime"]
+    pairs = [(a, b) for a in slime for b in others]
+    pairs += [(others[j], others[i]) for j in range(len(others)) for i in range(j)]
+    diff_rows = []
+    for (label_a, a), (label_b, b) in pairs:
+        cells = []
+        for mode in ("strict", "loose"):
+            found = paired_difference([ifeval_prompt_passes(r, mode, benchmark) for r in a],
+                                      [ifeval_prompt_passes(r, mode, benchmark) for r in b])
+            cells.append("—" if found is None else f"{found[0]:+.3f} [{found[1]:+.2f}, {found[2]:+.2f}]")
+        diff_rows.append([f"{label_a} − {label_b}", *cells])
+    if diff_rows:
+        lines += ["### Each run minus each other, prompt-level, paired by prompt (95% bootstrap interval)", "",
+                  *markdown_table(["difference", "strict", "loose"], diff_rows), "",
+                  "SLIME's rows first, then every other pair (the later row of the accuracy table minus the earlier). "
+                  "As in the table of the constraint study: the same prompts for both sides, each side's seeds "
+                  "resampled (10,000 draws); an interval that contains 0 does not separate the two.", ""]
     walls = [(r, r.evals[(benchmark, "greedy")]) for r in runs]
     trained = [r for r in runs if r.train]
     cpus = sorted({e.get("machine", {}).get("cpu", "?") for _, e in walls})

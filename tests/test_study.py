@@ -535,7 +535,7 @@ def test_the_ifeval_section_gives_accuracies_trained_and_other_types_and_slime_m
     assert base[1] == "0.000 (1)"
     # Per prompt: SLIME follows 3 of 4 (seed 0) and 4 of 4 (seed 1), the base 0 of 4: +0.875 strict;
     # loose is all-true on both sides: 0.
-    diff = next(line for line in section.splitlines() if line.startswith("| slime − base"))
+    diff = next(line for line in section.splitlines() if line.startswith("| slime (lr 3e-04) − base"))
     strict, loose = (c.strip() for c in diff.strip("|").split("|")[1:3])
     assert strict.startswith("+0.875 [") and loose == "+0.000 [+0.00, +0.00]"
     assert ("Not run yet: dpo/lr3e-04-seed0, simpo/lr3e-04-seed0, simpo-paper/lr3e-04-seed0, dpo/lr3e-04-seed1, "
@@ -554,7 +554,7 @@ def test_the_ifeval_section_gives_accuracies_trained_and_other_types_and_slime_m
     assert any(line.startswith("| slime (lr 3e-04) | 0.600 ± 0.141 (2)") for line in section)
 
 
-def test_the_ifbench_section_gives_accuracies_per_category_and_slime_minus_each_run(study, tmp_path):
+def test_the_ifbench_section_gives_accuracies_per_category_and_each_run_minus_each_other(study, tmp_path):
     results, ifbench_results, doc = tmp_path / "results", tmp_path / "ifbench", tmp_path / "docs" / "results.md"
     grid_results(study, results, {(loss, lr): (0.5 if lr == 3e-4 else 0.1, 0.5)
                                   for loss in ("slime", "dpo", "simpo") for lr in (3e-4, 1e-4, 1e-3)})
@@ -568,22 +568,28 @@ def test_the_ifbench_section_gives_accuracies_per_category_and_slime_minus_each_
     for seed, level in ((0, 0.5), (1, 1.0)):
         write_ifeval(ifbench_results, study.run_name("slime", 3e-4, seed), {"1": [True], "2": [seed == 1, True]},
                      types, "ifbench", prompt_level_strict=level)
+    write_ifeval(ifbench_results, study.run_name("dpo", 3e-4, 0), {"1": [True], "2": [False, True]}, types, "ifbench",
+                 prompt_level_strict=0.5)
     (ifbench_results / "reading.md").write_text("IFBench words by hand.")
     study.report(results, doc, tmp_path / "docs" / "img", tmp_path / "ifeval", ifbench_results)
     text = doc.read_text()
     section = text[text.index("## The same study on IFBench (282 of 300 prompts"):]
     assert "IFBench words by hand." in section and "No IFBench result yet" not in section
     assert "| run | count (4) | format (1) |" in section  # instructions per category
-    rows = [line for line in section.splitlines() if line.startswith("| slime (lr 3e-04)")]
+    rows = [line for line in section.splitlines() if line.startswith("| slime (lr 3e-04) |")]
     accuracy, category = ([c.strip() for c in row.strip("|").split("|")] for row in rows)
     assert accuracy[1] == "0.750 ± 0.354 (2)"  # prompt-level strict of the two seeds: 0.5, 1.0
     assert category[1:] == ["0.750 ± 0.000 (2)", "0.000 ± 0.000 (2)"]  # count: (0.5 * 2 + 1.0 * 2) / 4
-    # Per prompt: SLIME follows 1 of 2 (seed 0) and 2 of 2 (seed 1), the base 0 of 2: +0.750 strict.
-    diff = next(line for line in section.splitlines() if line.startswith("| slime − base"))
-    assert diff.strip("|").split("|")[1].strip().startswith("+0.750 [")
+    # Per prompt: SLIME follows 1 of 2 (seed 0) and 2 of 2 (seed 1), DPO 1 of 2, the base 0 of 2. SLIME's
+    # rows first, then the other pair, the later row of the table minus the earlier.
+    diffs = [[c.strip() for c in line.strip("|").split("|")[:2]] for line in section.splitlines()
+             if " − " in line and line.startswith("| ")]
+    assert [(name, strict.split(" [")[0]) for name, strict in diffs] == [
+        ("slime (lr 3e-04) − base", "+0.750"), ("slime (lr 3e-04) − dpo (lr 3e-04)", "+0.250"),
+        ("dpo (lr 3e-04) − base", "+0.500")]
     assert "nor those of the IFEval section" in section and "Test CPU" in section
     assert "IFBench evaluations" in section and "for 282 of 300 prompts" in section
-    assert "Not run yet: dpo/lr3e-04-seed0," in section
+    assert "Not run yet: simpo/lr3e-04-seed0," in section
 
 
 @pytest.mark.slow
