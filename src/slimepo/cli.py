@@ -97,9 +97,8 @@ def _train(args: argparse.Namespace) -> int:
     from slimepo.train.card import summary_table
 
     result = train(config)
-    main_process = _leave_process_group()
-    if not main_process:
-        return 0
+    if not _leave_process_group():
+        return 0  # process 0 reports
     if result.after:
         print("\n" + summary_table(result.before, result.after))
     print(f"\n{result.global_step} optimizer steps. Outputs in {result.output_dir}/:")

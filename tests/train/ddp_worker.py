@@ -31,17 +31,21 @@ class ParameterReport(TrainerCallback):
         (self.out / f"params-rank{args.process_index}.json").write_text(json.dumps(report))
 
 
-def main() -> None:
-    model, data, out, world = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    overrides = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
-    config = TrainConfig(**{
+def run_options(model: str, data: Path, out: str, world: int) -> dict:
+    """The TrainConfig options of every run the distributed tests compare: 3 steps, global batch 4."""
+    return {
         "model": model, "dataset": str(data / "train.jsonl"), "eval_dataset": str(data / "test.jsonl"),
         "eval_split": "train", "output_dir": out, "max_steps": 3, "batch_size": 4 // world, "learning_rate": 1e-2,
         "logging_steps": 1, "save_steps": 0, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
         "warmup_ratio": 0.0, "seed": 0, "loss": "slime",
         "dtype": "float32",  # no autocast, whatever the CPU: the comparisons are at fp32 accuracy
-        **overrides,
-    })
+    }
+
+
+def main() -> None:
+    model, data, out, world = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    overrides = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    config = TrainConfig(**{**run_options(model, data, out, world), **overrides})
     train(config, callbacks=[ParameterReport(Path(out))])
     if dist.is_initialized():
         dist.destroy_process_group()

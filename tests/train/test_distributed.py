@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 from slimepo import config as config_module
 from slimepo.config import FSDP_MIN_VERSIONS, ConfigError, TrainConfig, fsdp_versions_too_old
 
+from .ddp_worker import run_options
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
@@ -103,11 +105,8 @@ def test_the_documented_torchrun_command_trains_as_one_process_and_exits_cleanly
 ):
     """``torchrun ... -m slimepo.cli train`` as README and docs/distributed.md give it, with the
     settings ddp_worker.py passes: the same losses as one process, one summary, exit status 0."""
-    data, out = toy_data["train"].parent, tmp_path / "cli"
-    options = {"model": tiny_model_dir, "dataset": data / "train.jsonl", "eval_dataset": data / "test.jsonl",
-               "eval_split": "train", "output_dir": out, "max_steps": 3, "batch_size": 2, "learning_rate": 1e-2,
-               "logging_steps": 1, "save_steps": 0, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-               "warmup_ratio": 0.0, "seed": 0, "loss": "slime", "dtype": "float32"}
+    out = tmp_path / "cli"
+    options = run_options(str(tiny_model_dir), toy_data["train"].parent, str(out), world=2)
     flags = [part for name, value in options.items() for part in ("--" + name.replace("_", "-"), str(value))]
     result = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_port", free_port(),
                              "-m", "slimepo.cli", "train", *flags], env=ENV, capture_output=True, text=True, timeout=600)
