@@ -664,16 +664,20 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmar
         ("instruction-level loose", key + ("instruction_level_loose",)),
         ("ended (EOT)", key + ("generation", "ended_rate")), ("length (tokens)", key + ("generation", "length_tokens_mean")),
     )
+    rows = [[label, *(mean_std(values(members, benchmark, "greedy", k)) for _, k in columns)] for label, members in groups]
+    headers = ["run", *(c[0] for c in columns)]
+    if benchmark == "ifeval":
+        headers += ["instr. strict, trained types", "instr. strict, other types"]
+        for row, (_, members) in zip(rows, groups):
+            row += [mean_std([ifeval_type_accuracy(r, trained=trained) for r in members]) for trained in (True, False)]
+    lines += ["### Accuracy (mean ± std over seeds, number of seeds in brackets)", "", *markdown_table(headers, rows), ""]
     if benchmark == "ifbench":
         categories = sorted({t.split(":")[0] for r in runs for t in bench_result(r, benchmark)["per_instruction"]})
-        rows = [[label, *(mean_std(values(members, benchmark, "greedy", k)) for _, k in columns)] for label, members in groups]
         category_rows = [[label, *(mean_std([ifeval_type_accuracy(r, category=c, benchmark=benchmark) for r in members])
                                    for c in categories)] for label, members in groups]
         counts = {c: sum(n["count"] for t, n in bench_result(runs[0], benchmark)["per_instruction"].items()
                          if t.split(":")[0] == c) for c in categories}
-        lines += ["### Accuracy (mean ± std over seeds, number of seeds in brackets)", "",
-                  *markdown_table(["run", *(c[0] for c in columns)], rows), "",
-                  "### Instruction-level strict accuracy per IFBench category (instructions in brackets)", "",
+        lines += ["### Instruction-level strict accuracy per IFBench category (instructions in brackets)", "",
                   *markdown_table(["run", *(f"{c} ({counts[c]})" for c in categories)], category_rows), "",
                   "IFBench's definitions are IFEval's (`slimepo.eval.ifeval`, the IFBench checkers of `if-verifiable`); "
                   "its 58 instruction types (56 in the prompts scored here) are new ones, made to be unseen by training, "
@@ -681,13 +685,7 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmar
                   "need data no PyPI package ships are left out (their ids in each evaluation's `left_out`), so these are not the official "
                   "IFBench score. The base model's greedy answers do not depend on a seed (one run).", ""]
     else:
-        rows = [[label, *(mean_std(values(members, benchmark, "greedy", k)) for _, k in columns),
-                 mean_std([ifeval_type_accuracy(r, trained=True) for r in members]),
-                 mean_std([ifeval_type_accuracy(r, trained=False) for r in members])] for label, members in groups]
-        lines += ["### Accuracy (mean ± std over seeds, number of seeds in brackets)", "",
-                  *markdown_table(["run", *(c[0] for c in columns), "instr. strict, trained types",
-                                   "instr. strict, other types"], rows), "",
-                  "Official IFEval definitions (`slimepo.eval.ifeval`, the checkers of `if-verifiable`): prompt-level = "
+        lines += ["Official IFEval definitions (`slimepo.eval.ifeval`, the checkers of `if-verifiable`): prompt-level = "
                   "share of prompts whose every instruction is followed, instruction-level = share of all instructions; "
                   "loose also accepts the answer without its first and/or last line and without `*`. \"trained types\": "
                   f"the {len(IFEVAL_TRAINED_TYPES)} instruction types that check what a training family asks for "
@@ -695,16 +693,17 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmar
                   "ones, which no training pair teaches. The base model's greedy answers do not depend on a seed (one run).",
                   ""]
     # SLIME minus each other run first, then every other pair, the later run of the table minus the earlier.
-    slime = [(label, members) for label, members in groups if members[0].loss == "slime"]
-    others = [(label, members) for label, members in groups if members[0].loss != "slime"]
+    slime = [label for label, members in groups if members[0].loss == "slime"]
+    others = [label for label, members in groups if members[0].loss != "slime"]
     pairs = [(a, b) for a in slime for b in others]
     pairs += [(others[j], others[i]) for j in range(len(others)) for i in range(j)]
+    passes = {(label, mode): [ifeval_prompt_passes(r, mode, benchmark) for r in members]
+              for label, members in groups for mode in ("strict", "loose")}
     diff_rows = []
-    for (label_a, a), (label_b, b) in pairs:
+    for label_a, label_b in pairs:
         cells = []
         for mode in ("strict", "loose"):
-            found = paired_difference([ifeval_prompt_passes(r, mode, benchmark) for r in a],
-                                      [ifeval_prompt_passes(r, mode, benchmark) for r in b])
+            found = paired_difference(passes[label_a, mode], passes[label_b, mode])
             cells.append("—" if found is None else f"{found[0]:+.3f} [{found[1]:+.2f}, {found[2]:+.2f}]")
         diff_rows.append([f"{label_a} − {label_b}", *cells])
     if diff_rows:
