@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -77,17 +78,22 @@ PRESET_MUTANTS = [
 ]
 
 
-def mutant_class(source: str, index: int) -> type:
+def mutant_module(source: str, index: int) -> types.ModuleType:
+    """A fresh module run from ``source`` (a mutated copy of a loss module)."""
     name = f"slimepo_mutant_{index}"
     spec = importlib.util.spec_from_loader(name, loader=None)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
     exec(compile(source, f"<mutant {index}>", "exec"), module.__dict__)
-    return module.SlimeLoss
+    return module
 
 
-def tests_pass() -> bool:
-    return pytest.main(["-q", "-x", "--tb=no", "--no-header", "-p", "no:cacheprovider", *TESTS]) == 0
+def mutant_class(source: str, index: int) -> type:
+    return mutant_module(source, index).SlimeLoss
+
+
+def tests_pass(tests: list[str] = TESTS) -> bool:
+    return pytest.main(["-q", "-x", "--tb=no", "--no-header", "-p", "no:cacheprovider", *tests]) == 0
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ def reference_for(loss_fn, batch=3):
 
 
 def test_registry_lists_slime_and_every_baseline():
-    for name in ("slime", "slime-config", "sft", "dpo", "ipo", "hinge", "simpo", "cpo", "orpo"):
+    for name in ("slime", "slime-config", "sft", "dpo", "dpo-norm", "ipo", "hinge", "simpo", "cpo", "orpo", "rpo"):
         assert name in LOSSES
 
 
@@ -38,6 +38,19 @@ def test_unknown_loss_lists_valid_names_and_suggests_the_closest():
 def test_unknown_parameter_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"loss 'simpo' has no parameter\(s\) anchor_weight; valid parameters: beta, gamma"):
         get_loss("simpo", anchor_weight=1.0)
+
+
+@pytest.mark.parametrize(("name", "parameter", "value"), [
+    ("dpo", "beta", 0.0), ("hinge", "beta", 0.0), ("simpo", "beta", 0), ("ipo", "tau", float("nan")),
+    ("dpo", "beta", -0.1),
+])
+def test_a_scale_that_trains_nothing_is_refused_naming_the_loss_and_parameter(name, parameter, value):
+    with pytest.raises(ValueError, match=rf"^{name}: {parameter} must be a number > 0, got {value!r}$"):
+        get_loss(name, **{parameter: value})
+
+
+def test_simpo_still_takes_a_zero_target_margin():
+    assert get_loss("simpo", gamma=0.0).gamma == 0.0
 
 
 def test_reference_based_loss_without_reference_raises_clearly():
@@ -158,13 +171,16 @@ EVERY_PRESET = {
     "slime-no-stabilizer": {**SLIME_SCRIPT, "stabilizer_weight": 0.0},
     "slime-hard": {**SLIME_SCRIPT, "margin_mode": "hard"},
     "slime-soft": {**SLIME_SCRIPT, "margin_mode": "soft"},
-    "sft": {},
+    "sft": {"reduction": "sequence"},  # each response's mean NLL, as LLaMA-Factory's pref_ftx
     "dpo": {"beta": 0.1, "label_smoothing": 0.0},  # PAPER.md's DPO baseline: sigmoid, β = 0.1
+    "dpo-norm": {"beta": 5.0, "label_smoothing": 0.0},  # Tülu 3's dpo_norm: β = 5 (open-instruct dpo_8b.sh)
     "ipo": {"tau": 0.1, "length_normalized": False},
     "hinge": {"beta": 0.1},
     "simpo": {"beta": 2.0, "gamma": 1.0, "label_smoothing": 0.0},
     "cpo": {"beta": 0.1, "alpha": 1.0},
     "orpo": {"lam": 0.1},
+    # Pang et al. 2024: DPO (β = 0.1) + 1·NLL(y_w), each winner's NLL divided by its length.
+    "rpo": {"dpo.weight": 1.0, "dpo.beta": 0.1, "dpo.label_smoothing": 0.0, "sft.weight": 1.0, "sft.reduction": "sequence"},
 }
 
 

@@ -151,7 +151,9 @@ def _with_garbage(logps, mask, garbage):
     return filled
 
 
-@pytest.mark.parametrize("loss_name", ["slime", "slime-soft", "slime-hard", "simpo", "cpo", "orpo", "sft", "dpo", "ipo", "hinge"])
+@pytest.mark.parametrize(
+    "loss_name", ["slime", "slime-soft", "slime-hard", "simpo", "cpo", "orpo", "sft", "dpo", "dpo-norm", "ipo", "hinge", "rpo"]
+)
 def test_values_at_masked_positions_never_change_loss_or_gradient(loss_name):
     base = pair_batch(CHOSEN, REJECTED, pad=0.0)
     chosen_mask, rejected_mask = base[1], base[3]

@@ -141,6 +141,12 @@ class PreferenceLoss:
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{self.name}: {name} must be a number >= 0, got {value!r}")
 
+    def _check_positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{self.name}: {name} must be a number > 0, got {value!r}")
+
     def __call__(
         self,
         chosen_logps: Tensor,

@@ -15,6 +15,8 @@ from torch import Tensor
 
 from slimepo.losses.base import PreferenceLoss, SequenceStats, param
 
+NLL_REDUCTIONS = ("sequence", "batch_tokens")
+
 
 def chosen_token_nll(chosen: SequenceStats) -> Tensor:
     """Mean negative log-likelihood over all chosen tokens of the batch (TRL's cross-entropy)."""
@@ -23,16 +25,39 @@ def chosen_token_nll(chosen: SequenceStats) -> Tensor:
 
 @dataclass
 class SftLoss(PreferenceLoss):
-    """Supervised fine-tuning on the chosen responses only.
+    """Supervised fine-tuning on the chosen responses only: their negative log-likelihood (NLL).
 
-    ``L = −mean_pairs r(y_w)`` (length-normalized NLL). Rewards are ``r(y_w)``, ``r(y_l)``.
+    Two per-token means, which differ when the chosen responses differ in length::
+
+        L = −mean_pairs r(y_w) = −(1/B) Σ_pairs (1/|y_w|) Σ_t ℓ_t     reduction="sequence"
+          = −Σ_pairs Σ_t ℓ_t / Σ_pairs |y_w|                          reduction="batch_tokens"
+
+    ``sequence`` (default) weighs every response the same: the NLL of Pang et al.'s RPO
+    (arXiv:2404.19733, each winner's NLL divided by its length), LLaMA-Factory's ``pref_ftx``
+    and OpenRLHF's ``nll_loss_coef`` terms. ``batch_tokens`` weighs every token the same:
+    TRL's ``sft`` loss type (one cross-entropy over all chosen tokens of the batch) and the
+    NLL of CPO and ORPO here. Under a split step both divide by the whole step's pairs or
+    chosen tokens. Rewards are ``r(y_w)``, ``r(y_l)``.
     """
 
     name = "sft"
     citation = "maximum likelihood on the chosen responses"
 
+    reduction: str = param(
+        "sequence",
+        "sequence (mean NLL of each response, then over pairs) | batch_tokens (mean over all chosen tokens, as TRL's sft)",
+        choices=NLL_REDUCTIONS,
+    )
+
+    def validate(self) -> None:
+        if self.reduction not in NLL_REDUCTIONS:
+            raise ValueError(f"sft: reduction must be one of {', '.join(NLL_REDUCTIONS)}; got {self.reduction!r}")
+
     def compute(self, chosen, rejected, ref_chosen, ref_rejected):
-        nll = -chosen.pair_mean(chosen.mean)
+        if self.reduction == "sequence":
+            nll = -chosen.pair_mean(chosen.mean)
+        else:
+            nll = chosen_token_nll(chosen)
         return nll, {"nll": nll}, chosen.mean, rejected.mean
 
 
@@ -56,17 +81,50 @@ class DpoLoss(PreferenceLoss):
     label_smoothing: float = param(0.0, "ε in [0, 0.5), assumed probability that a label is flipped")
 
     def validate(self) -> None:
-        self._check_nonnegative("beta")
+        self._check_positive("beta")  # β = 0 makes every pair's loss log 2: nothing trains
         if not 0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"dpo: label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
+            raise ValueError(f"{self.name}: label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
+
+    def log_ratios(
+        self, chosen: SequenceStats, rejected: SequenceStats, ref_chosen: Tensor, ref_rejected: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``(π(y_w) − π_ref(y_w), π(y_l) − π_ref(y_l))``, each ``[batch]``."""
+        return chosen.sum - ref_chosen, rejected.sum - ref_rejected
 
     def compute(self, chosen, rejected, ref_chosen, ref_rejected):
-        chosen_rewards = self.beta * (chosen.sum - ref_chosen)
-        rejected_rewards = self.beta * (rejected.sum - ref_rejected)
+        chosen_ratio, rejected_ratio = self.log_ratios(chosen, rejected, ref_chosen, ref_rejected)
+        chosen_rewards = self.beta * chosen_ratio
+        rejected_rewards = self.beta * rejected_ratio
         h = chosen_rewards - rejected_rewards
         eps = self.label_smoothing
         loss = chosen.pair_mean(-(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h))
         return loss, {"sigmoid": loss}, chosen_rewards, rejected_rewards
+
+
+@dataclass
+class DpoNormLoss(DpoLoss):
+    """Length-normalized DPO: DPO on per-token mean log-ratios, with a reference.
+
+    Lambert et al., "Tülu 3: Pushing Frontiers in Open Language Model Post-Training",
+    arXiv:2411.15124 (open-instruct's ``dpo_norm``, TRL's ``sigmoid_norm``); first ablated as
+    "DPO w/ LN" in the SimPO paper (Meng et al., NeurIPS 2024).
+
+    ``h = β [(r(y_w) − π_ref(y_w)/|y_w|) − (r(y_l) − π_ref(y_l)/|y_l|)]``,
+    ``L = −(1−ε) log σ(h) − ε log σ(−h)``. Rewards: ``β (r(y) − π_ref(y)/|y|)``.
+    The reference log-probs arrive as per-sequence sums ``[batch]``; each is divided by the
+    length |y| of its response's mask, as the policy's is. β = 5 is Tülu 3's (open-instruct
+    ``scripts/train/tulu3/dpo_8b.sh``: ``--dpo_loss_type dpo_norm --dpo_beta 5``); TRL's
+    ``sigmoid_norm`` keeps DPO's default β = 0.1.
+    """
+
+    name = "dpo-norm"
+    citation = "Lambert et al., Tülu 3, arXiv:2411.15124 (2024); Meng et al., NeurIPS 2024 (arXiv:2405.14734)"
+
+    beta: float = param(5.0, "β, inverse temperature of the per-token implicit reward (Tülu 3 uses 5)")
+
+    def log_ratios(self, chosen, rejected, ref_chosen, ref_rejected):
+        """``(r(y_w) − π_ref(y_w)/|y_w|, r(y_l) − π_ref(y_l)/|y_l|)``, each ``[batch]``."""
+        return chosen.mean - ref_chosen / chosen.length, rejected.mean - ref_rejected / rejected.length
 
 
 @dataclass
@@ -89,8 +147,7 @@ class IpoLoss(PreferenceLoss):
     length_normalized: bool = param(False, "divide each log-ratio by its response length (as TRL does)")
 
     def validate(self) -> None:
-        if not isinstance(self.tau, (int, float)) or self.tau <= 0:
-            raise ValueError(f"ipo: tau must be > 0, got {self.tau!r}")
+        self._check_positive("tau")  # the target gap is 1/(2τ)
 
     def compute(self, chosen, rejected, ref_chosen, ref_rejected):
         chosen_ratio = chosen.sum - ref_chosen
@@ -121,7 +178,7 @@ class HingeLoss(PreferenceLoss):
     beta: float = param(0.1, "β, scale of the log-ratio gap; the hinge acts until β h reaches 1")
 
     def validate(self) -> None:
-        self._check_nonnegative("beta")
+        self._check_positive("beta")  # β = 0 holds the loss at 1 with no gradient
 
     def compute(self, chosen, rejected, ref_chosen, ref_rejected):
         chosen_rewards = self.beta * (chosen.sum - ref_chosen)
@@ -150,7 +207,8 @@ class SimpoLoss(PreferenceLoss):
     label_smoothing: float = param(0.0, "ε in [0, 0.5), as in DPO's conservative variant")
 
     def validate(self) -> None:
-        self._check_nonnegative("beta", "gamma")
+        self._check_positive("beta")  # β = 0 leaves a constant loss: nothing trains
+        self._check_nonnegative("gamma")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"simpo: label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
 
