@@ -84,3 +84,28 @@ def test_an_unknown_eval_flag_names_the_closest_eval_option(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--max-prompt", "3"])
     assert "unknown option --max-prompt; did you mean --max-prompts?" in capsys.readouterr().err
+
+
+def test_eval_takes_trust_remote_code_off_by_default():
+    assert eval_config("--trust-remote-code").trust_remote_code is True
+    assert eval_config().trust_remote_code is False
+
+
+def test_an_infinite_sampling_temperature_is_refused():
+    with pytest.raises(ConfigError, match="^temperature: must be a finite number, got inf$"):
+        eval_config("--sample", "--temperature", "inf")
+
+
+def test_report_on_a_missing_folder_is_an_error_naming_it(tmp_path, capsys):
+    missing = tmp_path / "no-such-run"
+
+    assert main(["report", str(missing), "--out", str(tmp_path / "report")]) == 2
+    assert capsys.readouterr().err == f"slimepo: error: report: run folder {str(missing)!r} does not exist\n"
+    assert not (tmp_path / "report").exists()
+
+
+def test_report_on_a_folder_without_metrics_is_an_error_naming_it(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
+    assert capsys.readouterr().err == (
+        f"slimepo: error: report: {str(tmp_path)!r} holds no metrics.jsonl: not a training run folder\n"
+    )

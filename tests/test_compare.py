@@ -52,12 +52,13 @@ def test_compare_trains_and_evaluates_one_run_per_loss_then_reports_them(study_c
     for loss in ("slime", "dpo"):
         run_dir = out_root / loss
         assert (run_dir / "adapter_config.json").is_file()
-        evaluation = json.loads((run_dir / "eval.json").read_text())
+        evaluation = json.loads((run_dir / "eval" / "eval.json").read_text())  # beside training's own
+        assert "settings" not in json.loads((run_dir / "eval.json").read_text())
         assert evaluation["pairs"] == len(TEST_ROWS)
         assert evaluation["settings"]["base"] == study_config.model
         assert set(evaluation["drift"]) == {"chosen_drift_mean", "unlearning_rate", "rejected_drift_mean"}
         assert evaluation["constraints_checked"] == 2
-        assert len((run_dir / "generations.jsonl").read_text().splitlines()) == len(TEST_ROWS)
+        assert len((run_dir / "eval" / "generations.jsonl").read_text().splitlines()) == len(TEST_ROWS)
         assert f"loss: {loss}" in (run_dir / "config.yaml").read_text()
     rows = eval_table_rows(report.read_text())
     assert [row.split(" | ")[0] for row in rows] == ["| slime", "| dpo"]

@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
             from slimepo.report import write_report
 
+            for run_dir in map(Path, args.run_dirs):
+                if not run_dir.is_dir():
+                    raise ConfigError(f"report: run folder {str(run_dir)!r} does not exist")
+                if not (run_dir / "metrics.jsonl").is_file():
+                    raise ConfigError(f"report: {str(run_dir)!r} holds no metrics.jsonl: not a training run folder")
             path = write_report([Path(d) for d in args.run_dirs], Path(args.out))
             print(f"report written to {path}")
             return 0
@@ -81,10 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as err:  # one clear line for errors we raise on purpose
         from slimepo.data import DataError
+        from slimepo.eval.answers import AnswersMismatchError
         from slimepo.train.faults import NonFiniteTrainingError
         from slimepo.train.run import OutputExistsError
 
-        if isinstance(err, (DataError, OutputExistsError, FileNotFoundError, NonFiniteTrainingError)):
+        ours = (DataError, OutputExistsError, FileNotFoundError, FileExistsError, NonFiniteTrainingError,
+                AnswersMismatchError)
+        if isinstance(err, ours):
             print(f"slimepo: error: {err}", file=sys.stderr)
             return 2
         raise

@@ -20,6 +20,7 @@ from slimepo.config import (
     config_from_mapping,
     field_names,
 )
+from slimepo.report import EVALUATION_DIR
 
 
 def register(subparsers: Any) -> None:
@@ -51,10 +52,11 @@ def register(subparsers: Any) -> None:
 
 
 def default_out_dir(model: str, adapter: str | None) -> Path:
-    """The adapter or model folder when local (next to what it evaluates), else ``eval-<name>``."""
+    """``eval/`` inside the adapter or model folder when local (beside what training wrote there,
+    never over it), else ``eval-<name>``."""
     for candidate in (adapter, model):
         if candidate and Path(candidate).is_dir():
-            return Path(candidate)
+            return Path(candidate) / EVALUATION_DIR
     return Path("eval-" + re.sub(r"[^\w.-]+", "_", adapter or model))
 
 
@@ -66,7 +68,7 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate(
         config.model, config.dataset, adapter=config.adapter, base=config.base, split=config.split,
         max_pairs=config.max_pairs, seed=config.seed, dtype=config.dtype, batch_size=config.batch_size,
-        out_dir=out, **config.evaluate_options(),
+        out_dir=out, trust_remote_code=config.trust_remote_code, **config.evaluate_options(),
     )
     print(format_eval_table(result))
     print(f"\neval.json{', generations.jsonl' if config.generate else ''} written to {out}/")

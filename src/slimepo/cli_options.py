@@ -90,8 +90,9 @@ def resolve_config(cls: type[Config], args: argparse.Namespace, config_file: str
     values: dict[str, Any] = {}
     if config_file:
         values.update(load_yaml(config_file))
-        config_from_mapping(values, source=f"config file {config_file}", cls=cls)  # names the file on an unknown key
+        # Names the file on an unknown key or a value of the wrong type; the file's values then pass again below.
+        config_from_mapping(values, source=f"config file {config_file}", cls=cls)
     values.update({k: v for k, v in vars(args).items() if k in field_names(cls)})
-    config = config_from_mapping(values, cls=cls)
+    config = config_from_mapping(values, source="command line", cls=cls)
     config.validate()
     return config

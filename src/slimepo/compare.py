@@ -2,11 +2,11 @@
 
 Every run shares the data, seed and budget of ``config``; only ``loss`` and
 ``output_dir = out_root/<loss>`` differ. Each run is trained, then evaluated on
-training's own held-out pairs against the initial model (so its ``eval.json`` holds the
-drift, unlearning rate, collapse, generation health and constraint pass rate), and
+training's own held-out pairs against the initial model into ``<run>/eval/`` (so its ``eval.json``, beside
+training's own, holds the drift, unlearning rate, collapse, generation health and constraint pass rate), and
 ``out_root/report/report.md`` puts them side by side.
 
-A study can be resumed: a run whose folder holds the ``eval.json`` of a finished
+A study can be resumed: a run whose ``eval/`` holds the ``eval.json`` of a finished
 evaluation is skipped; an unfinished one resumes from its newest checkpoint, or starts
 again when it has none.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from slimepo.config import DEMO, ConfigError, TrainConfig
+from slimepo.report import EVALUATION_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def run_configs(losses: Sequence[str], base_config: TrainConfig, out_root: Path)
 def is_finished(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds an evaluation written by ``evaluate`` (not only training's)."""
     try:
-        evaluation = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+        evaluation = json.loads((run_dir / EVALUATION_DIR / "eval.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(evaluation, dict) and "settings" in evaluation
@@ -94,7 +95,7 @@ def compare(
 
 
 def evaluate_run(config: TrainConfig, eval_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate the run of ``config`` into its folder, on training's own held-out pairs."""
+    """Evaluate the run of ``config`` into its ``eval/`` folder, on training's own held-out pairs."""
     from slimepo.eval.run import evaluate
     from slimepo.model import load_tokenizer
     from slimepo.train.run import load_data
@@ -102,9 +103,10 @@ def evaluate_run(config: TrainConfig, eval_kwargs: Mapping[str, Any] | None = No
     run_dir = Path(config.output_dir)
     _, held_out = load_data(config, load_tokenizer(str(run_dir), config.trust_remote_code))
     dataset, split = held_out_source(config)
-    kwargs = dict(base=config.model, dtype=config.dtype, seed=config.seed, batch_size=config.batch_size)
+    kwargs = dict(base=config.model, dtype=config.dtype, seed=config.seed, batch_size=config.batch_size,
+                  trust_remote_code=config.trust_remote_code)
     kwargs.update(eval_kwargs or {})
     return evaluate(
-        run_dir, dataset, split=split, held_out=held_out, out_dir=run_dir,
+        run_dir, dataset, split=split, held_out=held_out, out_dir=run_dir / EVALUATION_DIR,
         prepare_options={"columns": config.columns or None}, **kwargs,
     )

@@ -12,13 +12,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
 
-from slimepo.losses import LOSSES, get_loss
+from slimepo.losses import LOSSES, get_loss, parse_loss_spec, spec_text
 
 DEMO = "demo"
 DEFAULT_MODEL = "default"
@@ -50,6 +54,11 @@ class TrainConfig:
     precompute_ref_logps: bool = option(
         False, "score every training pair under the reference once before training (no reference pass per step)",
         group="model",
+    )
+    ref_logps_cache: str = option(
+        "auto", "where --precompute-ref-logps keeps the reference log-probs for later runs, keyed by the reference's "
+        "weights, the tokenized pairs and every setting that changes the numbers: auto (<slimepo cache>/ref-logps) "
+        "| off | a folder", group="model",
     )
     dtype: str = option(
         "auto", "weights' dtype: auto (float32, trained under --mixed-precision auto) | float32 (no autocast unless "
@@ -101,8 +110,14 @@ class TrainConfig:
     max_eval_pairs: int | None = option(None, "use at most this many held-out pairs", group="data")
 
     # objective
-    loss: str = option("slime", f"objective: {', '.join(LOSSES)}", group="objective")
-    loss_params: dict[str, Any] = option({}, "overrides of the loss's hyperparameters, e.g. {anchor_weight: 0.2}", group="objective")
+    loss: str = option(
+        "slime", f"objective: {', '.join(LOSSES)}; or a weighted sum of them, 'dpo,sft=0.2' (in YAML also a list: "
+        "[dpo, {sft: 0.2}]; a weight left out is 1)", group="objective", normalize=lambda spec: spec_text(parse_loss_spec(spec)),
+    )
+    loss_params: dict[str, Any] = option(
+        {}, "overrides of the loss's hyperparameters, e.g. {anchor_weight: 0.2}; for a weighted sum, per loss: "
+        "{dpo: {beta: 0.2}}", group="objective",
+    )
 
     # optimization
     output_dir: str = option("runs/slime-demo", "where the adapter/model, metrics and checkpoints go", group="training")
@@ -167,15 +182,18 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check every option before anything is loaded; raise :class:`ConfigError`."""
-        if self.loss not in LOSSES:
-            close = difflib.get_close_matches(self.loss, LOSSES, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"loss: unknown loss '{self.loss}'{hint}; valid: {', '.join(LOSSES)}")
+        try:
+            parse_loss_spec(self.loss)
+        except ValueError as err:
+            raise ConfigError(f"loss: {err}; valid losses: {', '.join(LOSSES)}") from None
         try:
             get_loss(self.loss, **self.loss_params)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"loss_params: {err}") from None
         _check_choices(self)
+        output = Path(self.output_dir)
+        if output.exists() and not output.is_dir():
+            raise ConfigError(f"output_dir: {self.output_dir!r} is a file, not a folder")
         positive = ("learning_rate", "lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps", "max_length",
                     "max_prompt_length", "logging_steps")
         _check_whole_numbers(self, "max_tokens_per_batch", "pack_tokens")
@@ -193,6 +211,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ConfigError(f"{name}: must be in [0, 1], got {value!r}")
+        _check_finite(self)  # after the range checks, whose messages say more; they let inf and some nan through
         if not 0 < self.eval_fraction < 1:
             raise ConfigError(f"eval_fraction: must be in (0, 1), got {self.eval_fraction!r}")
         if self.max_prompt_length >= self.max_length:
@@ -304,6 +323,14 @@ def _check_choices(config: Any) -> None:
             raise ConfigError(f"{f.name}: got {getattr(config, f.name)!r}; allowed: {allowed}")
 
 
+def _check_finite(config: Any) -> None:
+    """Each float option is a finite number: inf and nan (YAML's .inf, .nan) make no sense for any."""
+    for name, kind in _field_types(type(config)).items():
+        value = getattr(config, name)
+        if float in _allowed_types(kind) and isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}: must be a finite number, got {value!r}")
+
+
 def _check_whole_numbers(config: Any, *names: str) -> None:
     """Each of ``names`` is None (unset) or an int >= 1."""
     for name in names:
@@ -312,10 +339,25 @@ def _check_whole_numbers(config: Any, *names: str) -> None:
             raise ConfigError(f"{name}: must be a whole number >= 1, got {value!r}")
 
 
+#: The suffix of a file name (``.txt``, ``.tsv``, ``.gz``, ``.bz2``), unlike the dotted version in a Hub id
+#: (``Qwen/Qwen2.5-0.5B``: ``.5B``, ``org/phi-1.5``: ``.5``).
+FILE_SUFFIX = re.compile(r"\.[a-z]{2,4}[0-9]?")
+
+
 def _looks_local(value: str) -> bool:
-    """A path rather than a Hub id: starts with . / ~, or has a data-file suffix."""
+    """A path rather than a Hub id (``org/name``).
+
+    It starts with . / ~, has a data-file suffix or more than one slash, or has a path
+    separator and either a file suffix (``data/prefs.txt``) or a first component that is
+    a folder here (``data/prefs``).
+    """
     suffixes = (".json", ".jsonl", ".parquet", ".csv", ".yaml", ".yml")
-    return value.startswith((".", "/", "~")) or value.endswith(suffixes) or value.count("/") > 1
+    if value.startswith((".", "/", "~")) or value.endswith(suffixes) or value.count("/") > 1:
+        return True
+    parts = value.replace(os.sep, "/").split("/")
+    if len(parts) == 1:
+        return False
+    return bool(FILE_SUFFIX.fullmatch(Path(value).suffix)) or Path(parts[0]).is_dir()
 
 
 BENCHMARKS = ("mt-bench", "ifeval", "ifbench", "arena-hard", "alpaca-eval")
@@ -337,11 +379,13 @@ class EvalConfig:
     dataset: str = option(DEMO, "held-out data: as for training; 'demo' = the shipped set", group="evaluation")
     split: str = option("test", "split of --dataset", group="evaluation")
     base: str | None = option(None, "model to measure drift against, e.g. the initial model ('default')", group="evaluation")
-    out: str | None = option(None, "output folder (default: the adapter or model folder when local)", group="evaluation")
+    out: str | None = option(None, "output folder (default: eval/ inside the adapter or model folder when local, beside what training "
+        "wrote there; a folder holding a training run's metrics.jsonl is refused)", group="evaluation")
     max_pairs: int | None = option(None, "evaluate the first N held-out pairs only", group="evaluation")
     seed: int = option(0, "sampling seed", group="evaluation")
     dtype: str = option("auto", "auto | float32 | bfloat16 | float16", group="evaluation",
                         choices=("auto", "float32", "bfloat16", "float16"))
+    trust_remote_code: bool = option(False, "allow the model repository's own Python code to run", group="evaluation")
     batch_size: int = option(8, "pairs per scoring batch and prompts per generation batch", group="evaluation")
 
     # generation
@@ -379,11 +423,20 @@ class EvalConfig:
     def validate(self) -> None:
         """Check every option before anything is loaded; raise :class:`ConfigError`."""
         _check_choices(self)
+        _check_finite(self)
         _check_whole_numbers(self, "max_new_tokens", "bench_max_new_tokens", "batch_size", "max_pairs", "max_prompts")
         if self.sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
             raise ConfigError("sampling needs --temperature > 0 and 0 < --top-p <= 1")
         if self.judge_url and not self.judge_model:
             raise ConfigError("judge_url: needs --judge-model")
+        if self.judge_url:
+            # the check JudgeClient makes, here before any model loads
+            from slimepo.eval.judge import check_judge_url
+
+            try:
+                check_judge_url(self.judge_url)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         if self.judge_url and self.bench not in JUDGED_BENCHMARKS:
             raise ConfigError(f"judge_url: the judge grades the answers of --bench {' | '.join(JUDGED_BENCHMARKS)}; "
                               "add one")
@@ -413,15 +466,102 @@ def field_names(cls: type = TrainConfig) -> list[str]:
 
 
 def config_from_mapping(values: dict[str, Any], source: str = "config", cls: type = TrainConfig) -> Any:
-    """Build a ``cls`` (:class:`TrainConfig` or :class:`EvalConfig`) from a mapping; an unknown
-    key names the closest valid one."""
+    """Build a ``cls`` (:class:`TrainConfig` or :class:`EvalConfig`) from a mapping.
+
+    An unknown key names the closest valid one. Every value must have its field's declared
+    type (``bool``: true or false, not the string "false"; ``int``: not 2.0; ``str``,
+    lists and mappings: their own kind; ``None`` where the type allows it), else a
+    :class:`ConfigError` names ``source``, the option and what it expected. The one
+    conversion: a float option takes a numeric string, as PyYAML (YAML 1.1) reads
+    ``1e-4`` without a dot as text, so ``learning_rate: 1e-4`` means 0.0001.
+    """
     names = field_names(cls)
     for key in values:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{source}: unknown option '{key}'{hint} (see slimepo {cls.command} --help)")
-    return cls(**values)
+    declared = _field_types(cls)
+    values = {key: _normalized(cls, key, value, source) for key, value in values.items()}
+    return cls(**{key: _typed_value(value, declared[key], f"{source}: {key}") for key, value in values.items()})
+
+
+def _normalized(cls: type, name: str, value: Any, source: str) -> Any:
+    """``value`` in its field's one written form, where the field declares one (``normalize``:
+    a loss spec given as a YAML list becomes ``"dpo,sft=0.2"``)."""
+    normalize = next(f for f in dataclasses.fields(cls) if f.name == name).metadata.get("normalize")
+    if normalize is None or value is None:
+        return value
+    try:
+        return normalize(value)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {name}: {err}") from None
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """Each field's declared type, evaluated (this module's annotations are strings)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _allowed_types(kind: Any) -> tuple[Any, ...]:
+    """``int | None`` -> ``(int, NoneType)``; any other type -> ``(type,)``."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return typing.get_args(kind)
+    return (kind,)
+
+
+def _typed_value(value: Any, kind: Any, where: str) -> Any:
+    """``value`` checked against the declared type ``kind`` (see :func:`config_from_mapping`)."""
+    allowed = _allowed_types(kind)
+    if value is None and type(None) in allowed:
+        return None
+    (kind,) = (k for k in allowed if k is not type(None))
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if _has_type(value, kind):
+        return value
+    expected = _describe_type(kind) + (" or null" if type(None) in allowed else "")
+    hint = ""
+    if isinstance(value, str):
+        try:
+            unquoted = yaml.safe_load(value)
+        except yaml.YAMLError:
+            unquoted = value
+        if _has_type(unquoted, kind):
+            hint = f"; write {value} without quotes"
+    raise ConfigError(f"{where}: expected {expected}, got {value!r} ({type(value).__name__}){hint}")
+
+
+def _has_type(value: Any, kind: Any) -> bool:
+    """Whether ``value`` is a ``kind``: a bool is no int or float, an int is a float, ``list[str]`` checks items."""
+    if kind is Any:
+        return True
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_has_type(k, args[0]) and _has_type(v, args[1]) for k, v in value.items())
+    return isinstance(value, kind)
+
+
+def _describe_type(kind: Any, plural: bool = False) -> str:
+    """``list[str]`` -> "a list of strings"; ``dict[str, Any]`` -> "a mapping of strings to values"."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is list:
+        return f"a list of {_describe_type(args[0], plural=True)}"
+    if origin is dict:
+        return f"a mapping of {_describe_type(args[0], plural=True)} to {_describe_type(args[1], plural=True)}"
+    names = {bool: ("true or false", "true or false"), int: ("an integer", "integers"),
+             float: ("a number", "numbers"), str: ("a string", "strings"), Any: ("a value", "values")}
+    return names[kind][plural]
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

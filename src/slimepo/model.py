@@ -9,6 +9,7 @@ import os
 import platform
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,13 @@ def default_model_path() -> Path:
 
 def resolve_model_path(name: str) -> str:
     return str(default_model_path()) if name == DEFAULT_MODEL else name
+
+
+def recorded_model_path(name: str) -> str:
+    """How a saved run names the model it started from: a local folder (the embedded default
+    included) as an absolute path, so the run loads from any working directory; a Hub id as is."""
+    path = resolve_model_path(name)
+    return str(Path(path).expanduser().resolve()) if Path(path).expanduser().exists() else path
 
 
 def resolve_dtype(name: str, training: bool = True) -> torch.dtype:
@@ -196,7 +204,17 @@ def load_policy(config: TrainConfig) -> torch.nn.Module:
         modules_to_save=list(config.modules_to_save) or None,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    with quiet_peft():
+        return get_peft_model(model, lora)
+
+
+@contextlib.contextmanager
+def quiet_peft():
+    """peft asks transformers' deprecated ``is_gradient_checkpointing`` on every wrap: a FutureWarning
+    on each run that no slimepo user can act on, so it is silenced here and only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+        yield
 
 
 def load_reference(config: TrainConfig) -> torch.nn.Module | None:

@@ -120,6 +120,9 @@ PANELS = (
     ),
 )
 
+#: The folder of a run where ``slimepo eval`` and ``slimepo compare`` write their evaluation.
+EVALUATION_DIR = "eval"
+
 # eval.json columns: (header, path of keys into the dict).
 PREFERENCE_COLUMNS = (
     ("pairs", ("pairs",)),
@@ -220,12 +223,16 @@ def read_run(run_dir: Path) -> Run:
         run.loss = str(config["loss"])
     elif config is not None:
         run.notes.append("config.yaml has no `loss`")
-    if (run_dir / "eval.json").exists():
-        evaluation = _read_file(run_dir / "eval.json", json.loads, run.notes)
+    # An evaluation (slimepo eval, compare) writes beside training's eval.json, into eval/; it is the fuller one.
+    for path in (run_dir / EVALUATION_DIR / "eval.json", run_dir / "eval.json"):
+        if not path.exists():
+            continue
+        evaluation = _read_file(path, json.loads, run.notes)
         if isinstance(evaluation, dict):
             run.evaluation = evaluation
-        elif evaluation is not None:
-            run.notes.append("eval.json is not a JSON object, ignored")
+            break
+        if evaluation is not None:
+            run.notes.append(f"{path.relative_to(run_dir)} is not a JSON object, ignored")
     return run
 
 

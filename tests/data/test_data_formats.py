@@ -114,6 +114,20 @@ BAD_ROWS = {
                 "rejected": [user("Hi"), assistant("Hello"), user("More"), assistant("No")],
             },
         ),
+        (
+            "implicit_conversation_opens_with_assistant",
+            {
+                "chosen": [assistant("Hello"), user("Hi"), assistant("Good")],
+                "rejected": [assistant("Go away"), user("Hi"), assistant("Bad")],
+            },
+        ),
+        (
+            "implicit_rejected_turns_swapped",
+            {
+                "chosen": [user("Hi"), assistant("Hello")],
+                "rejected": [assistant("No"), user("Hi")],
+            },
+        ),
     ],
 }
 BAD_CASES = [

@@ -1,20 +1,27 @@
+import logging
 import socket
 import threading
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from slimepo import cli
+from slimepo.eval import alpacaeval, arena_hard
 from slimepo.eval.judge import (
     JudgeClient,
     JudgeError,
+    check_judge_url,
     judge_answers,
     judge_messages,
     load_judge_prompts,
     load_reference_answers,
     parse_score,
     summarize_scores,
+    warn_if_all_failed,
 )
 from slimepo.testing import FixedJudge
 
+from .fake_judge_server import QuietServer
 from .judges import server_stats
 
 
@@ -213,3 +220,131 @@ def test_summary_never_counts_failures_as_scores():
     assert summary["per_category"] == {"a": 8.0, "b": None}
     assert summary["counts"] == {"ok": 1, "unparsable": 1, "failed": 1}
     assert summarize_scores([])["overall"] is None
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Answers every request with ``server.status`` and ``Location: server.location`` and
+    notes each request's method and Authorization header in ``server.seen``."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self._answer()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._answer()
+
+    def _answer(self):
+        self.server.seen.append((self.command, self.headers.get("Authorization")))
+        body = b'{"choices": [{"message": {"content": "[[10]]"}}]}'
+        self.send_response(self.server.status)
+        if self.server.location:
+            self.send_header("Location", self.server.location)
+        self.send_header("Content-Length", str(len(body) if self.server.status == 200 else 0))
+        self.end_headers()
+        if self.server.status == 200:
+            self.wfile.write(body)
+
+
+@pytest.fixture
+def serve():
+    """Start a :class:`Recorder` server on 127.0.0.1 answering ``status`` (and ``location``); its URL."""
+    servers = []
+
+    def start(status, location=None):
+        server = QuietServer(("127.0.0.1", 0), Recorder)
+        server.status, server.location, server.seen = status, location, []
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_refused_and_its_target_never_sees_the_key(serve, monkeypatch, status):
+    monkeypatch.setenv("FAKE_JUDGE_KEY", "secret")
+    elsewhere, elsewhere_url = serve(200)
+    judge, judge_url = serve(status, elsewhere_url + "/v1/chat/completions")
+    client = JudgeClient(judge_url + "/v1", "j", api_key_env="FAKE_JUDGE_KEY", max_retries=2, backoff=0.01)
+
+    with pytest.raises(JudgeError, match=f"refusing to follow a redirect to {elsewhere_url}/v1/chat/completions"):
+        client.complete([{"role": "user", "content": "hi"}])
+
+    assert judge.seen == [("POST", "Bearer secret")]  # asked once: a redirect is not retried
+    assert elsewhere.seen == []
+
+
+@pytest.mark.parametrize("url", ["http://h:1/v1", "https://api.example.com/v1", "HTTPS://h/v1/chat/completions"])
+def test_http_and_https_judge_urls_are_accepted(url):
+    check_judge_url(url)
+    JudgeClient(url, "j")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://user:pass@127.0.0.1:1/v1", "--judge-key-env"),
+        ("https://key@h/v1", "--judge-key-env"),
+        ("file:///etc/passwd#", "http:// or https://"),
+        ("ftp://h/v1", "http:// or https://"),
+        ("127.0.0.1:8000/v1", "http:// or https://"),
+        ("http:///v1", "with a host"),
+    ],
+)
+def test_judge_urls_other_than_plain_http_or_https_are_refused(url, message):
+    with pytest.raises(ValueError, match=f"^judge_url: .*{message}"):
+        check_judge_url(url)
+    with pytest.raises(ValueError, match=message):
+        JudgeClient(url, "j")
+
+
+def test_the_password_in_a_refused_judge_url_is_not_repeated():
+    with pytest.raises(ValueError) as refused:
+        check_judge_url("http://user:hunter2@h/v1")
+    assert "hunter2" not in str(refused.value)
+
+
+def test_eval_refuses_a_judge_url_with_a_password_before_loading_a_model(capsys, monkeypatch):
+    monkeypatch.setattr("slimepo.eval.run.evaluate", lambda *a, **k: pytest.fail("evaluate was called"))
+
+    status = cli.main(["eval", "--judge-url", "http://u:p@127.0.0.1:1/v1", "--judge-model", "m", "--bench", "mt-bench"])
+
+    assert status == 2
+    assert "judge_url: must not hold a user name or password" in capsys.readouterr().err
+
+
+def test_a_judge_that_failed_every_request_gets_one_warning_with_the_first_error(caplog):
+    mtbench = [{"question_id": q, "turn": 1, "category": "a", "score": None, "status": "failed",
+                "error": f"JudgeError: refused {q}"} for q in (1, 2, 3)]
+    arena = [{"uid": "x", "category": "a", "games": [{"verdict": None, "error": "JudgeError: refused a"}] * 2}]
+    alpaca = [{"preference": None, "error": "JudgeError: refused b"}, {"preference": None, "error": "other"}]
+
+    for summarize, records, first in [(summarize_scores, mtbench, "refused 1"),
+                                      (arena_hard.summarize_verdicts, arena, "refused a"),
+                                      (alpacaeval.summarize_preferences, alpaca, "refused b")]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="slimepo.eval.judge"):
+            summarize(records)
+        assert [r.levelname for r in caplog.records] == ["WARNING"]
+        assert first in caplog.records[0].getMessage() and "all" in caplog.records[0].getMessage()
+
+
+def test_no_warning_while_some_judge_request_got_a_reply(caplog):
+    mtbench = [{"question_id": 1, "turn": 1, "category": "a", "score": None, "status": "failed", "error": "x"},
+               {"question_id": 1, "turn": 2, "category": "a", "score": None, "status": "unparsable", "error": None}]
+    arena = [{"uid": "x", "category": "a", "games": [{"verdict": None, "error": "x"}, {"verdict": "A>B", "error": None}]}]
+    alpaca = [{"preference": None, "error": "x"}, {"preference": 2, "error": None}]
+
+    with caplog.at_level(logging.WARNING, logger="slimepo.eval.judge"):
+        summarize_scores(mtbench)
+        arena_hard.summarize_verdicts(arena)
+        alpacaeval.summarize_preferences(alpaca)
+        warn_if_all_failed([], "nothing")
+
+    assert caplog.records == []

@@ -14,7 +14,8 @@ from slimepo.data import prepare_pairs
 from slimepo.eval import alpacaeval
 from slimepo.eval.generate import end_of_turn_ids, generate
 from slimepo.eval.judge import JudgeClient
-from slimepo.eval.run import evaluate, format_eval_table
+from slimepo.eval.run import evaluate, format_eval_table, load_model
+from slimepo.fingerprint import weights_sha256
 from slimepo.testing import TINY_MODEL_KINDS, FixedJudge, tiny_model, tiny_tokenizer
 
 from .judges import server_stats
@@ -349,10 +350,13 @@ def test_alpaca_eval_report_says_which_prompts_judge_decoding_and_template(tmp_p
     bench = json.loads((tmp_path / "out" / "eval.json").read_text())["alpaca_eval"]
     assert bench["instructions"] == bench["n_total"] == 2
     assert bench["provenance"] == {
-        "questions_file": str(installed),
+        # The installed file by its place in the packages, not this machine's path: the sha256 identifies it.
+        "questions_file": "eval_framework/tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json",
         "questions_sha256": hashlib.sha256(installed.read_bytes()).hexdigest(),
         "judge": {"model": "judge-7b", "url": None, "temperature": 0.0, "max_tokens": None},
         "decoding": {"max_new_tokens": 3, "sampling": False, "temperature": 1.0, "top_p": 1.0, "seed": 0},
         "chat_template": tokenizer.chat_template,
+        "weights_sha256": weights_sha256(load_model(model_dir)[0]),
     }
+    assert str(tmp_path) not in json.dumps(bench["provenance"]) and "site-packages" not in json.dumps(bench)
     assert "AlpacaEval win rate vs GPT-4 Turbo (%, 50 = par)" in format_eval_table(result)

@@ -98,6 +98,7 @@ def test_resume_auto_on_a_finished_run_and_on_a_folder_with_only_a_partial_check
 ):
     from slimepo.config import TrainConfig
     from slimepo.train import train
+    from slimepo.train.run import OutputExistsError
 
     out = tmp_path / "run"
     config = TrainConfig(
@@ -114,10 +115,14 @@ def test_resume_auto_on_a_finished_run_and_on_a_folder_with_only_a_partial_check
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2]
     assert [r["split"] for r in records].count("summary") == 1
 
-    # A crash mid-save leaves at most an unmarked folder: it is not resumed from.
+    # A crash mid-save leaves at most an unmarked folder: it is not resumed from. With no complete
+    # checkpoint left, a finished run would be trained again from step 0: only with --overwrite.
     for checkpoint in complete_checkpoints(out):
         shutil.rmtree(checkpoint)
     fake_checkpoint(out, 2, complete=False)
+    with pytest.raises(OutputExistsError, match="has finished and left no checkpoint"):
+        train(config)
+    config.overwrite = True
     assert train(config).global_step == 2
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2]

@@ -234,3 +234,22 @@ def test_warmup_ratio_is_a_share_of_the_steps_one_included(tiny_model_dir, toy_d
     train(config)
     rates = [r["learning_rate"] for r in read_metrics(tmp_path / "run") if r["split"] == "train" and "loss" in r]
     assert rates == pytest.approx([1e-2 * s for s in shares], abs=1e-9)
+
+
+def test_a_weighted_sum_of_losses_trains_from_yaml_and_logs_each_term(tiny_model_dir, toy_data, tmp_path):
+    config_file = tmp_path / "sum.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "model": str(tiny_model_dir), "dataset": str(toy_data["train"]), "eval_dataset": str(toy_data["test"]),
+        "eval_split": "train", "output_dir": str(tmp_path / "run"), "max_steps": 2, "logging_steps": 1,
+        "save_steps": 0, "lora_r": 4, "lora_alpha": 8, "monitor_steps": 0,
+        "loss": ["dpo", {"sft": 0.5}], "loss_params": {"dpo": {"beta": 0.2}},
+    }))
+    result = run_cli("train", "--config", str(config_file))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["loss"] == "dpo,sft=0.5" and saved["loss_params"] == {"dpo": {"beta": 0.2}}
+    for record in (r for r in read_metrics(tmp_path / "run") if r["split"] == "train" and "loss" in r):
+        # the logged step loss is the weighted sum of the terms logged beside it
+        assert record["loss"] == pytest.approx(record["loss/dpo/sigmoid"] + 0.5 * record["loss/sft/nll"], rel=1e-5)
+    assert "tags: [slimepo, preference-optimization, dpo, sft]" in (tmp_path / "run" / "README.md").read_text()

@@ -204,6 +204,10 @@ def _to_pair(data: Any, origin: Origin) -> PreferencePair:
             prompt_msgs = chosen_msgs[:shared]
             chosen_msgs, rejected_msgs = chosen_msgs[shared:], rejected_msgs[shared:]
         elif prompt is None:
+            # Whole conversations that open with the assistant have their roles out of order;
+            # lone assistant turns are responses whose prompt column is missing.
+            if any(_opens_with_assistant(m) for m in (chosen_msgs, rejected_msgs)):
+                raise _BadRow("bad_roles")
             raise _BadRow("missing_field")
         else:
             prompt_msgs = [{"role": "user", "content": prompt}]
@@ -262,6 +266,12 @@ def _common_prefix_length(a: Messages, b: Messages) -> int:
             break
         length += 1
     return length
+
+
+def _opens_with_assistant(messages: Messages) -> bool:
+    """A conversation (it has a turn of another role) whose first turn is the assistant's."""
+    roles = [m["role"] for m in messages]
+    return roles[0] == "assistant" and any(role != "assistant" for role in roles)
 
 
 def _fingerprint(messages: Messages) -> list[tuple[str, str]]:

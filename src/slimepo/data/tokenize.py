@@ -157,7 +157,8 @@ def template_text(chat_template: str | os.PathLike[str]) -> str:
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    # verbose=False: no "longer than the maximum sequence length" warning for rows truncated here anyway.
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def _as_messages(value: Messages | str, role: str) -> Messages:

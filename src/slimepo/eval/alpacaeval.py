@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from slimepo.eval.judge import CompletionClient
+from slimepo.eval.judge import CompletionClient, warn_if_all_failed
 from slimepo.eval.mtbench import Message, package_file
 from slimepo.eval.pairwise import bootstrap_interval
 
@@ -146,8 +146,10 @@ def summarize_preferences(records: Sequence[Mapping[str, Any]], rounds: int = 20
     ``win_rate``: ``100 * mean(preference - 1)`` over the ``n_total`` judged games (50 =
     on a par with the baseline); ``standard_error``: of that mean (None under two games);
     the interval: :func:`slimepo.eval.pairwise.bootstrap_interval`. Rates are None without
-    a judged game; ``unjudged`` games are left out.
+    a judged game; ``unjudged`` games are left out. A warning is logged when every game's
+    request failed.
     """
+    warn_if_all_failed([record.get("error") for record in records], "AlpacaEval games")
     wins = [record["preference"] - 1 for record in records if record["preference"] is not None]
     summary: dict[str, Any] = {
         "win_rate": None, "standard_error": None, "ci_lower": None, "ci_upper": None,

@@ -1,9 +1,16 @@
-"""Resumable, batched single-turn answers of a model to benchmark prompts (IFEval, Arena-Hard).
+"""Resumable, batched single-turn answers of a model to benchmark prompts (IFEval, Arena-Hard, AlpacaEval).
 
 Each batch's answers are appended to a JSON-lines file as soon as they exist, one
-``{"key", "prompt", "response", "health"}`` per prompt (``health``:
+``{"key", "prompt", "response", "health", "made_by"}`` per prompt (``health``:
 :func:`slimepo.eval.health.generation_health`); a rerun answers only the keys not in it,
 so a long benchmark interrupted at any point continues where it stopped.
+
+``made_by`` is what produced the answer: ``weights_sha256`` (the model as loaded, adapter
+included: :func:`slimepo.fingerprint.weights_sha256`), ``decoding`` (budget, sampling,
+temperature, top-p, seed) and ``prompt_ids_sha256`` (the prompt as the model saw it: text,
+chat template and tokenizer). An answer is kept only when all three equal this run's; a
+file holding answers of another model, other decoding or another prompt for a key is
+refused (:class:`AnswersMismatchError`), never mixed into a score.
 """
 
 from __future__ import annotations
@@ -16,8 +23,17 @@ from typing import Any
 
 import torch
 
+from slimepo.atomic_io import write_text
 from slimepo.eval.generate import chat_prompt_ids, end_of_turn_ids, generate
 from slimepo.eval.health import generation_health
+from slimepo.fingerprint import token_ids_sha256, weights_sha256
+
+#: The decoding settings an answer depends on, with :func:`slimepo.eval.generate.generate`'s defaults.
+DECODING_DEFAULTS = {"sampling": False, "temperature": 1.0, "top_p": 1.0, "seed": 0}
+
+
+class AnswersMismatchError(ValueError):
+    """An answers file holds answers that this model and these settings did not produce."""
 
 
 def read_answers(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
@@ -31,8 +47,52 @@ def read_answers(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
             answer = json.loads(line)
         except ValueError:
             continue
-        answers[str(answer["key"])] = answer
+        if isinstance(answer, dict) and "key" in answer:
+            answers[str(answer["key"])] = answer
     return answers
+
+
+def decoding_record(max_new_tokens: int, **decoding: Any) -> dict[str, Any]:
+    """The decoding an answer records: the budget and every setting, defaults filled in."""
+    unknown = sorted(set(decoding) - set(DECODING_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown decoding option(s): {', '.join(unknown)}")
+    return {"max_new_tokens": max_new_tokens, **DECODING_DEFAULTS, **decoding}
+
+
+def check_made_by(path: Path, answers: Mapping[str, Mapping[str, Any]], expected: Mapping[str, Any],
+                  prompt_digests: Mapping[str, str]) -> None:
+    """Refuse answers not made by ``expected`` (weights and decoding) or for another prompt text;
+    the error counts them and names the first with what differs."""
+    mismatched: list[tuple[str, list[str]]] = []
+    for key, answer in answers.items():
+        made_by = answer.get("made_by")
+        if not isinstance(made_by, Mapping):
+            raise AnswersMismatchError(
+                f"{path}: the answer to {key!r} records no model or settings (written by an older slimepo), "
+                "so it cannot be told apart from another model's; delete the file to answer afresh, or use another --out"
+            )
+        differences = [
+            f"{name} {_short(made_by.get(name))} (file) vs {_short(value)} (now)"
+            for name, value in expected.items() if made_by.get(name) != value
+        ]
+        if key in prompt_digests and made_by.get("prompt_ids_sha256") != prompt_digests[key]:
+            differences.append("the prompt as the model sees it (text, chat template or tokenizer)")
+        if differences:
+            mismatched.append((key, differences))
+    if mismatched:
+        key, differences = mismatched[0]
+        raise AnswersMismatchError(
+            f"{path}: {len(mismatched)} of {len(answers)} answers were made by another model or settings (the "
+            f"answer to {key!r}: {'; '.join(differences)}). Keeping them would put another model's answers under "
+            "this one's score: use another --out, or delete the file to answer afresh"
+        )
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12] + "…"
+    return json.dumps(value, sort_keys=True) if isinstance(value, Mapping) else repr(value)
 
 
 def answer_prompts(
@@ -44,22 +104,30 @@ def answer_prompts(
     max_new_tokens: int = 1024,
     batch_size: int = 8,
     desc: str = "answers",
+    weights: str | None = None,
     **decoding: Any,
 ) -> dict[str, dict[str, Any]]:
     """Answer every ``key -> user prompt`` not yet in ``path``; return all answers by key.
 
     ``decoding``: ``sampling``, ``temperature``, ``top_p``, ``seed`` of
-    :func:`slimepo.eval.generate.generate`. Shows a progress bar of prompts.
+    :func:`slimepo.eval.generate.generate`. ``weights``: the model's
+    :func:`~slimepo.fingerprint.weights_sha256` when the caller has it (computed otherwise).
+    Raises :class:`AnswersMismatchError` when ``path`` holds answers another model,
+    other decoding or another prompt text produced. Shows a progress bar of prompts.
     """
     from tqdm.auto import tqdm
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    made_by = {"weights_sha256": weights or weights_sha256(model),
+               "decoding": decoding_record(max_new_tokens, **decoding)}
+    prompt_ids = {key: chat_prompt_ids(tokenizer, [{"role": "user", "content": text}]) for key, text in prompts.items()}
+    digests = {key: token_ids_sha256(ids) for key, ids in prompt_ids.items()}
     answers = read_answers(path)
+    check_made_by(path, answers, made_by, digests)
     # Rewritten first: a line torn by a kill must not swallow the next answer appended.
-    path.write_text("".join(json.dumps(a) + "\n" for a in answers.values()), encoding="utf-8")
+    write_text(path, "".join(json.dumps(a) + "\n" for a in answers.values()))
     todo = [key for key in prompts if key not in answers]
-    prompt_ids = {key: chat_prompt_ids(tokenizer, [{"role": "user", "content": prompts[key]}]) for key in todo}
     todo.sort(key=lambda key: -len(prompt_ids[key]))  # similar lengths share a batch
     eot_ids = end_of_turn_ids(tokenizer)
     with path.open("a", encoding="utf-8") as f, tqdm(
@@ -73,7 +141,8 @@ def answer_prompts(
             )
             for key, generation in zip(batch, generations, strict=True):
                 health = generation_health(generation.text, generation.token_ids, eot_ids, max_new_tokens)
-                answers[key] = {"key": key, "prompt": prompts[key], "response": generation.text, "health": health}
+                answers[key] = {"key": key, "prompt": prompts[key], "response": generation.text, "health": health,
+                                "made_by": {**made_by, "prompt_ids_sha256": digests[key]}}
                 f.write(json.dumps(answers[key]) + "\n")
             f.flush()
             progress.update(len(batch))

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from slimepo.eval.judge import CompletionClient
+from slimepo.eval.judge import CompletionClient, warn_if_all_failed
 from slimepo.eval.mtbench import Message, package_file, read_jsonl
 from slimepo.eval.pairwise import bootstrap_interval
 
@@ -173,8 +173,9 @@ def summarize_verdicts(
     ``score``: mean of our battles (0.5 = on a par with the baseline); the interval takes
     the 2.5th and 97.5th percentiles of ``rounds`` bootstrap means of the battles
     (``random.Random(seed)``); all None without a battle. ``unjudged``: questions lacking
-    a verdict in either game, left out.
+    a verdict in either game, left out. A warning is logged when every game's request failed.
     """
+    warn_if_all_failed([game.get("error") for record in records for game in record["games"]], "Arena-Hard games")
     scored = [(record["category"], battle_scores(record)) for record in records]
     by_category: dict[str, list[float]] = {}
     for category, battles in scored:

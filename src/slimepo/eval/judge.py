@@ -5,7 +5,13 @@ Follows FastChat's ``gen_judgment.py --mode single``: its own judge prompts
 ``single-math-v1``; their ``-multi-turn`` forms for turn 2), sent as a system message and
 one user message, and the score read from ``[[N]]`` (``[N]`` as fallback). Unlike
 FastChat, a judgment without a score or a request that keeps failing is recorded as
-such, never as a score, and :func:`summarize_scores` counts them apart.
+such, never as a score, and :func:`summarize_scores` counts them apart; when every
+judgment failed (an unreachable judge), :func:`warn_if_all_failed` says so in one warning.
+
+The judge URL must be ``http`` or ``https`` and carry no ``user:password@``
+(:func:`check_judge_url`): the key comes only from the environment variable named by
+``--judge-key-env``, and goes only to that URL, since no redirect is ever followed (a
+redirect would re-send the ``Authorization`` header elsewhere, and turn the POST into a GET).
 
 Standard library only (``urllib``), so judging needs no extra package.
 """
@@ -16,11 +22,13 @@ import ast
 import copy
 import http.client
 import json
+import logging
 import os
 import re
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +47,8 @@ USAGE_KEYS = ("requests", "replies", "responses_with_usage", "prompt_tokens", "c
 # FastChat's score patterns: the first "[[N]]", else the first "[N]".
 _SCORE_PATTERNS = (re.compile(r"\[\[(\d+\.?\d*)\]\]"), re.compile(r"\[(\d+\.?\d*)\]"))
 
+logger = logging.getLogger(__name__)
+
 
 class JudgeError(RuntimeError):
     """The judge endpoint gave no usable reply."""
@@ -46,6 +56,32 @@ class JudgeError(RuntimeError):
 
 class _Retryable(Exception):
     """A failure that a later attempt may not repeat (network, timeout, 5xx, 429)."""
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect: the 3xx reaches :meth:`JudgeClient._post` as an ``HTTPError``."""
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> None:
+        return None
+
+
+def check_judge_url(url: str) -> None:
+    """Raise ``ValueError`` ("judge_url: ...") unless ``url`` is ``http(s)://host...``
+    without a user name or password."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as error:
+        raise ValueError(f"judge_url: {error}") from None
+    if parts.username is not None or parts.password is not None:
+        # not echoed: it may hold a password
+        raise ValueError(
+            "judge_url: must not hold a user name or password (it would be saved with the results, and is "
+            "not sent as credentials); put the API key in the environment variable named by --judge-key-env"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"judge_url: must be an http:// or https:// URL with a host, got {url!r}")
 
 
 class CompletionClient(Protocol):
@@ -63,7 +99,8 @@ class JudgeClient:
         api_key_env: environment variable holding the API key; no ``Authorization``
             header is sent when it is unset (local servers).
         max_retries: retries after the first attempt on network errors, timeouts, HTTP
-            408/429/5xx and malformed replies; other HTTP errors fail at once.
+            408/429/5xx and malformed replies; other HTTP errors fail at once, a redirect
+            (3xx, never followed) too.
         backoff: seconds before the first retry, doubled before each next one.
         timeout: seconds allowed to each request.
         temperature, max_tokens: sampling settings of the judge (FastChat: 0 and 2048).
@@ -87,6 +124,7 @@ class JudgeClient:
     ) -> None:
         if max_retries < 0 or backoff < 0 or timeout <= 0:
             raise ValueError("max_retries and backoff must be >= 0 and timeout > 0")
+        check_judge_url(url)
         url = url.rstrip("/")
         self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
         self.model = model
@@ -99,6 +137,7 @@ class JudgeClient:
         self.usage = dict.fromkeys(USAGE_KEYS, 0)
         self._usage_lock = threading.Lock()  # judging runs requests in threads
         self._parent: JudgeClient | None = None
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
 
     def metered(self) -> JudgeClient:
         """A client with these settings whose :attr:`usage` counts only its own requests
@@ -138,9 +177,16 @@ class JudgeClient:
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         self._count(requests=1)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=self.timeout) as response:
                 payload = response.read()
         except urllib.error.HTTPError as error:
+            if 300 <= error.code < 400:
+                location = error.headers.get("Location")
+                target = urllib.parse.urljoin(self.url, location) if location else "an unnamed address"
+                raise JudgeError(
+                    f"{self.url}: HTTP {error.code}: refusing to follow a redirect to {target}: slimepo never "
+                    "forwards the judge key; point --judge-url at the final address"
+                ) from error
             detail = f"HTTP {error.code}: {error.read()[:200].decode(errors='replace')}"
             if error.code >= 500 or error.code in RETRY_STATUSES:
                 raise _Retryable(detail) from error
@@ -313,7 +359,8 @@ def summarize_scores(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     Returns ``{"overall", "per_turn": {turn: mean}, "per_category": {category: mean},
     "counts": {"ok", "unparsable", "failed"}}``; every mean is over ``ok`` records only
-    and is ``None`` where a group has none, so failures never pass for scores.
+    and is ``None`` where a group has none, so failures never pass for scores; a warning
+    is logged when every judgment failed.
     """
 
     def mean_by(key: str) -> dict[str, float | None]:
@@ -327,12 +374,24 @@ def summarize_scores(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     counts = {status: 0 for status in ("ok", "unparsable", "failed")}
     for record in records:
         counts[record["status"]] += 1
+    warn_if_all_failed([record.get("error") for record in records], "MT-Bench judgments")
     return {
         "overall": _mean([r["score"] for r in records if r["status"] == "ok"]),
         "per_turn": mean_by("turn"),
         "per_category": mean_by("category"),
         "counts": counts,
     }
+
+
+def warn_if_all_failed(errors: Sequence[str | None], what: str) -> None:
+    """Log one warning when every judge request failed, so that an unreachable judge is
+    never a quiet run without scores. ``errors``: each request's error, None where the
+    judge replied; ``what``: the requests, plural ("MT-Bench judgments")."""
+    if errors and all(error is not None for error in errors):
+        logger.warning(
+            "all %d %s failed, so there is no score (is --judge-url reachable?); the first error: %s",
+            len(errors), what, errors[0],
+        )
 
 
 def _mean(values: Sequence[float]) -> float | None:

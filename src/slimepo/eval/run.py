@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from slimepo.atomic_io import write_json
 from slimepo.config import JUDGED_BENCHMARKS
 from slimepo.constraints import Constraint, check
 from slimepo.data import Origin, TokenizedPair, load_rows, prepare_pairs
@@ -43,8 +44,9 @@ from slimepo.eval.health import generation_health, summarize_health
 from slimepo.eval.judge import CompletionClient, JudgeClient, judge_answers, summarize_scores
 from slimepo.eval.metrics import preference_metrics
 from slimepo.eval.mtbench import answer_questions, find_questions, load_questions, write_answers
+from slimepo.fingerprint import weights_sha256
 from slimepo.ifeval_checkers import IFBENCH_MISSING_DATA
-from slimepo.model import load_causal_lm, load_tokenizer, resolve_model_path
+from slimepo.model import load_causal_lm, load_tokenizer, quiet_peft, resolve_model_path
 from slimepo.report import GENERATION_COLUMNS, PREFERENCE_COLUMNS, lookup, markdown_table
 from slimepo.scoring import PairScores, score_pairs
 
@@ -62,26 +64,32 @@ DEFAULT_QUESTIONS = {
 
 
 def load_model(
-    model: str | os.PathLike[str], adapter: str | os.PathLike[str] | None = None, *, dtype: str = "auto"
+    model: str | os.PathLike[str], adapter: str | os.PathLike[str] | None = None, *, dtype: str = "auto",
+    trust_remote_code: bool = False,
 ) -> tuple[torch.nn.Module, Any, str | None]:
     """The model to evaluate, its tokenizer, and the base path under its LoRA adapter (if any).
 
     ``model`` is a Hub id, a local folder, ``"default"``, or a folder holding a PEFT
     adapter (its base then comes from ``adapter_config.json``). The tokenizer is the
     adapter folder's when it saved one (training does), else the model's.
+    ``trust_remote_code``: let the model repository's own Python code run.
     """
     model = str(model)
     if adapter is None and (Path(model) / ADAPTER_CONFIG).is_file():
         adapter, model = model, _adapter_base(model)
     device = _device()
+    remote = dict(trust_remote_code=trust_remote_code)
     if adapter is None:
-        return load_causal_lm(model, dtype=dtype, training=False).to(device).eval(), load_tokenizer(model), None
+        return (load_causal_lm(model, dtype=dtype, training=False, **remote).to(device).eval(),
+                load_tokenizer(model, **remote), None)
     from peft import PeftModel
 
     adapter = str(adapter)
-    tokenizer = load_tokenizer(adapter if (Path(adapter) / "tokenizer_config.json").is_file() else model)
-    base = load_causal_lm(model, dtype=dtype, training=False)
-    return PeftModel.from_pretrained(base, adapter).to(device).eval(), tokenizer, resolve_model_path(model)
+    tokenizer = load_tokenizer(adapter if (Path(adapter) / "tokenizer_config.json").is_file() else model, **remote)
+    base = load_causal_lm(model, dtype=dtype, training=False, **remote)
+    with quiet_peft():
+        policy = PeftModel.from_pretrained(base, adapter)
+    return policy.to(device).eval(), tokenizer, resolve_model_path(model)
 
 
 def _device() -> torch.device:
@@ -89,9 +97,14 @@ def _device() -> torch.device:
 
 
 def _adapter_base(adapter: str) -> str:
+    """The base an adapter folder names: a Hub id, or a local folder (training records local
+    bases as absolute paths, so a run loads from any working directory)."""
     base = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not base:
         raise FileNotFoundError(f"{adapter}/{ADAPTER_CONFIG} does not name its base model; pass it as --model")
+    if Path(base).is_absolute() and not Path(base).exists():
+        raise FileNotFoundError(f"{adapter}/{ADAPTER_CONFIG} names the base {base!r}, which does not exist here; "
+                                "pass the base as --model and the adapter as --adapter")
     return base
 
 
@@ -186,8 +199,12 @@ def evaluate(
     max_prompts: int | None = None,
     bench_max_new_tokens: int = 1024,
     judge: CompletionClient | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (+ ``adapter``) on the held-out ``split`` of ``dataset``; write ``out_dir``.
+
+    ``out_dir`` must not hold a training run's outputs (its ``metrics.jsonl``): the
+    evaluation's ``eval.json`` would replace training's (:func:`check_out_dir`).
 
     Args:
         dataset: as ``prepare_pairs`` takes it; ``"demo"`` is the shipped set (its
@@ -218,7 +235,7 @@ def evaluate(
     :func:`answer_alpaca_eval`); each benchmark's with its ``provenance``
     (:func:`bench_provenance`) and, for a judged benchmark and a :class:`JudgeClient`,
     ``judge_usage`` (its :attr:`~JudgeClient.usage` during this call); and ``settings``
-    (what was evaluated, how).
+    (what was evaluated, how, and ``weights_sha256``: the model as loaded, adapter included).
     """
     out = Path(out_dir)
     # Benchmark prompts are read before a model is loaded, so that a missing file fails fast.
@@ -227,7 +244,9 @@ def evaluate(
                       if bench in ("ifeval", "ifbench") else None)
     arena_questions = arena_hard.load_questions(questions)[:max_prompts] if bench == "arena-hard" else None
     alpaca_records = _records(questions, alpacaeval.load_instructions)[:max_prompts] if bench == "alpaca-eval" else None
-    policy, tokenizer, adapter_base = load_model(model, adapter, dtype=dtype)
+    check_out_dir(out)
+    policy, tokenizer, adapter_base = load_model(model, adapter, dtype=dtype, trust_remote_code=trust_remote_code)
+    weights = weights_sha256(policy)
     # A client may judge before, after or beside this call: this call's requests are counted apart.
     metered = isinstance(judge, JudgeClient) and bench in JUDGED_BENCHMARKS
     if metered:
@@ -240,7 +259,8 @@ def evaluate(
 
     score = dict(pad_token_id=tokenizer.pad_token_id, batch_size=batch_size)
     scores = score_pairs(policy, pairs, **score)
-    base_scores = _base_scores(policy, base, adapter_base, pairs, dtype, score) if base else None
+    base_scores = (_base_scores(policy, base, adapter_base, pairs, dtype, score, trust_remote_code)
+                   if base else None)
     result = preference_metrics(*scores.as_tuple(), base=base_scores.as_tuple() if base_scores else None)
 
     decoding = dict(max_new_tokens=max_new_tokens, sampling=sampling, temperature=temperature, top_p=top_p, seed=seed)
@@ -264,39 +284,63 @@ def evaluate(
             result["mt_bench"].update(judge_mtbench(question_list, answers, judge, out / "mt_bench" / "judgments.jsonl"))
     if ifeval_prompts is not None:
         result[bench] = answer_ifeval(
-            policy, tokenizer, out / bench, ifeval_prompts, batch_size=batch_size, benchmark=bench, **bench_decoding,
+            policy, tokenizer, out / bench, ifeval_prompts, batch_size=batch_size, benchmark=bench, weights=weights,
+            **bench_decoding,
         )
     if arena_questions is not None:
         result["arena_hard"] = answer_arena_hard(
-            policy, tokenizer, out / "arena_hard", arena_questions, judge, batch_size=batch_size, **bench_decoding,
+            policy, tokenizer, out / "arena_hard", arena_questions, judge, batch_size=batch_size, weights=weights,
+            **bench_decoding,
         )
     if alpaca_records is not None:
         result["alpaca_eval"] = answer_alpaca_eval(
-            policy, tokenizer, out / "alpaca_eval", alpaca_records, judge, batch_size=batch_size, **bench_decoding,
+            policy, tokenizer, out / "alpaca_eval", alpaca_records, judge, batch_size=batch_size, weights=weights,
+            **bench_decoding,
         )
     if bench is not None:
         questions_file = DEFAULT_QUESTIONS[bench]() if questions is None else questions
-        result[BENCH_RESULTS[bench]]["provenance"] = bench_provenance(
-            questions_file, tokenizer, judge, bench_decoding
-        )
+        result[BENCH_RESULTS[bench]]["provenance"] = {
+            **bench_provenance(questions_file, tokenizer, judge, bench_decoding, installed=questions is None),
+            "weights_sha256": weights,
+        }
         if metered:
             result[BENCH_RESULTS[bench]]["judge_usage"] = dict(judge.usage)
     result["settings"] = {
         "model": str(model), "adapter": None if adapter is None else str(adapter), "base": base,
-        "dataset": str(dataset), "split": split, "generate": generate, **decoding,
+        "dataset": str(dataset), "split": split, "generate": generate, **decoding, "weights_sha256": weights,
     }
-    (out / "eval.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_json(out / "eval.json", result)
     return result
 
 
+#: A training run's own outputs: an evaluation never writes into a folder that holds them.
+TRAINING_OUTPUTS = ("metrics.jsonl",)
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an output folder that holds a training run: its ``eval.json`` (before/after,
+    drift, unlearning) would be replaced by the evaluation's."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"out: {str(out)!r} is a file, not a folder")
+    found = [name for name in TRAINING_OUTPUTS if (out / name).exists()]
+    if found:
+        raise FileExistsError(
+            f"out: {str(out)!r} holds a training run ({', '.join(found)}); evaluating into it would replace the "
+            f"eval.json training wrote. Evaluate into a folder of its own, e.g. --out {out / 'eval'} "
+            "(slimepo eval's default for a run folder)"
+        )
+
+
 def bench_provenance(
-    questions: Questions, tokenizer: Any, judge: CompletionClient | None, decoding: Mapping[str, Any]
+    questions: Questions, tokenizer: Any, judge: CompletionClient | None, decoding: Mapping[str, Any],
+    *, installed: bool = False,
 ) -> dict[str, Any]:
     """What a benchmark score needs said to be reproduced: ``{"questions_file",
     "questions_sha256", "judge", "decoding", "chat_template"}``.
 
     ``questions``: the prompts file (its path and the sha256 of its bytes; both None when
-    records were passed in instead); ``judge``: its ``model``, ``url``, ``temperature`` and
+    records were passed in instead; an ``installed`` file is named by its path inside the
+    installed packages, not this machine's absolute path); ``judge``: its ``model``, ``url``, ``temperature`` and
     ``max_tokens`` where it has them (None without a judge); ``chat_template``: the
     tokenizer's template text, None when prompts were plain text (no template).
     """
@@ -305,7 +349,7 @@ def bench_provenance(
         name: getattr(judge, name, None) for name in ("model", "url", "temperature", "max_tokens")
     }
     return {
-        "questions_file": None if path is None else str(path),
+        "questions_file": None if path is None else installed_name(path) if installed else str(path),
         "questions_sha256": None if path is None else hashlib.sha256(path.read_bytes()).hexdigest(),
         "judge": judge_settings,
         "decoding": dict(decoding),
@@ -313,13 +357,28 @@ def bench_provenance(
     }
 
 
+def installed_name(path: Path) -> str:
+    """An installed data file's path below the ``sys.path`` entry that holds it (its name
+    in any environment), else the path as given."""
+    import sys
+
+    resolved = path.resolve()
+    roots = sorted((Path(p).resolve() for p in sys.path if p), key=lambda p: -len(p.parts))
+    for root in roots:
+        if root != Path("/") and resolved.is_relative_to(root):
+            return resolved.relative_to(root).as_posix()
+    return str(path)
+
+
 def _base_scores(
-    policy: torch.nn.Module, base: str, adapter_base: str | None, pairs: list, dtype: str, score: dict[str, Any]
+    policy: torch.nn.Module, base: str, adapter_base: str | None, pairs: list, dtype: str, score: dict[str, Any],
+    trust_remote_code: bool = False,
 ) -> PairScores:
     if adapter_base is not None and _same_model(base, adapter_base):
         with policy.disable_adapter():
             return score_pairs(policy, pairs, **score)
-    return score_pairs(load_causal_lm(base, dtype=dtype, training=False).to(_device()), pairs, **score)
+    base_model = load_causal_lm(base, dtype=dtype, training=False, trust_remote_code=trust_remote_code)
+    return score_pairs(base_model.to(_device()), pairs, **score)
 
 
 def _generation_checks(

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from slimepo.atomic_io import write_text
 from slimepo.config import TrainConfig
-from slimepo.losses import get_loss
+from slimepo.losses import get_loss, parse_loss_spec
 from slimepo.report import lookup
 
 SUMMARY_ROWS = (
@@ -45,7 +46,7 @@ def write_model_card(out: Path, config: TrainConfig, final: dict[str, Any], step
     )
     text = f"""---
 library_name: {"peft" if config.use_lora else "transformers"}
-tags: [slimepo, preference-optimization, {config.loss}]
+tags: [slimepo, preference-optimization, {", ".join(name for name, _ in parse_loss_spec(config.loss))}]
 ---
 # {out.name}
 
@@ -75,6 +76,4 @@ Trained with [slimepo](https://pypi.org/project/slimepo/) using the `{config.los
 
 The full resolved configuration is in `config.yaml`, the training log in `metrics.jsonl`.
 """
-    path = out / "README.md"
-    path.write_text(text, encoding="utf-8")
-    return path
+    return write_text(out / "README.md", text)

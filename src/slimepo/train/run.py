@@ -15,9 +15,11 @@ from typing import Any
 
 import accelerate
 import torch
+import yaml
 from accelerate import PartialState
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
+from slimepo.atomic_io import write_json, write_text
 from slimepo.config import DEMO, ConfigError, TrainConfig
 from slimepo.data import demo_file, prepare_pairs
 from slimepo.data.collate import PairCollator
@@ -27,13 +29,15 @@ from slimepo.logprobs import uses_flex_attention
 from slimepo.losses import get_loss
 from slimepo.metrics_log import append_record
 from slimepo.model import (
+    cache_dir,
     load_policy,
     load_reference,
     load_tokenizer,
+    recorded_model_path,
     resolve_mixed_precision,
-    resolve_model_path,
 )
 from slimepo.scoring import score_pairs
+from slimepo.train import ref_cache
 from slimepo.train.card import write_model_card
 from slimepo.train.checkpoint import latest_complete_checkpoint, manifest_step, trim_metrics
 from slimepo.train.dry_run import dry_run_config
@@ -44,10 +48,69 @@ logger = logging.getLogger(__name__)
 
 #: Files that mark a folder as holding a run.
 RUN_MARKERS = ("config.yaml", "metrics.jsonl")
+#: Written last by a run that finished (the model card).
+FINISHED_MARKER = "README.md"
+#: How the run was launched (``{"processes": N}``): ``batch_size`` is per process.
+LAUNCH_FILE = "launch.json"
+#: Options a resumed run may change: where and how often things are written or watched, never
+#: what is computed. Any other difference from the saved ``config.yaml`` is refused.
+RESUME_FREE_OPTIONS = frozenset({
+    "resume", "overwrite", "output_dir", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
+    "report_to", "merge", "monitor_steps", "monitor_pairs", "unlearning_alarm", "collapse_alarm",
+})
 
 
 class OutputExistsError(RuntimeError):
     pass
+
+
+def _read_launch(out: Path) -> dict[str, Any]:
+    try:
+        launch = json.loads((out / LAUNCH_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return launch if isinstance(launch, dict) else {}
+
+
+def check_resume(config: TrainConfig, out: Path, processes: int = 1) -> None:
+    """Refuse to resume a run with options that change its numbers, or to restart a finished one.
+
+    The saved ``config.yaml`` is compared with ``config`` on every option but
+    :data:`RESUME_FREE_OPTIONS`; each difference is named. ``batch_size`` is per process:
+    a run resumed on another number of ``processes`` (:data:`LAUNCH_FILE` says how many it
+    had) may change it as long as the pairs per micro-step, ``batch_size × processes``, stay
+    the same. A finished run (its model card written) with no checkpoint to resume from
+    would start again from step 0 and replace it: that needs ``--overwrite``.
+    """
+    if config.resume is None or not (out / "config.yaml").is_file():
+        return
+    try:
+        saved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise OutputExistsError(f"resume: {out / 'config.yaml'} is not readable YAML ({err}); cannot tell what "
+                                "the run was trained with") from None
+    current = config.to_dict()
+    saved_processes = _read_launch(out).get("processes", 1)
+    changed = [
+        f"{name}: {saved[name]!r} (saved) vs {current[name]!r} (now)"
+        for name in current
+        if name not in RESUME_FREE_OPTIONS | {"batch_size"} and name in saved and saved[name] != current[name]
+    ]
+    if "batch_size" in saved and saved["batch_size"] * saved_processes != config.batch_size * processes:
+        changed.append(f"pairs per micro-step (batch_size × processes): {saved['batch_size']} × {saved_processes} "
+                       f"(saved) vs {config.batch_size} × {processes} (now)")
+    if changed:
+        raise OutputExistsError(
+            f"resume: the run in {str(out)!r} was trained with other options ({'; '.join(changed)}). Resuming "
+            "would mix two configurations in one run: pass the saved options (its config.yaml), or train into "
+            "another --output-dir"
+        )
+    if (config.resume == "auto" and latest_complete_checkpoint(out) is None and (out / FINISHED_MARKER).is_file()
+            and not config.overwrite):
+        raise OutputExistsError(
+            f"resume: the run in {str(out)!r} has finished and left no checkpoint, so --resume auto would train it "
+            "again from step 0 and replace it; pass --overwrite to do that"
+        )
 
 
 def check_output_dir(config: TrainConfig) -> Path:
@@ -229,6 +292,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
             f"fsdp: accelerate {accelerate.__version__} shards with its FSDP plugin only on GPUs (and XPU/NPU/...); "
             "on CPU it would train DDP instead, unannounced. Drop the accelerate FSDP config and pass --fsdp"
         )
+    check_resume(config, out, args.world_size)  # on every process: none may wait for one that stopped
     if args.process_index == 0:
         check_output_dir(config)
     PartialState().wait_for_everyone()
@@ -241,7 +305,8 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     model = load_policy(config)
     ref_model = load_reference(config) if loss_fn.requires_reference else None
     if args.process_index == 0:
-        (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+        write_text(out / "config.yaml", config.to_yaml())
+        write_json(out / LAUNCH_FILE, {"processes": args.world_size})
     trainer = PreferenceTrainer(
         model=model,
         args=args,
@@ -271,7 +336,11 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     with trainer.accelerator.autocast():
         before_scores = score_pairs(trainer.model, held_out, **score) if held_out else None
         if config.precompute_ref_logps and loss_fn.requires_reference:
-            precompute_reference(ref_model or trainer.model, train_pairs, score)
+            precompute_reference(ref_model or trainer.model, train_pairs, score, ref_cache_root(config), {
+                "max_length": config.max_length, "max_prompt_length": config.max_prompt_length,
+                "mixed_precision": resolve_mixed_precision(config.dtype, config.mixed_precision),
+                "attn_implementation": config.attn_implementation,
+            })
     trainer.train(resume_from_checkpoint=resume_point(config, out, is_main=args.process_index == 0))
 
     before: dict[str, Any] = {}
@@ -283,20 +352,51 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         before = preference_metrics(*before_scores.as_tuple())
         after = preference_metrics(*after_scores.as_tuple(), base=before_scores.as_tuple())
         # The held-out metrics after training, with the initial model as the base (drift, unlearning).
-        (out / "eval.json").write_text(json.dumps(after, indent=2), encoding="utf-8")
+        write_json(out / "eval.json", after)
     save_outputs(trainer, tokenizer, config, out, before, after)
     return TrainResult(out, before, after, trainer.state.global_step)
 
 
-def precompute_reference(reference, pairs: list, score: dict[str, Any]) -> None:
+def precompute_reference(
+    reference, pairs: list, score: dict[str, Any], cache: Path | None = None, settings: dict[str, Any] | None = None
+) -> None:
     """Attach summed reference log-probs to every training pair, in place.
 
     Called before training, while the policy still holds its initial weights (zero LoRA
-    update), unless a separate reference model is given.
+    update), unless a separate reference model is given. With a ``cache`` folder the sums
+    are read from an entry made by a run that would compute the same numbers, or scored
+    and stored there (:mod:`slimepo.train.ref_cache`); ``settings`` are the options that
+    change them beyond ``score``'s.
     """
+    identity = None
+    if cache is not None:
+        settings = {**(settings or {}), "layout": score.get("layout"), "batch_size": score.get("batch_size"),
+                    "logprob_chunk_size": score.get("chunk_size")}
+        identity = ref_cache.cache_identity(reference, pairs, settings)
+        cached = ref_cache.load_cached(cache, identity)
+        if cached is not None:
+            logger.info("reference log-probs of %d pairs reused from %s", len(pairs), cache / ref_cache.cache_key(identity))
+            _attach_reference(pairs, *cached)
+            return
     scores = score_pairs(reference, pairs, **score)
-    for i, (chosen, rejected) in enumerate(zip(scores.chosen_logps.sum(-1), scores.rejected_logps.sum(-1))):
-        pairs[i] = dataclasses.replace(pairs[i], ref_chosen_logp=float(chosen), ref_rejected_logp=float(rejected))
+    chosen = [float(x) for x in scores.chosen_logps.sum(-1)]
+    rejected = [float(x) for x in scores.rejected_logps.sum(-1)]
+    _attach_reference(pairs, chosen, rejected)
+    if identity is not None and PartialState().is_main_process:
+        entry = ref_cache.store(cache, identity, chosen, rejected)
+        logger.info("reference log-probs of %d pairs cached in %s", len(pairs), entry)
+
+
+def _attach_reference(pairs: list, chosen: list[float], rejected: list[float]) -> None:
+    for i, (ref_chosen, ref_rejected) in enumerate(zip(chosen, rejected, strict=True)):
+        pairs[i] = dataclasses.replace(pairs[i], ref_chosen_logp=ref_chosen, ref_rejected_logp=ref_rejected)
+
+
+def ref_cache_root(config: TrainConfig) -> Path | None:
+    """The folder of ``--ref-logps-cache``: None for ``off``."""
+    if config.ref_logps_cache == "off":
+        return None
+    return cache_dir() / "ref-logps" if config.ref_logps_cache == "auto" else Path(config.ref_logps_cache)
 
 
 def save_outputs(
@@ -315,8 +415,8 @@ def save_outputs(
         # Point the adapter at where the base really is, so plain peft can reload it.
         adapter_config = out / "adapter_config.json"
         data = json.loads(adapter_config.read_text())
-        data["base_model_name_or_path"] = resolve_model_path(config.model)
-        adapter_config.write_text(json.dumps(data, indent=2))
+        data["base_model_name_or_path"] = recorded_model_path(config.model)
+        write_json(adapter_config, data)
     if config.merge and config.use_lora:
         merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
         merged.save_pretrained(out / "merged", safe_serialization=True)

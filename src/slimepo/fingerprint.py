@@ -1,0 +1,37 @@
+"""What identifies the numbers a model produces: digests of its weights and of its inputs.
+
+An answer kept from an earlier run is only reused when these match exactly
+(:mod:`slimepo.eval.answers`), so that a score never belongs to another model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+
+import torch
+
+
+def weights_sha256(model: torch.nn.Module, skip: Callable[[str], bool] | None = None) -> str:
+    """sha256 over every parameter and buffer of ``model`` as loaded: names, dtypes, shapes, bytes.
+
+    A LoRA adapter's weights are among its parameters, so base + adapter hash as one model;
+    the same weights in another dtype hash differently (they give other numbers). Tensors
+    tied to one storage (an output projection tied to the embedding) count once per name.
+    ``skip``: names left out.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict(keep_vars=False).items()):
+        if skip is not None and skip(name):
+            continue
+        tensor = tensor.detach()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        if tensor.numel():
+            digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def token_ids_sha256(ids: Iterable[int]) -> str:
+    """sha256 of a token-id sequence (a prompt as the model sees it: text, template and tokenizer)."""
+    return hashlib.sha256(json.dumps([int(i) for i in ids]).encode()).hexdigest()
