@@ -3,7 +3,8 @@
     python ddp_worker.py MODEL DATA OUT WORLD [JSON of TrainConfig overrides]
 
 Each process also writes ``OUT/params-rank<N>.json`` as training starts: how many of the
-model's parameters are sharded (DTensor) and how many elements this process holds.
+model's parameters are sharded (DTensor), how many elements this process holds, and how
+many micro-batches its epoch has.
 """
 
 import json
@@ -22,11 +23,12 @@ class ParameterReport(TrainerCallback):
     def __init__(self, out: Path):
         self.out = out
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         params = list(model.parameters())
         report = {
             "params": len(params), "sharded": sum(isinstance(p, DTensor) for p in params),
             "local_elements": sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in params),
+            "batches": len(train_dataloader),
         }
         (self.out / f"params-rank{args.process_index}.json").write_text(json.dumps(report))
 

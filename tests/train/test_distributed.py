@@ -14,8 +14,10 @@ from safetensors.torch import load_file
 
 from slimepo import config as config_module
 from slimepo.config import FSDP_MIN_VERSIONS, ConfigError, TrainConfig, fsdp_versions_too_old
+from slimepo.data.batching import WholeRounds
 
 from .ddp_worker import run_options
+from .test_invariance import relative_difference, rows
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -51,8 +53,8 @@ def run(world: int, model, data: Path, out: Path, **overrides) -> list[dict]:
     return train_lines(out)
 
 
-def assert_same_losses(single: list[dict], other: list[dict]) -> None:
-    assert [r["step"] for r in single] == [r["step"] for r in other] == [1, 2, 3]
+def assert_same_losses(single: list[dict], other: list[dict], steps: int = 3) -> None:
+    assert [r["step"] for r in single] == [r["step"] for r in other] == list(range(1, steps + 1))
     # SLIME with its defaults: every mean of the loss divides by the step's counts over all
     # processes (StepTotals), so 2 x 2 pairs give the loss of 4. What is left is float32
     # summation order across processes and padding widths: 1e-4 relative.
@@ -114,6 +116,81 @@ def test_the_documented_torchrun_command_trains_as_one_process_and_exits_cleanly
     assert result.stdout.count("3 optimizer steps. Outputs in") == 1, result.stdout  # process 0 alone reports
     assert (out / "adapter_model.safetensors").exists()
     assert_same_losses(train_lines(one_process), train_lines(out))
+
+
+def test_accelerate_deals_whole_rounds_one_batch_per_process_and_repeats_no_pair():
+    """9 pairs in batches of 4 on 2 processes: 4 | 4, then 1 | an empty batch (a stand-in)."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    batches = BatchSampler(range(9), 4, drop_last=False)
+    for even_batches in (True, False):
+        shards = [BatchSamplerShard(WholeRounds(batches, 2), 2, rank, even_batches=even_batches) for rank in (0, 1)]
+        assert [list(shard) for shard in shards] == [[[0, 1, 2, 3], [8]], [[4, 5, 6, 7], []]]
+        assert [len(shard) for shard in shards] == [2, 2]
+    # What accelerate does by itself: the short round is filled from the start of the epoch.
+    assert list(BatchSamplerShard(batches, 2, 0))[-1] == [8, 0, 1, 2]
+
+
+def uneven_data(folder: Path, pairs: int) -> Path:
+    """The first ``pairs`` of test_invariance's pairs, responses of 1 to 15 words (train.jsonl); 2 held out."""
+    folder.mkdir(parents=True)
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows()[:pairs]))
+    for name in ("eval.jsonl", "test.jsonl"):
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows()[:2]))
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("pairs", "batch", "accumulation"), [(7, 4, 1), (5, 2, 2)])
+def test_a_short_last_step_on_two_processes_has_the_loss_and_gradient_of_one_process(
+    pairs, batch, accumulation, tiny_model_dir, tmp_path
+):
+    """One optimizer step of 7 pairs as 4 | 3, and of 5 as (2 + 1) | (2 + an empty batch), against
+    one process taking them all in a batch of 8 (full fine-tuning, fp32, grad_worker.py).
+
+    With accelerate's own padding the short process repeated pairs from the start of the epoch:
+    measured 0.20 (7 pairs) and 0.19 (5 pairs) relative off in gradient; now within 4e-7."""
+    data = uneven_data(tmp_path / "data", pairs)
+    grad_worker = str(WORKER.with_name("grad_worker.py"))
+    outs = {world: tmp_path / f"world{world}" for world in (1, 2)}
+    launch = {1: [sys.executable], 2: [TORCHRUN, "--nproc_per_node", "2", "--master_port", free_port()]}
+    for world, args in ((1, ["8", "1"]), (2, [str(batch), str(accumulation)])):
+        result = subprocess.run([*launch[world], grad_worker, str(tiny_model_dir), str(data), str(outs[world]), *args,
+                                 "slime"], env=ENV, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+    assert relative_difference(torch.load(outs[1] / "slime.pt"), torch.load(outs[2] / "slime.pt")) < 1e-5
+    (one,), (two,) = (train_lines(outs[world] / "run-slime") for world in (1, 2))
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_process_left_with_no_pair_in_the_last_step_trains_and_logs_as_one_process(tiny_model_dir, tmp_path):
+    """5 pairs, 2 processes x 2: step 1 is 2 | 2, step 2 is 1 | nothing; one process x 4 takes 4, then 1.
+
+    The empty process runs a stand-in pair weighted 0, so the gradient all-reduce still
+    matches, and logs nothing of it; the logged terms, the grad norm and the trained adapter
+    equal one process's."""
+    data = uneven_data(tmp_path / "data", 5)
+    single = run(1, tiny_model_dir, data, tmp_path / "one", max_steps=2)
+    assert_same_losses(single, run(2, tiny_model_dir, data, tmp_path / "two", max_steps=2), steps=2)
+    assert [r["batches"] for r in parameter_reports(tmp_path / "two", 2)] == [2, 2]
+    expected, got = load_file(tmp_path / "one" / "adapter_model.safetensors"), load_file(tmp_path / "two" / "adapter_model.safetensors")
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_token_budget_batches_on_two_processes_train_as_one_process_accumulating_two(
+    tiny_model_dir, toy_data, tmp_path
+):
+    """``--max-tokens-per-batch 150`` cuts the 14 toy pairs into 5 batches (3, 4, 3, 3, 1 pairs):
+    one process accumulating 2 steps on (3 + 4), (3 + 3), (1); two processes on 3 | 4, 3 | 3, 1 | nothing."""
+    data = toy_data["train"].parent
+    single = run(1, tiny_model_dir, data, tmp_path / "one", max_tokens_per_batch=150, gradient_accumulation_steps=2)
+    assert parameter_reports(tmp_path / "one", 1)[0]["batches"] == 5
+    assert_same_losses(single, run(2, tiny_model_dir, data, tmp_path / "two", max_tokens_per_batch=150))
+    assert [r["batches"] for r in parameter_reports(tmp_path / "two", 2)] == [3, 3]
 
 
 def test_the_train_command_destroys_the_process_group_after_a_finished_run(monkeypatch, capsys, tmp_path):

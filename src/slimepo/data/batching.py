@@ -1,13 +1,17 @@
-"""Length-bucketed batches under a token budget (``--max-tokens-per-batch``).
+"""Training batches: length-bucketed under a token budget (``--max-tokens-per-batch``), and
+dealt to processes in whole rounds.
 
-Pairs of similar length go together, so little compute is spent on padding, and every
-batch costs about the same. The order is random but fixed by ``seed`` and the epoch.
+Under a token budget, pairs of similar length go together, so little compute is spent on
+padding, and every batch costs about the same. The order is random but fixed by ``seed``
+and the epoch.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 
 def pair_tokens(pair) -> int:
@@ -61,3 +65,64 @@ class TokenBudgetBatchSampler:
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+class WholeRounds:
+    """The batches of ``batch_sampler``, then empty batches until their number is a multiple
+    of ``processes``.
+
+    accelerate deals batch ``j`` to process ``j mod processes``: a round of batches is one
+    micro-batch on every process. When an epoch ends mid-round, accelerate would fill the
+    round with pairs from the start of the epoch, which the step then counts twice. Here the
+    rounds are whole, and ``batch_size`` is None so that accelerate deals each batch as it
+    comes, padding nothing; :class:`StandInCollator` turns an empty batch into one that
+    weighs nothing.
+    """
+
+    batch_size = None
+
+    def __init__(self, batch_sampler, processes: int):
+        self.batch_sampler = batch_sampler
+        self.processes = processes
+
+    @property
+    def sampler(self):
+        """The wrapped sampler, read and replaced by accelerate (its seeded sampler) and set to each epoch."""
+        return getattr(self.batch_sampler, "sampler", None)
+
+    @sampler.setter
+    def sampler(self, sampler) -> None:
+        self.batch_sampler.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        count = 0
+        for batch in self.batch_sampler:
+            count += 1
+            yield batch
+        for _ in range(-count % self.processes):
+            yield []
+
+    def __len__(self) -> int:
+        return -(-len(self.batch_sampler) // self.processes) * self.processes
+
+
+@dataclass(frozen=True)
+class StandInCollator:
+    """``collate(pairs)``; an empty batch becomes ``stand_in`` collated alone, marked ``"stand_in": True``.
+
+    A process whose batch is empty must still run forward and backward, since DDP and FSDP
+    reduce gradients in backward and every process has to join; the trainer multiplies the
+    stand-in's loss by 0 and leaves it out of the step's counts and metrics.
+    """
+
+    collate: Callable[[Sequence], dict[str, Any]]
+    stand_in: Any
+
+    def __call__(self, pairs: Sequence) -> dict[str, Any]:
+        if pairs:
+            return self.collate(pairs)
+        return {**self.collate([self.stand_in]), "stand_in": True}

@@ -14,10 +14,10 @@ from collections import defaultdict
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader
 from transformers import Trainer
 
-from slimepo.data.batching import TokenBudgetBatchSampler, pair_tokens
+from slimepo.data.batching import StandInCollator, TokenBudgetBatchSampler, WholeRounds, pair_tokens
 from slimepo.diagnostics import collapse_metrics
 from slimepo.logprobs import pair_token_logps
 from slimepo.losses import PreferenceLoss, StepTotals
@@ -47,19 +47,24 @@ class PreferenceTrainer(Trainer):
         self.chunk_size = logprob_chunk_size or None
         # Training losses divide by the whole step's counts (step_totals): the Trainer must not rescale them.
         self.loss_is_scaled_for_ga = True
-        self._stored: dict[str, dict[str, list[Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        # Per split and metric, each micro-batch's value and whether it counts (a stand-in does not).
+        self._stored: dict[str, dict[str, list[tuple[Tensor, bool]]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._window_tokens = 0
         self._window_start = time.perf_counter()
 
     def get_train_dataloader(self) -> DataLoader:
-        """Fixed-size batches, or length-bucketed ones under ``max_tokens_per_batch``."""
-        if not self.max_tokens_per_batch:
-            return super().get_train_dataloader()
-        sampler = TokenBudgetBatchSampler(
-            [pair_tokens(p) for p in self.train_dataset], self.max_tokens_per_batch, seed=self.args.seed
-        )
-        loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
-                            num_workers=self.args.dataloader_num_workers)
+        """Fixed-size batches, or length-bucketed ones under ``max_tokens_per_batch``, dealt to the
+        processes in whole rounds: an epoch's last step counts every pair once (:class:`WholeRounds`)."""
+        if self.max_tokens_per_batch:
+            batches = TokenBudgetBatchSampler(
+                [pair_tokens(p) for p in self.train_dataset], self.max_tokens_per_batch, seed=self.args.seed
+            )
+        else:
+            batches = BatchSampler(self._get_train_sampler(), self._train_batch_size, self.args.dataloader_drop_last)
+        stand_in = min(self.train_dataset, key=pair_tokens)  # the cheapest pair to run for nothing
+        loader = DataLoader(self.train_dataset, batch_sampler=WholeRounds(batches, self.accelerator.num_processes),
+                            collate_fn=StandInCollator(self.data_collator, stand_in),
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
         return self.accelerator.prepare(loader)
 
     def token_logps(self, model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -95,10 +100,11 @@ class PreferenceTrainer(Trainer):
         if not batch_samples:
             return None
         counts = sum(
-            torch.stack([torch.tensor(float(len(b["chosen_mask"])), device=device),
-                         b["chosen_mask"].sum().to(device, torch.float32), b["rejected_mask"].sum().to(device, torch.float32)])
-            for b in batch_samples
-        )  # on the device: no host sync per micro-batch
+            (torch.stack([torch.tensor(float(len(b["chosen_mask"])), device=device),
+                          b["chosen_mask"].sum().to(device, torch.float32), b["rejected_mask"].sum().to(device, torch.float32)])
+             for b in batch_samples if "stand_in" not in b),
+            torch.zeros(3, device=device),
+        )  # on the device: no host sync per micro-batch; a process with only stand-ins still joins the reduce
         counts = self.accelerator.reduce(counts, reduction="sum")
         return StepTotals(pairs=counts[0], chosen_tokens=counts[1], rejected_tokens=counts[2])
 
@@ -113,6 +119,10 @@ class PreferenceTrainer(Trainer):
             # This micro-batch's share of the step's loss; DDP and FSDP average gradients over
             # processes, so the share is scaled back up by their number.
             loss = loss * self.accelerator.num_processes
+        counted = "stand_in" not in inputs
+        if not counted:
+            # An empty batch's stand-in (StandInCollator): its backward joins the gradient reduction, adding 0.
+            loss = loss * 0.0
 
         metrics = dict(out.metrics)
         metrics["logps/chosen_sum"] = chosen.detach().sum(-1).mean()
@@ -120,9 +130,10 @@ class PreferenceTrainer(Trainer):
         metrics.update(collapse_metrics(rejected, rejected_mask))
         split = "train" if model.training else "eval"
         # Kept as device tensors: converting each to float here would sync the GPU every micro-batch.
+        # A stand-in's are kept too, not counted, so that every process has the same keys to reduce.
         for key, value in metrics.items():
-            self._stored[split][key].append(value.detach())
-        if split == "train":
+            self._stored[split][key].append((value.detach(), counted))
+        if split == "train" and counted:
             self._window_tokens = self._window_tokens + inputs["num_tokens"]
         return (loss, out) if return_outputs else loss
 
@@ -133,13 +144,20 @@ class PreferenceTrainer(Trainer):
         return loss.detach(), None, None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the averaged loss terms and diagnostics gathered since the last log."""
+        """Add the loss terms and diagnostics since the last log: means (or minima) over the
+        micro-batches of all processes, stand-ins left out."""
         split = "train" if "loss" in logs else "eval"
         prefix = "" if split == "train" else "eval_"
-        for key, values in self._stored[split].items():
-            reduce = torch.min if key.endswith("min_logp") else torch.mean
-            local = reduce(torch.stack(values).to(self.args.device, torch.float64)).reshape(1)
-            logs[prefix + key] = float(reduce(self.accelerator.gather(local)))
+        for key, stored in self._stored[split].items():
+            values = torch.stack([value for value, _ in stored]).to(self.args.device, torch.float64)
+            counted = torch.tensor([c for _, c in stored], device=values.device)
+            if key.endswith("min_logp"):
+                local = torch.where(counted, values, torch.inf).min().reshape(1)
+                logs[prefix + key] = float(self.accelerator.gather(local).min())
+            else:
+                local = torch.stack([torch.where(counted, values, 0.0).sum(), counted.sum().to(values.dtype)])
+                total, count = self.accelerator.reduce(local, reduction="sum")
+                logs[prefix + key] = float(total / count)
         self._stored[split].clear()
         if split == "train":
             elapsed = time.perf_counter() - self._window_start
