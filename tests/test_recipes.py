@@ -23,6 +23,8 @@ MODELS = {
 }
 STAGES = ("sft", "slime", "dpo", "simpo")
 RECIPES = [(model, stage) for model in MODELS for stage in STAGES]
+#: Beside the faithful recipes: SLIME as the authors' published trainer ran it (docs/paper-recipes.md).
+AS_RUN = [(model, "slime-as-run") for model in MODELS]
 
 
 def recipe_path(model: str, stage: str) -> Path:
@@ -47,10 +49,10 @@ def sft_outputs(tmp_path: Path) -> Path:
 
 def test_every_model_has_the_four_stages_and_nothing_else():
     found = sorted(str(p.relative_to(PAPER)) for p in PAPER.glob("*/*.yaml"))
-    assert found == sorted(f"{model}/{stage}.yaml" for model, stage in RECIPES)
+    assert found == sorted(f"{model}/{stage}.yaml" for model, stage in RECIPES + AS_RUN)
 
 
-@pytest.mark.parametrize(("model", "stage"), RECIPES)
+@pytest.mark.parametrize(("model", "stage"), RECIPES + AS_RUN)
 def test_recipe_validates_from_the_repository_root(model, stage, sft_outputs, monkeypatch):
     monkeypatch.chdir(sft_outputs)
     load_recipe(model, stage).validate()
@@ -105,6 +107,39 @@ def test_objectives_have_the_papers_hyperparameters(model):
     assert simpo.loss_params == {"beta": 0.1, "gamma": 2.0}
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_the_as_run_recipe_differs_from_the_faithful_one_in_the_loss_count_and_the_cut_only(model):
+    faithful, as_run = load_recipe(model, "slime").to_dict(), load_recipe(model, "slime-as-run").to_dict()
+    differing = {name: (faithful[name], as_run[name]) for name in faithful if faithful[name] != as_run[name]}
+    assert differing == {
+        "loss": ("slime", "slime=3"),  # loss_type "ipo" iterated by character: the SLIME loss summed 3 times
+        "max_length": (2048, 131072),  # their SLIME forward drops truncation: completions are never cut
+        "output_dir": (f"runs/paper/{model}/slime", f"runs/paper/{model}/slime-as-run"),
+    }
+    assert as_run["max_prompt_length"] == 1024 and as_run["max_grad_norm"] == 1.0
+
+
+def test_three_times_the_loss_clipped_at_three_c_is_the_formula_clipped_at_c():
+    """Their runs: the tripled loss clipped at 1.0 = the formula's gradient clipped at 1/3, times 3."""
+    import torch
+
+    torch.manual_seed(0)
+    inputs = (torch.randn(3, 5).clamp(max=-0.1), torch.ones(3, 5, dtype=torch.bool),
+              torch.randn(3, 4).clamp(max=-0.1) - 2, torch.ones(3, 4, dtype=torch.bool))
+    results = {}
+    for spec in ("slime=3", "slime"):
+        logps = [t.clone().requires_grad_(True) if t.dtype != torch.bool else t for t in inputs]
+        out = get_loss(spec)(*logps)
+        out.loss.backward()
+        results[spec] = (out.loss.detach(), torch.cat([logps[0].grad.flatten(), logps[2].grad.flatten()]))
+    (loss3, grad3), (loss1, grad1) = results["slime=3"], results["slime"]
+    torch.testing.assert_close(loss3, 3 * loss1)
+    torch.testing.assert_close(grad3, 3 * grad1)
+    c = float(grad1.norm()) / 2  # a clip that acts
+    clipped3, clipped1 = grad3 * min(1.0, 3 * c / float(grad3.norm())), grad1 * min(1.0, c / float(grad1.norm()))
+    torch.testing.assert_close(clipped3, 3 * clipped1)  # Adam then divides the factor 3 out (up to its eps)
+
+
 @pytest.mark.parametrize("template", sorted({template for _, template in MODELS.values()}))
 def test_chat_template_renders_a_prompt_that_prefixes_the_conversation(template):
     text = (PAPER / "templates" / template).read_text(encoding="utf-8")
@@ -133,7 +168,7 @@ def assert_dry_run_passes(result: subprocess.CompletedProcess) -> None:
     assert "2 optimizer steps" in result.stdout
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", (*STAGES, "slime-as-run"))
 def test_qwen3_recipe_passes_the_dry_run(stage, sft_outputs):
     assert_dry_run_passes(dry_run("qwen3-4b", stage, sft_outputs))
 

@@ -24,7 +24,12 @@ from slimepo.losses.base import PreferenceLoss
 
 def spec_text(terms: Iterable[tuple[str, float]]) -> str:
     """The spec of ``[(name, weight), ...]``: ``"dpo,sft=0.2"`` (a weight of 1 left out)."""
-    return ",".join(name if weight == 1 else f"{name}={weight!r}" for name, weight in terms)
+    return ",".join(name if weight == 1 else f"{name}={_number(weight)}" for name, weight in terms)
+
+
+def _number(weight: float) -> str:
+    """A weight as written: ``3`` for 3.0, else the float's shortest exact form (``0.2``)."""
+    return str(int(weight)) if float(weight).is_integer() else repr(float(weight))
 
 
 class CompositeLoss(PreferenceLoss):
