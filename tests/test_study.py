@@ -475,8 +475,37 @@ def test_report_has_slime_minus_each_run_from_the_generations(study, tmp_path):
         write_generations(results, name, "test", "greedy", passed)
     study.report(results, doc, tmp_path / "docs" / "img", tmp_path / "ifeval", tmp_path / "ifbench")
     row = next(line for line in doc.read_text().splitlines() if line.startswith("| slime − dpo"))
-    assert row.split("|")[2].strip().startswith("+0.250 [")  # 2/4 - 1/4
+    # 2/4 − 1/4. Only prompt 2 differs: a draw's difference is (times prompt 2 is drawn) / 4, 0 with
+    # probability (3/4)^4 = 0.316 and never below: p = 2 × 0.316 (one comparison: Holm's p is p).
+    cell = row.split("|")[2].strip()
+    assert cell.startswith("+0.250 [+0.00, +0.75] p ")
+    p_value, holm_p = (float(x) for x in cell.split(" p ")[1].split(", Holm "))
+    assert p_value == pytest.approx(2 * 0.75 ** 4, abs=0.02) and holm_p == p_value
+    assert [c.strip() for c in row.split("|")[3:6]] == ["—", "—", "—"]  # no answers stored for those
+    assert "for the m = 1 comparisons of this table" in doc.read_text()
     assert "| slime − simpo" not in doc.read_text()  # no simpo run at its rate: no row
+
+
+def test_paired_bootstrap_gives_a_two_sided_p_value_and_holm_adjusts_over_a_table(study):
+    ones, zeros = [{"x:1": 1.0, "x:2": 1.0}], [{"x:1": 0.0, "x:2": 0.0}]
+    # Every draw is +1: no draw at or below 0, so p = 2 (0 + 1) / (10,000 + 1), the smallest there is.
+    assert study.paired_bootstrap(ones, zeros) == (1.0, 1.0, 1.0, pytest.approx(2 / 10_001))
+    assert study.paired_bootstrap(zeros, zeros)[3] == 1.0  # every draw 0: on both sides
+    a, b = [{"x:1": 1.0, "x:2": 0.0}], [{"x:1": 0.0, "x:2": 0.0}]
+    # A draw's difference is (times x:1 is drawn) / 2: 0 with probability 1/4, never below: p = 2/4.
+    diff, low, high, p = study.paired_bootstrap(a, b)
+    assert (diff, low, high) == (0.5, 0.0, 1.0) and p == pytest.approx(0.5, abs=0.03)
+    assert study.paired_bootstrap(a, b, prompts=["x:2"]) == (0.0, 0.0, 0.0, 1.0)  # only the prompts given
+    assert study.paired_bootstrap(a, b, prompts=["y:1"]) is None
+    assert study.paired_difference(a, b) == (diff, low, high)  # the same draws, without p
+    # Holm: the i-th smallest of m times m − i + 1, never below a smaller one's, at most 1.
+    assert study.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert study.holm([0.6, 0.7]) == [1.0, 1.0]
+    assert study.holm([]) == []
+    cells, m = study.corrected_cells([[(0.5, 0.1, 0.9, 0.01), None], [(0.1, -0.1, 0.3, 0.04), (0.0, -0.2, 0.2, 0.9)]])
+    assert m == 3
+    assert cells == [["+0.500 [+0.10, +0.90] p 0.01, Holm 0.03", "—"],
+                     ["+0.100 [-0.10, +0.30] p 0.04, Holm 0.08", "+0.000 [-0.20, +0.20] p 0.9, Holm 0.9"]]
 
 
 def test_the_ifeval_part_runs_the_base_model_then_each_seed_of_every_compared_loss_at_its_chosen_rate(study, tmp_path):
@@ -537,7 +566,8 @@ def test_the_ifeval_section_gives_accuracies_trained_and_other_types_and_slime_m
     # loose is all-true on both sides: 0.
     diff = next(line for line in section.splitlines() if line.startswith("| slime (lr 3e-04) − base"))
     strict, loose = (c.strip() for c in diff.strip("|").split("|")[1:3])
-    assert strict.startswith("+0.875 [") and loose == "+0.000 [+0.00, +0.00]"
+    # Identical sides: every draw is 0, so p is 1 (Holm's adjustment cannot raise it further).
+    assert strict.startswith("+0.875 [") and loose == "+0.000 [+0.00, +0.00] p 1, Holm 1"
     assert ("Not run yet: dpo/lr3e-04-seed0, simpo/lr3e-04-seed0, simpo-paper/lr3e-04-seed0, dpo/lr3e-04-seed1, "
             "simpo/lr3e-04-seed1, simpo-paper/lr3e-04-seed1, slime/lr3e-04-seed2, dpo/lr3e-04-seed2, "
             "simpo/lr3e-04-seed2, simpo-paper/lr3e-04-seed2.") in section
@@ -587,9 +617,130 @@ def test_the_ifbench_section_gives_accuracies_per_category_and_each_run_minus_ea
     assert [(name, strict.split(" [")[0]) for name, strict in diffs] == [
         ("slime (lr 3e-04) − base", "+0.750"), ("slime (lr 3e-04) − dpo (lr 3e-04)", "+0.250"),
         ("dpo (lr 3e-04) − base", "+0.500")]
-    assert "nor those of the IFEval section" in section and "Test CPU" in section
+    assert "| cut at 256 | length (tokens) |" in section and "Test CPU" in section
+    assert "no run here has its answers stored, so how many were cut is not known" in section
+    assert "m = 6 comparisons of this table" in section  # 3 pairs x strict and loose
     assert "IFBench evaluations" in section and "for 282 of 300 prompts" in section
     assert "Not run yet: simpo/lr3e-04-seed0," in section
+
+
+def write_answers(results: Path, name: str, health: dict[str, tuple[bool, int]], benchmark: str = "ifeval") -> None:
+    """Stored answers of a benchmark part: per prompt key, ``(ended, length_tokens)`` of its health."""
+    path = results / "runs" / name / f"generations-{benchmark}-greedy.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps({"key": int(key), "prompt": "p", "response": "r", "health": {
+            "ended": ended, "empty": False, "repetition": 0.0, "degenerate": False, "length_tokens": length}}) + "\n"
+            for key, (ended, length) in health.items())
+
+
+def write_metrics(results: Path, name: str, losses: list[float], **train) -> None:
+    folder = results / "runs" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(
+        {"step": i + 1, "split": "train", "loss": loss, "grad_norm": 1.0, "tokens_per_second": 100.0 + i * len(train)})
+        + "\n" for i, loss in enumerate(losses)))
+    if train:
+        (folder / "train.json").write_text(json.dumps(train))
+
+
+def test_the_ifeval_section_shows_each_runs_cut_answers_and_the_prompts_no_cut_fails_by_itself(study, tmp_path,
+                                                                                                 monkeypatch):
+    results, ifeval_results = tmp_path / "results", tmp_path / "ifeval"
+    grid_results(study, results, {(loss, lr): (0.5 if lr == 3e-4 else 0.1, 0.5)
+                                  for loss in ("slime", "dpo", "simpo") for lr in (3e-4, 1e-4, 1e-3)})
+    types = {"punctuation:no_comma": {"count": 5, "strict": 0.5, "loose": 0.5},
+             "change_case:english_capital": {"count": 1, "strict": 0.0, "loose": 0.0}}
+    write_ifeval(ifeval_results, "base/seed0", {"1": [False], "2": [False], "3": [True, False], "4": [False]},
+                 types, prompt_level_strict=0.0, provenance={"decoding": {"max_new_tokens": 256}})
+    # The base model: prompts 1 and 2 cut at the budget; 3 did not end but stopped short of it (not cut).
+    write_answers(ifeval_results, "base/seed0", {"1": (False, 256), "2": (False, 256), "3": (False, 100), "4": (True, 9)})
+    for seed in (0, 1):
+        name = study.run_name("slime", 3e-4, seed)
+        write_ifeval(ifeval_results, name, {"1": [True], "2": [True], "3": [True, True], "4": [seed == 1]}, types,
+                     prompt_level_strict=0.5)
+        write_answers(ifeval_results, name, {"1": (seed == 1, 256), "2": (True, 50), "3": (True, 50), "4": (True, 50)})
+        # Seed 0 trained as the constraint study's run did; seed 1 on another CPU (its losses differ a little).
+        write_metrics(ifeval_results, name, [0.7, 0.5], wall_seconds=60.0)
+        write_metrics(results, name, [0.7, 0.5 + 0.001 * seed])
+    # Prompts 1 and 3 have an instruction about how the answer ends.
+    monkeypatch.setattr(study, "bench_instruction_ids", lambda runs, benchmark: {
+        "1": ["startend:end_checker"], "2": ["punctuation:no_comma"],
+        "3": ["detectable_content:postscript", "keywords:existence"], "4": ["change_case:english_capital"]})
+    section = study.ifeval_section(ifeval_results, results)
+    headers = next(line for line in section if line.startswith("| run |"))
+    assert headers.endswith("| cut at 256 | length (tokens) | instr. strict, trained types | instr. strict, other types "
+                            "| prompt-level strict, the 2 prompts with no instruction on the answer's end |")
+    base = [c.strip() for c in next(line for line in section if line.startswith("| base |")).strip("|").split("|")]
+    slime = [c.strip() for c in next(line for line in section if line.startswith("| slime (lr 3e-04) |")).strip("|").split("|")]
+    assert base[5] == "0.500 (1)" and slime[5] == "0.125 ± 0.177 (2)"  # cut: 2 of 4; 1 of 4 and 0 of 4
+    # On prompts 2 and 4: the base follows neither; SLIME's seed 0 one of two, seed 1 both.
+    assert base[9] == "0.000 (1)" and slime[9] == "0.750 ± 0.354 (2)"
+    text = "\n".join(section)
+    assert "the runs are not cut alike" in text and "base 0.50, slime 0.00–0.25." in text
+    assert "all but the 2 that have an instruction of one of the types" in text
+    # Cut answers to those prompts: the base model's to prompt 1 (end_checker not followed), SLIME seed 0's (followed).
+    assert "over every run, these many still followed the instruction: `end_checker` 1 of 2)" in text
+    diff = next(line for line in section if line.startswith("| slime (lr 3e-04) − base"))
+    assert diff.split("|")[4].strip().startswith("+0.750 [")  # strict on prompts 2 and 4: 0.75 − 0
+    assert "| difference | strict | loose | strict, the 2 prompts with no instruction on the answer's end |" in text
+    assert "m = 3 comparisons of this table" in text  # one pair, three columns
+    assert ("1 of the 2 logged the very training of the run of the same name in the tables above (every logged loss, "
+            "log-probability and gradient norm equal at every logged step: slime seed 0); 1 did not (slime seed 1; "
+            "their logged losses differ from it by at most 0.001") in text
+    # Without the prompts file (or with another one) the column is left out, and the page says why.
+    monkeypatch.setattr(study, "bench_instruction_ids", lambda runs, benchmark: None)
+    section = study.ifeval_section(ifeval_results, results)
+    assert not any("no instruction on the answer's end |" in line for line in section)
+    assert any("The column of the prompts with no instruction on the answer's end is left out" in line
+               for line in section)
+
+
+def test_training_difference_tells_the_same_training_from_another_cpus(study, tmp_path):
+    write_metrics(tmp_path / "a", "r", [0.7, 0.5])
+    write_metrics(tmp_path / "b", "r", [0.7, 0.5], wall_seconds=1.0)  # other timings: not compared
+    write_metrics(tmp_path / "c", "r", [0.7, 0.52])
+    write_metrics(tmp_path / "d", "r", [0.7])
+    a = tmp_path / "a" / "runs" / "r"
+    assert study.training_difference(a, tmp_path / "b" / "runs" / "r") == (True, 0.0)
+    same, gap = study.training_difference(a, tmp_path / "c" / "runs" / "r")
+    assert not same and gap == pytest.approx(0.02)
+    assert study.training_difference(a, tmp_path / "d" / "runs" / "r") is None  # other steps
+    assert study.training_difference(a, tmp_path / "missing") is None
+
+
+def test_the_grid_says_which_losses_chose_its_largest_rate(study, tmp_path):
+    grid_results(study, tmp_path, {
+        ("slime", 3e-4): (0.5, 0.5), ("slime", 1e-4): (0.4, 0.5), ("slime", 1e-3): (0.7, 0.5),
+        ("dpo", 3e-4): (0.6, 0.5), ("dpo", 1e-4): (0.4, 0.5), ("dpo", 1e-3): (0.5, 0.5),
+        ("simpo", 3e-4): (0.2, 0.5), ("simpo", 1e-4): (0.1, 0.5), ("simpo", 1e-3): (0.3, 0.5),
+    })
+    text = "\n".join(study.grid_section(tmp_path, study.load_results(tmp_path)))
+    assert ("2 of the 3 grids chose their largest rate, 1e-03: slime, simpo. A grid cannot see past its end: for these "
+            "losses the best rate may lie above 1e-03, which no run tried. Validation pass rate from 3e-04 to 1e-03: "
+            "slime 0.50 → 0.70; simpo 0.20 → 0.30.") in text
+    grid_results(study, tmp_path, {("slime", 1e-3): (0.1, 0.5), ("simpo", 1e-3): (0.1, 0.5)})
+    assert "largest rate" not in "\n".join(study.grid_section(tmp_path, study.load_results(tmp_path)))
+
+
+def test_topic_overlap_counts_prompts_that_share_a_tip_with_a_training_prompt(study, load_script, tmp_path):
+    assert study.TIP_TEMPLATES == load_script("make_onpolicy_data").TIP_REQUESTS
+    note = "Write a short note to a friend who wants to know whether to {}."
+    prompts = {
+        "train.jsonl.gz": ["Why should I drink water? Answer in at most 20 words.", note.format("sleep early") + " No commas."],
+        "validation.jsonl.gz": ["Hi! Why should I sleep early? Use 2 bullets."],  # the other request of a trained tip
+        "test.jsonl.gz": [note.format("drink water") + " Use 3 bullets.", "Why should I walk daily?", "Any tips for sleep?"],
+        # Split by family: a training prompt's very request, with another constraint; and a tip of another request.
+        "test_heldout_family.jsonl.gz": ["Why should I drink water? Include the word 'fresh'.",
+                                         "Why should I sleep early? Include the word 'calm'."],
+    }
+    for file, texts in prompts.items():
+        with gzip.open(tmp_path / file, "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps({"prompt": text}) + "\n" for text in texts)
+    assert study.tip_overlap(tmp_path) == {"validation": (1, 1, 0), "test": (1, 3, 0), "heldout": (2, 2, 1)}
+    assert ("Prompts that ask about a tip a training prompt asks about: validation 1 of 1; test 1 of 3; held-out "
+            "family 2 of 2 (1 of them in the very request of a training prompt, with another constraint).") in (
+        study.overlap_note(tmp_path))
+    assert study.overlap_note(tmp_path / "missing") == ""
 
 
 @pytest.mark.slow
