@@ -197,3 +197,35 @@ def test_the_trainers_end_of_run_summary_line_is_not_reported_as_a_problem(tmp_p
     (run / "metrics.jsonl").write_text("".join(_json.dumps(x) + "\n" for x in lines))
     text = write_report([run], tmp_path / "report").read_text()
     assert "line 2" not in text
+
+
+def test_benchmark_scores_of_every_evaluation_are_tabled_the_newest_winning(tmp_path):
+    import os
+
+    run = tmp_path / "slime"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "train", "loss": 1.0}) + "\n")
+    (run / "eval.json").write_text(json.dumps({"pairs": 3, "accuracy": 0.5}))  # training's
+    (run / "eval").mkdir()
+    (run / "eval" / "eval.json").write_text(json.dumps({"pairs": 4, "accuracy": 0.75, "settings": {},
+                                                        "ifeval": {"prompt_level_strict": 0.2, "prompts": 541}}))
+    (run / "eval-mt").mkdir()
+    (run / "eval-mt" / "eval.json").write_text(json.dumps({"mt_bench": {"overall": 4.5, "questions": 80},
+                                                           "ifeval": {"prompt_level_strict": 0.9, "prompts": 5}}))
+    os.utime(run / "eval" / "eval.json", (1, 1))  # eval-mt/ is the newer: its IFEval wins
+    plain = tmp_path / "dpo"
+    plain.mkdir()
+    (plain / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "train", "loss": 2.0}) + "\n")
+
+    markdown = write_report([run, plain], tmp_path / "report").read_text()
+
+    assert table_after(markdown, "## Benchmarks") == [
+        "| slime | 0.9 | 5 | 4.5 | 80 |",
+        "| dpo | — | — | — | — |",
+    ]
+    assert "| run | IFEval prompt strict | IFEval prompts | MT-Bench (1-10) | MT-Bench questions |" in markdown
+    assert table_after(markdown, "Held-out preference pairs")[0].startswith("| slime | 4 | 0.75 |")  # eval/, not training's
+
+
+def test_a_report_of_runs_without_benchmarks_has_no_benchmark_section(report):
+    assert "## Benchmarks" not in report.read_text()

@@ -6,7 +6,11 @@ Reads only what training and evaluation wrote in each run folder:
   ``{"step", "split", "epoch", <metric>...}`` with ``split`` in train / eval / monitor;
 - ``config.yaml``: the run's options, of which the report uses ``loss``;
 - ``eval.json`` (optional): :func:`slimepo.eval.preference_metrics`, possibly with
-  ``"generation"`` (:func:`slimepo.eval.summarize_health`) and ``"constraint_pass_rate"``.
+  ``"generation"`` (:func:`slimepo.eval.summarize_health`) and ``"constraint_pass_rate"``;
+  training writes one in the run folder, ``slimepo eval`` and ``compare`` theirs in ``eval/``
+  (shown instead when present), and further evaluations may sit in ``eval-*/``: every
+  benchmark score found in them (IFEval, IFBench, MT-Bench, Arena-Hard, AlpacaEval) goes
+  into a Benchmarks table.
 
 Lines or files that cannot be read are skipped and listed under "Notes"; a report is
 always written. Plots need matplotlib (``pip install slimepo[report]``) and no display.
@@ -41,6 +45,9 @@ class Run:
     loss: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
+    #: Benchmark results by their key in eval.json (``ifeval``, ``mt_bench``...), from every
+    #: evaluation of the run (``eval/`` and ``eval-*/``), the newest one's where several have it.
+    benchmarks: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def last(self, key: str) -> Any:
@@ -135,6 +142,23 @@ PREFERENCE_COLUMNS = (
     ("chosen drift vs base (nats/token)", ("drift", "chosen_drift_mean")),
     ("unlearning rate", ("drift", "unlearning_rate")),
 )
+#: Where each benchmark's result sits in an eval.json.
+BENCHMARK_KEYS = ("ifeval", "ifbench", "mt_bench", "arena_hard", "alpaca_eval")
+#: Benchmark columns: (header, path of keys into a run's :attr:`Run.benchmarks`).
+BENCHMARK_COLUMNS = (
+    ("IFEval prompt strict", ("ifeval", "prompt_level_strict")),
+    ("IFEval prompt loose", ("ifeval", "prompt_level_loose")),
+    ("IFEval prompts", ("ifeval", "prompts")),
+    ("IFBench prompt strict", ("ifbench", "prompt_level_strict")),
+    ("IFBench prompt loose", ("ifbench", "prompt_level_loose")),
+    ("IFBench prompts", ("ifbench", "prompts")),
+    ("MT-Bench (1-10)", ("mt_bench", "overall")),
+    ("MT-Bench questions", ("mt_bench", "questions")),
+    ("Arena-Hard (0.5 = par)", ("arena_hard", "score")),
+    ("Arena-Hard questions", ("arena_hard", "questions")),
+    ("AlpacaEval win rate (%)", ("alpaca_eval", "win_rate")),
+    ("AlpacaEval instructions", ("alpaca_eval", "instructions")),
+)
 GENERATION_COLUMNS = (
     ("generations", ("generation", "count")),
     ("ended", ("generation", "ended_rate")),
@@ -206,6 +230,14 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
     lines += _eval_table(runs, PREFERENCE_COLUMNS)
     lines += ["", "Generations:", ""]
     lines += _eval_table(runs, GENERATION_COLUMNS)
+    shown = [(header, keys) for header, keys in BENCHMARK_COLUMNS
+             if any(lookup(run.benchmarks, keys) is not None for run in runs)]
+    if shown:
+        lines += ["", "## Benchmarks", "",
+                  "From each run's evaluations (`eval/eval.json`, `eval-*/eval.json`; the newest where several "
+                  "answered the same benchmark):", ""]
+        lines += markdown_table(("run", *(h for h, _ in shown)),
+                                [(run.name, *(lookup(run.benchmarks, keys) for _, keys in shown)) for run in runs])
     notes = [f"{run.name}: {note}" for run in runs for note in run.notes]
     if notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in notes)]
@@ -224,15 +256,24 @@ def read_run(run_dir: Path) -> Run:
     elif config is not None:
         run.notes.append("config.yaml has no `loss`")
     # An evaluation (slimepo eval, compare) writes beside training's eval.json, into eval/; it is the fuller one.
-    for path in (run_dir / EVALUATION_DIR / "eval.json", run_dir / "eval.json"):
-        if not path.exists():
-            continue
+    evaluations = {}
+    for path in sorted(run_dir.glob(f"{EVALUATION_DIR}*/eval.json"), key=lambda p: p.stat().st_mtime):
         evaluation = _read_file(path, json.loads, run.notes)
         if isinstance(evaluation, dict):
-            run.evaluation = evaluation
-            break
-        if evaluation is not None:
+            evaluations[path] = evaluation
+            run.benchmarks.update({key: evaluation[key] for key in BENCHMARK_KEYS if isinstance(evaluation.get(key), dict)})
+        elif evaluation is not None:
             run.notes.append(f"{path.relative_to(run_dir)} is not a JSON object, ignored")
+    for path in (run_dir / EVALUATION_DIR / "eval.json", run_dir / "eval.json"):
+        if path in evaluations:
+            run.evaluation = evaluations[path]
+            break
+        if path.parent == run_dir and path.exists():
+            evaluation = _read_file(path, json.loads, run.notes)
+            if isinstance(evaluation, dict):
+                run.evaluation = evaluation
+            elif evaluation is not None:
+                run.notes.append("eval.json is not a JSON object, ignored")
     return run
 
 
