@@ -70,7 +70,7 @@ def compare(
     """Train and evaluate one run per loss, then write the report; return ``report.md``'s path.
 
     ``eval_kwargs`` go to :func:`slimepo.eval.run.evaluate` (e.g. ``max_new_tokens``,
-    ``generate``, ``bench``; see :meth:`slimepo.config.EvalConfig.evaluate_options`); the held-out pairs, base model, dtype and seed come
+    ``generate``, ``bench``; see :func:`slimepo.cli_eval.evaluate_options`); the held-out pairs, base model, dtype and seed come
     from the config.
     """
     from slimepo.report import write_report

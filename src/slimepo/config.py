@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from slimepo.endpoints import check_api_url
 from slimepo.losses import LOSSES, get_loss, parse_loss_spec, spec_text
 
 DEMO = "demo"
@@ -259,18 +260,8 @@ class TrainConfig:
                 continue
             if _looks_local(value) and not Path(value).exists():
                 raise ConfigError(f"{name}: path {value!r} does not exist")
-        if self.resume not in (None, "auto"):
-            if not Path(self.resume).is_dir():
-                raise ConfigError(f"resume: {self.resume!r} is neither 'auto' nor an existing checkpoint folder")
-            # Imported here: the slimepo.train package imports this module.
-            from slimepo.train.checkpoint import checkpoint_problem
-
-            problem = checkpoint_problem(self.resume)
-            if problem is not None:
-                raise ConfigError(
-                    f"resume: {self.resume!r} is not a complete checkpoint: {problem}. "
-                    "--resume auto picks the newest complete one"
-                )
+        if self.resume not in (None, "auto") and not Path(self.resume).is_dir():
+            raise ConfigError(f"resume: {self.resume!r} is neither 'auto' nor an existing checkpoint folder")
         if isinstance(self.max_bad_steps, bool) or not isinstance(self.max_bad_steps, int) or self.max_bad_steps < 1:
             raise ConfigError(f"max_bad_steps: must be an integer >= 1, got {self.max_bad_steps!r}")
         limit = self.save_total_limit
@@ -430,11 +421,8 @@ class EvalConfig:
         if self.judge_url and not self.judge_model:
             raise ConfigError("judge_url: needs --judge-model")
         if self.judge_url:
-            # the check JudgeClient makes, here before any model loads
-            from slimepo.eval.judge import check_judge_url
-
-            try:
-                check_judge_url(self.judge_url)
+            try:  # the check JudgeClient makes, here before any model loads
+                check_api_url(self.judge_url, "judge_url")
             except ValueError as err:
                 raise ConfigError(str(err)) from None
         if self.judge_url and self.bench not in JUDGED_BENCHMARKS:
@@ -442,19 +430,6 @@ class EvalConfig:
                               "add one")
         if self.max_prompts is not None and self.bench is None:
             raise ConfigError("max_prompts: limits the prompts of --bench; add --bench")
-
-    def evaluate_options(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`slimepo.eval.run.evaluate` shared by ``eval`` and ``compare``."""
-        judge = None
-        if self.judge_url:
-            from slimepo.eval.judge import JudgeClient
-
-            judge = JudgeClient(self.judge_url, self.judge_model, api_key_env=self.judge_key_env)
-        return dict(
-            generate=self.generate, max_new_tokens=self.max_new_tokens, sampling=self.sample,
-            temperature=self.temperature, top_p=self.top_p, bench=self.bench, questions=self.questions,
-            max_prompts=self.max_prompts, bench_max_new_tokens=self.bench_max_new_tokens, judge=judge,
-        )
 
 
 #: The :class:`EvalConfig` groups that ``slimepo compare`` takes (the rest comes from training's options).

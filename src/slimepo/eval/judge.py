@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from slimepo.endpoints import check_api_url
 from slimepo.eval.mtbench import Message, package_file, read_jsonl
 
 #: Categories FastChat grades against a reference answer (its ``NEED_REF_CATS``).
@@ -68,20 +69,8 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def check_judge_url(url: str) -> None:
-    """Raise ``ValueError`` ("judge_url: ...") unless ``url`` is ``http(s)://host...``
-    without a user name or password."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError as error:
-        raise ValueError(f"judge_url: {error}") from None
-    if parts.username is not None or parts.password is not None:
-        # not echoed: it may hold a password
-        raise ValueError(
-            "judge_url: must not hold a user name or password (it would be saved with the results, and is "
-            "not sent as credentials); put the API key in the environment variable named by --judge-key-env"
-        )
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"judge_url: must be an http:// or https:// URL with a host, got {url!r}")
+    """:func:`slimepo.endpoints.check_api_url` for ``--judge-url``."""
+    check_api_url(url, "judge_url")
 
 
 class CompletionClient(Protocol):

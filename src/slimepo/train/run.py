@@ -39,7 +39,12 @@ from slimepo.model import (
 from slimepo.scoring import score_pairs
 from slimepo.train import ref_cache
 from slimepo.train.card import write_model_card
-from slimepo.train.checkpoint import latest_complete_checkpoint, manifest_step, trim_metrics
+from slimepo.train.checkpoint import (
+    checkpoint_problem,
+    latest_complete_checkpoint,
+    manifest_step,
+    trim_metrics,
+)
 from slimepo.train.dry_run import dry_run_config
 from slimepo.train.monitor import StabilityMonitor
 from slimepo.train.trainer import PreferenceTrainer
@@ -274,6 +279,11 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     ``callbacks``: extra ``transformers.TrainerCallback`` objects (timers, custom logs).
     """
     config.validate()
+    if config.resume not in (None, "auto"):
+        problem = checkpoint_problem(config.resume)
+        if problem is not None:
+            raise ConfigError(f"resume: {config.resume!r} is not a complete checkpoint: {problem}. "
+                              "--resume auto picks the newest complete one")
     if config.dry_run:
         config = dry_run_config(config)
         config.validate()
