@@ -143,7 +143,7 @@ BENCH_LOSSES = ("slime", "dpo", "simpo", "simpo-paper")
 BENCHMARKS = ("ifeval", "ifbench")
 IFEVAL_MAX_NEW_TOKENS = 256
 IFEVAL_BATCH = 64
-IFEVAL_DTYPE = "bfloat16"  # 2.4x faster than float32 generation on the AVX512-BF16 EPYC (README)
+IFEVAL_DTYPE = "bfloat16"  # 2.4x faster than float32 generation on the AVX512-BF16 EPYC (docs/benchmarks.md)
 #: IFEval instruction types that check what one of the training data's constraint families asks for
 #: (no_commas, avoid_word, bullet_count, max_words and min_words, paragraph_count); the other types
 #: (and the families numbered_list and start_word, which IFEval has no type for) are unseen in training.
@@ -423,11 +423,16 @@ def eval_name(path: Path) -> tuple[str, str]:
 
 
 def evaluate_one(model: str, split: str, decoding: str, seed: int, out_dir: Path) -> dict[str, Any]:
+    from slimepo.config import EvalConfig
     from slimepo.eval.run import evaluate
 
     base = None if model == MODEL else MODEL
-    return evaluate(model, str(DATA / SPLITS[split]), split="train", out_dir=out_dir, base=base,
-                    max_new_tokens=MAX_NEW_TOKENS, seed=seed, batch_size=EVAL_BATCH, **DECODINGS[decoding])
+    options = DECODINGS[decoding]
+    config = EvalConfig(model=model, dataset=str(DATA / SPLITS[split]), split="train", base=base,
+                        max_new_tokens=MAX_NEW_TOKENS, seed=seed, batch_size=EVAL_BATCH, sample=options["sampling"],
+                        temperature=options.get("temperature", EvalConfig.temperature),
+                        top_p=options.get("top_p", EvalConfig.top_p))
+    return evaluate(config, out_dir=out_dir)
 
 
 def evaluate_ifeval(model: str, out_dir: Path, benchmark: str = "ifeval") -> dict[str, Any]:
@@ -439,15 +444,17 @@ def evaluate_ifeval(model: str, out_dir: Path, benchmark: str = "ifeval") -> dic
     weights a user would serve).
     """
     from slimepo.eval import ifeval
-    from slimepo.eval.run import answer_ifeval, bench_provenance, load_model
+    from slimepo.eval.benchmarks.ifeval import answer_ifeval
+    from slimepo.eval.run import bench_provenance, load_model
+    from slimepo.generation.base import Decoding
 
     policy, tokenizer, _ = load_model(model, dtype=IFEVAL_DTYPE)
     if hasattr(policy, "merge_and_unload"):
         policy = policy.merge_and_unload()
     records = ifeval.load_prompts(benchmark=benchmark)
     decoding = {"max_new_tokens": IFEVAL_MAX_NEW_TOKENS, "sampling": False, "seed": 0}
-    result = answer_ifeval(policy, tokenizer, out_dir / benchmark, records, batch_size=IFEVAL_BATCH,
-                           benchmark=benchmark, **decoding)
+    result = answer_ifeval(policy, tokenizer, out_dir / benchmark, records, decoding=Decoding(**decoding),
+                           batch_size=IFEVAL_BATCH, benchmark=benchmark)
     result["provenance"] = bench_provenance(ifeval.find_prompts(benchmark), tokenizer, None, decoding)
     result["settings"] = {"model": model, "dtype": IFEVAL_DTYPE, "batch_size": IFEVAL_BATCH, "merged": True}
     return {benchmark: result}
@@ -746,7 +753,7 @@ def ifeval_section(ifeval_results: Path, study_results: Path = RESULTS, benchmar
     lines += ["### Setup and cost", "",
               f"- Greedy, at most {IFEVAL_MAX_NEW_TOKENS} new tokens, batches of {IFEVAL_BATCH} prompts (left-padded, "
               f"longest first), SmolLM2's chat template with {name}'s prompt as the user turn; the LoRA adapter merged "
-              f"into {IFEVAL_DTYPE} weights (on the AVX512-BF16 EPYC, float32 generation was 2.4x slower in `bench/bench_generate.py`, see README). {name}'s usual harnesses "
+              f"into {IFEVAL_DTYPE} weights (on the AVX512-BF16 EPYC, float32 generation was 2.4x slower in `bench/bench_generate.py`, see docs/benchmarks.md). {name}'s usual harnesses "
               f"allow 1,280 tokens or more. " + cut_note(groups, cut),
               "- The runs are trained again (the study kept its results, not its adapters) with the study's options, "
               "float32, at the rates its grid chose. " + training_note(ifeval_results, runs, study_results, other_bench),

@@ -67,9 +67,9 @@ def test_compare_takes_generation_and_benchmark_options_and_training_ones(tmp_pa
     assert main(["compare", "--losses", "slime", "--out-root", str(tmp_path), "--seed", "3",
                  "--bench", "ifeval", "--max-prompts", "4", "--bench-max-new-tokens", "32"]) == 0
 
-    [(_, train_config, _, eval_kwargs)] = calls
+    [(_, train_config, _, eval_config)] = calls
     assert train_config.seed == 3  # --seed of compare is training's
-    assert (eval_kwargs["bench"], eval_kwargs["max_prompts"], eval_kwargs["bench_max_new_tokens"]) == ("ifeval", 4, 32)
+    assert (eval_config.bench, eval_config.max_prompts, eval_config.bench_max_new_tokens) == ("ifeval", 4, 32)
 
 
 def test_the_eval_command_module_does_not_import_the_main_command_module():

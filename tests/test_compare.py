@@ -7,8 +7,8 @@ import pytest
 import slimepo.compare
 import slimepo.train
 from slimepo.cli_eval import register, run
-from slimepo.compare import compare, run_configs
-from slimepo.config import ConfigError, TrainConfig
+from slimepo.compare import compare, run_configs, run_eval_config
+from slimepo.config import COMPARE_EVAL_GROUPS, ConfigError, EvalConfig, TrainConfig
 
 TRAIN_ROWS = [
     {"prompt": f"What is {a} plus {b}?", "chosen": f"It is {a + b}.", "rejected": f"It is {a + b + 1}."}
@@ -46,7 +46,7 @@ def eval_table_rows(report_text):
 def test_compare_trains_and_evaluates_one_run_per_loss_then_reports_them(study_config, tmp_path, monkeypatch):
     out_root = tmp_path / "study"
 
-    report = compare(["slime", "dpo"], study_config, out_root, {"max_new_tokens": 4})
+    report = compare(["slime", "dpo"], study_config, out_root, EvalConfig(max_new_tokens=4))
 
     assert report == out_root / "report" / "report.md"
     for loss in ("slime", "dpo"):
@@ -69,7 +69,7 @@ def test_compare_trains_and_evaluates_one_run_per_loss_then_reports_them(study_c
         raise AssertionError(f"{config.loss} trained again")
 
     monkeypatch.setattr(slimepo.train, "train", refuse)
-    assert compare(["slime", "dpo"], study_config, out_root, {"max_new_tokens": 4}) == report
+    assert compare(["slime", "dpo"], study_config, out_root, EvalConfig(max_new_tokens=4)) == report
 
 
 def test_every_loss_is_checked_before_any_training(study_config, tmp_path):
@@ -101,11 +101,30 @@ def test_compare_command_passes_shared_options_and_eval_options(tmp_path, monkey
 
     assert run(args) == 0
 
-    [(losses, config, out_root, eval_kwargs)] = calls
+    [(losses, config, out_root, eval_config)] = calls
     assert losses == ["slime", "dpo", "simpo"]
     assert (config.max_steps, config.learning_rate) == (3, 5e-5)
     assert out_root == tmp_path / "study"
-    assert eval_kwargs["max_new_tokens"] == 16 and eval_kwargs["generate"] is False
+    assert eval_config.max_new_tokens == 16 and eval_config.generate is False
+
+
+def test_a_run_is_evaluated_with_training_options_and_only_the_generation_and_benchmark_options_given(
+    study_config, tmp_path
+):
+    config = run_configs(["dpo"], study_config, tmp_path / "study")[0]
+    given = EvalConfig(max_new_tokens=16, sample=True, temperature=0.7, bench="ifeval", max_prompts=3,
+                       seed=99, batch_size=99, max_pairs=1)  # the last three are not compare's to give
+
+    evaluation = run_eval_config(config, given)
+
+    assert (evaluation.model, evaluation.base) == (config.output_dir, study_config.model)
+    assert (evaluation.dataset, evaluation.split) == (study_config.eval_dataset, study_config.eval_split)
+    assert (evaluation.dtype, evaluation.seed, evaluation.batch_size) == ("float32", config.seed, config.batch_size)
+    assert evaluation.max_pairs is None
+    for field in dataclasses.fields(EvalConfig):
+        if field.metadata["group"] in COMPARE_EVAL_GROUPS:
+            assert getattr(evaluation, field.name) == getattr(given, field.name), field.name
+    assert run_eval_config(config).decoding() == EvalConfig().decoding()
 
 
 def test_unfinished_run_is_trained_again_and_only_its_own_training_eval_does_not_count(

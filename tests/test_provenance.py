@@ -11,10 +11,12 @@ import torch
 import yaml
 
 from slimepo.cli import main
-from slimepo.config import TrainConfig
+from slimepo.config import EvalConfig, TrainConfig
 from slimepo.eval import ifeval
 from slimepo.eval.answers import AnswersMismatchError, answer_prompts
-from slimepo.eval.run import answer_ifeval, evaluate
+from slimepo.eval.benchmarks.ifeval import answer_ifeval
+from slimepo.eval.run import evaluate
+from slimepo.generation.base import Decoding
 from slimepo.testing import tiny_model, tiny_tokenizer
 from slimepo.train import train
 from slimepo.train.run import OutputExistsError
@@ -43,12 +45,12 @@ def other_weights(model: torch.nn.Module) -> torch.nn.Module:
 
 def test_an_answers_file_of_another_model_is_refused_by_name(tmp_path):
     tokenizer = tiny_tokenizer()
-    answer_prompts(tiny_model("llama").eval(), tokenizer, tmp_path / "answers.jsonl", PROMPTS, max_new_tokens=4)
+    answer_prompts(tiny_model("llama").eval(), tokenizer, tmp_path / "answers.jsonl", PROMPTS, Decoding(4))
 
     with pytest.raises(AnswersMismatchError, match=r"answers.jsonl: 3 of 3 answers were made by another model or "
                                                    r"settings \(the answer to '[abc]': weights_sha256"):
         answer_prompts(other_weights(tiny_model("llama").eval()), tokenizer, tmp_path / "answers.jsonl", PROMPTS,
-                       max_new_tokens=4)
+                       Decoding(4))
 
 
 @pytest.mark.parametrize(("change", "named"), [
@@ -59,19 +61,19 @@ def test_an_answers_file_of_another_model_is_refused_by_name(tmp_path):
 def test_answers_made_with_other_decoding_are_refused(tmp_path, change, named):
     tokenizer, model = tiny_tokenizer(), tiny_model("llama").eval()
     first = {"max_new_tokens": 4, "sampling": True} if "seed" in change else {"max_new_tokens": 4}
-    answer_prompts(model, tokenizer, tmp_path / "answers.jsonl", PROMPTS, **first)
+    answer_prompts(model, tokenizer, tmp_path / "answers.jsonl", PROMPTS, Decoding(**first))
 
     with pytest.raises(AnswersMismatchError, match=named):
-        answer_prompts(model, tokenizer, tmp_path / "answers.jsonl", PROMPTS, **{**first, **change})
+        answer_prompts(model, tokenizer, tmp_path / "answers.jsonl", PROMPTS, Decoding(**{**first, **change}))
 
 
 def test_an_answer_to_another_prompt_text_under_the_same_key_is_refused(tmp_path):
     tokenizer, model = tiny_tokenizer(), tiny_model("llama").eval()
-    answer_prompts(model, tokenizer, tmp_path / "answers.jsonl", PROMPTS, max_new_tokens=4)
+    answer_prompts(model, tokenizer, tmp_path / "answers.jsonl", PROMPTS, Decoding(4))
 
     with pytest.raises(AnswersMismatchError, match="1 of 3 answers.*'b'.*the prompt as the model sees it"):
         answer_prompts(model, tokenizer, tmp_path / "answers.jsonl", {**PROMPTS, "b": "Name a fruit."},
-                       max_new_tokens=4)
+                       Decoding(4))
 
 
 def test_answers_that_record_no_maker_are_refused_not_trusted(tmp_path):
@@ -80,7 +82,7 @@ def test_answers_that_record_no_maker_are_refused_not_trusted(tmp_path):
     (tmp_path / "answers.jsonl").write_text(json.dumps(old) + "\n")
 
     with pytest.raises(AnswersMismatchError, match="records no model or settings"):
-        answer_prompts(model, tokenizer, tmp_path / "answers.jsonl", PROMPTS, max_new_tokens=4)
+        answer_prompts(model, tokenizer, tmp_path / "answers.jsonl", PROMPTS, Decoding(4))
     assert json.loads((tmp_path / "answers.jsonl").read_text()) == old  # nothing lost
 
 
@@ -89,7 +91,7 @@ def test_the_same_model_and_settings_resume_and_answer_only_what_is_missing(tmp_
 
     tokenizer, model = tiny_tokenizer(), tiny_model("llama").eval()
     first = answer_prompts(model, tokenizer, tmp_path / "answers.jsonl", dict(list(PROMPTS.items())[:2]),
-                           max_new_tokens=4)
+                           Decoding(4))
     asked = []
     real = slimepo.eval.answers.generate
     monkeypatch.setattr(slimepo.eval.answers, "generate",
@@ -97,7 +99,7 @@ def test_the_same_model_and_settings_resume_and_answer_only_what_is_missing(tmp_
 
     # The same weights loaded again (another object) are the same model.
     again = answer_prompts(tiny_model("llama").eval(), tokenizer, tmp_path / "answers.jsonl", PROMPTS,
-                           max_new_tokens=4)
+                           Decoding(4))
 
     assert asked == [1] and {k: again[k] for k in first} == first
     assert {a["made_by"]["decoding"]["max_new_tokens"] for a in again.values()} == {4}
@@ -127,8 +129,9 @@ def test_ifeval_provenance_names_the_weights_that_answered(tmp_path):
         model.save_pretrained(tmp_path / name)
         tokenizer.save_pretrained(tmp_path / name)
     digests = [
-        evaluate(tmp_path / name, "demo", out_dir=tmp_path / f"ev-{name}", generate=False, max_pairs=1,
-                 bench="ifeval", max_prompts=1, bench_max_new_tokens=2)["ifeval"]["provenance"]["weights_sha256"]
+        evaluate(EvalConfig(model=str(tmp_path / name), generate=False, max_pairs=1, bench="ifeval", max_prompts=1,
+                            bench_max_new_tokens=2),
+                 out_dir=tmp_path / f"ev-{name}")["ifeval"]["provenance"]["weights_sha256"]
         for name in ("a", "b")
     ]
     assert len(set(digests)) == 2 and all(len(d) == 64 for d in digests)
@@ -137,11 +140,11 @@ def test_ifeval_provenance_names_the_weights_that_answered(tmp_path):
 def test_answer_ifeval_still_resumes_after_a_torn_line(tmp_path):
     tokenizer, model = tiny_tokenizer(), tiny_model("llama").eval()
     records = ifeval.load_prompts()[:2]
-    first = answer_ifeval(model, tokenizer, tmp_path, records, max_new_tokens=3, batch_size=2)
+    first = answer_ifeval(model, tokenizer, tmp_path, records, decoding=Decoding(3), batch_size=2)
     with (tmp_path / "answers.jsonl").open("a") as f:
         f.write('{"key": 9, "torn')
 
-    assert answer_ifeval(model, tokenizer, tmp_path, records, max_new_tokens=3, batch_size=2) == first
+    assert answer_ifeval(model, tokenizer, tmp_path, records, decoding=Decoding(3), batch_size=2) == first
 
 
 # --- 2. --resume auto resumes only the run it was, and never replaces a finished one ----------------
@@ -249,7 +252,7 @@ def test_a_run_trained_from_a_relative_base_path_evaluates_from_another_director
     # An empty folder of the same relative name here must not be taken for the base.
     (elsewhere / "models" / "tiny").mkdir(parents=True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = evaluate(work / "runs" / "a", "demo", out_dir="ev", generate=False, max_pairs=1)
+    result = evaluate(EvalConfig(model=str(work / "runs" / "a"), generate=False, max_pairs=1), out_dir="ev")
     assert result["pairs"] == 1
 
 
@@ -312,8 +315,8 @@ def test_training_and_evaluation_write_their_records_atomically(tiny_model_dir, 
     real = slimepo.atomic_io.os.replace
     monkeypatch.setattr(slimepo.atomic_io.os, "replace", lambda a, b: replaced.append(os.path.basename(b)) or real(a, b))
     train(tiny_run_config(tiny_model_dir, toy_data, tmp_path / "run", max_steps=1, save_steps=0))
-    evaluate(tmp_path / "run", "demo", out_dir=tmp_path / "run" / "eval", generate=False, max_pairs=1,
-             bench="ifeval", max_prompts=1, bench_max_new_tokens=2)
+    evaluate(EvalConfig(model=str(tmp_path / "run"), generate=False, max_pairs=1, bench="ifeval", max_prompts=1,
+                        bench_max_new_tokens=2), out_dir=tmp_path / "run" / "eval")
 
     assert {"config.yaml", "eval.json", "README.md", "adapter_config.json", "answers.jsonl"} <= set(replaced)
 

@@ -60,31 +60,12 @@ def default_out_dir(model: str, adapter: str | None) -> Path:
     return Path("eval-" + re.sub(r"[^\w.-]+", "_", adapter or model))
 
 
-def evaluate_options(config: EvalConfig) -> dict[str, Any]:
-    """The keyword arguments of :func:`slimepo.eval.run.evaluate` that ``eval`` and ``compare``
-    share: generation, benchmark and its judge."""
-    from slimepo.eval.judge import JudgeClient
-
-    judge = None
-    if config.judge_url:
-        judge = JudgeClient(config.judge_url, config.judge_model, api_key_env=config.judge_key_env)
-    return dict(
-        generate=config.generate, max_new_tokens=config.max_new_tokens, sampling=config.sample,
-        temperature=config.temperature, top_p=config.top_p, bench=config.bench, questions=config.questions,
-        max_prompts=config.max_prompts, bench_max_new_tokens=config.bench_max_new_tokens, judge=judge,
-    )
-
-
 def run_eval(args: argparse.Namespace) -> int:
     from slimepo.eval.run import evaluate, format_eval_table
 
     config = resolve_config(EvalConfig, args, args.config)
     out = Path(config.out) if config.out else default_out_dir(config.model, config.adapter)
-    result = evaluate(
-        config.model, config.dataset, adapter=config.adapter, base=config.base, split=config.split,
-        max_pairs=config.max_pairs, seed=config.seed, dtype=config.dtype, batch_size=config.batch_size,
-        out_dir=out, trust_remote_code=config.trust_remote_code, **evaluate_options(config),
-    )
+    result = evaluate(config, out_dir=out)
     print(format_eval_table(result))
     print(f"\neval.json{', generations.jsonl' if config.generate else ''} written to {out}/")
     return 0
@@ -97,7 +78,7 @@ def run_compare(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k in field_names(EvalConfig)}
     eval_config = config_from_mapping(given, cls=EvalConfig)
     eval_config.validate()
-    report = compare(args.losses, train_config, Path(args.out_root), evaluate_options(eval_config))
+    report = compare(args.losses, train_config, Path(args.out_root), eval_config)
     print(f"report written to {report}")
     return 0
 

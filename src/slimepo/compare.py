@@ -16,11 +16,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from slimepo.config import DEMO, ConfigError, TrainConfig
+from slimepo.config import COMPARE_EVAL_GROUPS, DEMO, ConfigError, EvalConfig, TrainConfig
 from slimepo.report import EVALUATION_DIR
 
 logger = logging.getLogger(__name__)
@@ -65,13 +65,13 @@ def compare(
     losses: Sequence[str],
     base_config: TrainConfig,
     out_root: str | Path,
-    eval_kwargs: Mapping[str, Any] | None = None,
+    eval_config: EvalConfig | None = None,
 ) -> Path:
     """Train and evaluate one run per loss, then write the report; return ``report.md``'s path.
 
-    ``eval_kwargs`` go to :func:`slimepo.eval.run.evaluate` (e.g. ``max_new_tokens``,
-    ``generate``, ``bench``; see :func:`slimepo.cli_eval.evaluate_options`); the held-out pairs, base model, dtype and seed come
-    from the config.
+    ``eval_config``: the generation and benchmark options of each evaluation
+    (:data:`~slimepo.config.COMPARE_EVAL_GROUPS`; default: ``EvalConfig()``'s); the rest comes
+    from the training config (:func:`evaluate_run`).
     """
     from slimepo.report import write_report
     from slimepo.train import train
@@ -90,23 +90,34 @@ def compare(
             config = dataclasses.replace(config, resume="auto" if resumable else None, overwrite=not resumable)
         logger.info("%s: training into %s", config.loss, run_dir)
         train(config)
-        evaluate_run(config, eval_kwargs)
+        evaluate_run(config, eval_config)
     return write_report([Path(c.output_dir) for c in configs], out_root / "report")
 
 
-def evaluate_run(config: TrainConfig, eval_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate the run of ``config`` into its ``eval/`` folder, on training's own held-out pairs."""
+def run_eval_config(config: TrainConfig, eval_config: EvalConfig | None = None) -> EvalConfig:
+    """The evaluation of the run of ``config``: against the initial model, on training's held-out
+    data, with training's dtype, seed and batch size; generation and benchmark options from
+    ``eval_config`` (:data:`~slimepo.config.COMPARE_EVAL_GROUPS`)."""
+    dataset, split = held_out_source(config)
+    given = eval_config or EvalConfig()
+    shared = {f.name: getattr(given, f.name) for f in dataclasses.fields(EvalConfig)
+              if f.metadata["group"] in COMPARE_EVAL_GROUPS}
+    return EvalConfig(
+        model=str(Path(config.output_dir)), dataset=dataset, split=split, base=config.model, dtype=config.dtype,
+        seed=config.seed, batch_size=config.batch_size, trust_remote_code=config.trust_remote_code, **shared,
+    )
+
+
+def evaluate_run(config: TrainConfig, eval_config: EvalConfig | None = None) -> dict[str, Any]:
+    """Evaluate the run of ``config`` (:func:`run_eval_config`) into its ``eval/`` folder, on
+    training's own held-out pairs."""
     from slimepo.eval.run import evaluate
     from slimepo.model import load_tokenizer
     from slimepo.train.run import load_data
 
     run_dir = Path(config.output_dir)
     _, held_out = load_data(config, load_tokenizer(str(run_dir), config.trust_remote_code))
-    dataset, split = held_out_source(config)
-    kwargs = dict(base=config.model, dtype=config.dtype, seed=config.seed, batch_size=config.batch_size,
-                  trust_remote_code=config.trust_remote_code)
-    kwargs.update(eval_kwargs or {})
     return evaluate(
-        run_dir, dataset, split=split, held_out=held_out, out_dir=run_dir / EVALUATION_DIR,
-        prepare_options={"columns": config.columns or None}, **kwargs,
+        run_eval_config(config, eval_config), out_dir=run_dir / EVALUATION_DIR, held_out=held_out,
+        prepare_options={"columns": config.columns or None},
     )

@@ -1,24 +1,37 @@
-"""Drift and collapse from per-token log-probs: the two failures SLIME claims to fix. Torch only.
+"""Drift, collapse and held-out preference metrics from per-token log-probs. Torch only.
 
-One definition each, used by training (logged metrics, the stability monitor) and by
-evaluation (``eval.json``):
+They measure the two failures SLIME claims to fix (``shared/PAPER.md``), not only the
+margin; one definition each, used by training (logged metrics, the stability monitor,
+before/after validation) and by evaluation (``eval.json``):
 
 - *collapse*: the share of valid rejected tokens whose probability fell below a
   threshold (``ℓ_t < log p``), and the lowest rejected token log-prob (nats);
 - *drift*: per pair, ``r_model(y) − r_base(y)`` with ``r(y) = (1/|y|) Σ_t ℓ_t``
-  (nats/token); the *unlearning rate* is the share of pairs whose chosen drift is < 0.
+  (nats/token); the *unlearning rate* is the share of pairs whose chosen drift is < 0
+  (the chosen answer's likelihood falls relative to the base model);
+- :func:`preference_metrics`: accuracy and the implicit margin ``Δ = r(y_w) − r(y_l)`` of
+  held-out pairs, with collapse, and drift against a base model.
+
+Notation: ``ℓ_t`` per-token log-prob (natural log), ``r(y)`` in nats/token.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import torch
 from torch import Tensor
+
+from slimepo.losses.base import SequenceStats, sequence_stats
 
 #: A rejected token "collapses" below this probability (PAPER.md's formatting collapse).
 COLLAPSE_PROB = 1e-4
 #: Thresholds of the collapse fractions: key suffix -> probability.
 COLLAPSE_THRESHOLDS: dict[str, float] = {"1e-4": COLLAPSE_PROB, "1e-8": 1e-8}
+
+#: A model's ``(chosen_logps, chosen_mask, rejected_logps, rejected_mask)`` on the same pairs.
+LogProbs = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def collapse_stats(rejected_logps: Tensor, rejected_mask: Tensor) -> dict[str, Tensor]:
@@ -47,4 +60,88 @@ def drift_stats(
         "chosen_drift_mean": chosen_drift.mean().item(),
         "unlearning_rate": (chosen_drift < 0).float().mean().item(),
         "rejected_drift_mean": (rejected_mean - base_rejected_mean).mean().item(),
+    }
+
+
+def preference_metrics(
+    chosen_logps: Tensor,
+    chosen_mask: Tensor,
+    rejected_logps: Tensor,
+    rejected_mask: Tensor,
+    base: LogProbs | None = None,
+) -> dict[str, Any]:
+    """Summarize a model's log-probs on held-out pairs, optionally against a base model.
+
+    Args:
+        chosen_logps, rejected_logps: ``[pairs, tokens]`` per-token log-probs; values at
+            masked positions are ignored whatever they hold.
+        chosen_mask, rejected_mask: ``[pairs, tokens]`` bool, True on response tokens.
+        base: the same four tensors computed by the base (e.g. SFT) model on the same
+            pairs; each response must have the same number of valid tokens.
+
+    Returns a JSON-serializable dict::
+
+        pairs, accuracy (fraction with Δ > 0), margin {mean, std, p10, p50, p90} of Δ,
+        chosen_logp_mean, rejected_logp_mean (mean over pairs of r, nats/token),
+        collapse {rejected_p_lt_1e-4, rejected_p_lt_1e-8 (fractions of all valid
+                  rejected tokens with ℓ_t < log p), rejected_min_logp (nats)},
+        base  {the keys above for the base model}                  (with ``base``)
+        drift {chosen_drift_mean  = mean over pairs of r_model(y_w) − r_base(y_w),
+               unlearning_rate    = fraction of pairs with r_model(y_w) < r_base(y_w),
+               rejected_drift_mean = mean over pairs of r_model(y_l) − r_base(y_l)}
+
+    ``margin.std`` is the population standard deviation (defined for a single pair);
+    percentiles interpolate linearly between pairs.
+    """
+    chosen, rejected = _pair_stats(chosen_logps, chosen_mask, rejected_logps, rejected_mask)
+    result: dict[str, Any] = {"pairs": int(chosen.mean.shape[0]), **_summary(chosen, rejected)}
+    if base is None:
+        return result
+
+    base_chosen, base_rejected = _pair_stats(*base)
+    for side, model, reference in (
+        ("chosen", chosen, base_chosen),
+        ("rejected", rejected, base_rejected),
+    ):
+        if model.length.shape != reference.length.shape or not torch.equal(
+            model.length, reference.length
+        ):
+            raise ValueError(
+                f"base {side} responses must be the same pairs with the same valid token "
+                f"counts as the model's; got lengths {reference.length.tolist()} vs "
+                f"{model.length.tolist()}"
+            )
+    result["base"] = _summary(base_chosen, base_rejected)
+    result["drift"] = drift_stats(chosen.mean, base_chosen.mean, rejected.mean, base_rejected.mean)
+    return result
+
+
+def _pair_stats(
+    chosen_logps: Tensor, chosen_mask: Tensor, rejected_logps: Tensor, rejected_mask: Tensor
+) -> tuple[SequenceStats, SequenceStats]:
+    chosen = sequence_stats(chosen_logps.detach(), chosen_mask, "chosen")
+    rejected = sequence_stats(rejected_logps.detach(), rejected_mask, "rejected")
+    if chosen.mean.shape != rejected.mean.shape:
+        raise ValueError(
+            f"chosen and rejected pair counts differ: {chosen.mean.shape[0]} vs {rejected.mean.shape[0]}"
+        )
+    return chosen, rejected
+
+
+def _summary(chosen: SequenceStats, rejected: SequenceStats) -> dict[str, Any]:
+    margins = chosen.mean - rejected.mean
+    quantiles = torch.quantile(margins, margins.new_tensor([0.1, 0.5, 0.9]))
+    collapse = {key: value.item() for key, value in collapse_stats(rejected.logps, rejected.mask).items()}
+    return {
+        "accuracy": (margins > 0).float().mean().item(),
+        "margin": {
+            "mean": margins.mean().item(),
+            "std": margins.std(correction=0).item(),
+            "p10": quantiles[0].item(),
+            "p50": quantiles[1].item(),
+            "p90": quantiles[2].item(),
+        },
+        "chosen_logp_mean": chosen.mean.mean().item(),
+        "rejected_logp_mean": rejected.mean.mean().item(),
+        "collapse": collapse,
     }

@@ -3,8 +3,9 @@
 import pytest
 
 from slimepo.eval import alpacaeval
+from slimepo.eval.benchmarks.alpaca_eval import answer_alpaca_eval
 from slimepo.eval.judge import JudgeClient
-from slimepo.eval.run import answer_alpaca_eval
+from slimepo.generation.base import Decoding
 from slimepo.testing import FixedJudge, tiny_model, tiny_tokenizer
 
 SYSTEM = (
@@ -80,8 +81,8 @@ def test_answers_are_resumable_and_judged_against_the_baseline(tmp_path):
     records = alpacaeval.load_instructions()[3:5]  # neither switched: the baseline is output_1, "m"
     judge = FixedJudge("m")
 
-    result = answer_alpaca_eval(model, tokenizer, tmp_path, records, judge, max_new_tokens=3, batch_size=2)
-    again = answer_alpaca_eval(model, tokenizer, tmp_path, records, max_new_tokens=3, batch_size=2)
+    result = answer_alpaca_eval(model, tokenizer, tmp_path, records, judge, decoding=Decoding(3), batch_size=2)
+    again = answer_alpaca_eval(model, tokenizer, tmp_path, records, decoding=Decoding(3), batch_size=2)
 
     assert (result["instructions"], result["win_rate"], result["n_total"]) == (2, 0.0, 2)
     assert result["length_controlled_win_rate"] is None

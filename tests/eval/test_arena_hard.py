@@ -3,8 +3,9 @@
 import pytest
 
 from slimepo.eval import arena_hard
+from slimepo.eval.benchmarks.arena_hard import answer_arena_hard
 from slimepo.eval.judge import JudgeClient
-from slimepo.eval.run import answer_arena_hard
+from slimepo.generation.base import Decoding
 from slimepo.testing import FixedJudge, tiny_model, tiny_tokenizer
 
 HARD = {"uid": "h1", "category": "hard_prompt", "prompt": "Prove it."}
@@ -79,7 +80,7 @@ def test_answers_are_resumable_and_judged_against_the_baseline(tmp_path):
     questions = arena_hard.load_questions()[:2]
     judge = FixedJudge("Hard to tell. My final verdict is tie: [[A=B]]")
 
-    result = answer_arena_hard(model, tokenizer, tmp_path, questions, judge, max_new_tokens=3, batch_size=2)
+    result = answer_arena_hard(model, tokenizer, tmp_path, questions, judge, decoding=Decoding(3), batch_size=2)
 
     assert (result["questions"], result["score"], result["battles"]) == (2, 0.5, 4)
     assert len(judge.requests) == 4 and (tmp_path / "judgments.jsonl").is_file()

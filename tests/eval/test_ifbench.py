@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from slimepo.eval import ifeval
-from slimepo.eval.run import answer_ifeval
+from slimepo.eval.benchmarks.ifeval import answer_ifeval
+from slimepo.generation.base import Decoding
 from slimepo.ifeval_checkers import IFBENCH_MISSING_DATA, build_checker, registry, seeded_random
 from slimepo.testing import tiny_model, tiny_tokenizer
 
@@ -115,7 +116,7 @@ def test_answers_skip_the_left_out_prompts_and_the_report_says_so(tmp_path):
     left = next(r for r in records if set(r["instruction_id_list"]) & set(IFBENCH_MISSING_DATA))
     chosen = [left, *ifeval.scorable(records, "ifbench")[0][:2]]
 
-    result = answer_ifeval(model, tokenizer, tmp_path, chosen, max_new_tokens=3, batch_size=2, benchmark="ifbench")
+    result = answer_ifeval(model, tokenizer, tmp_path, chosen, decoding=Decoding(3), batch_size=2, benchmark="ifbench")
 
     assert result["prompts"] == 2 and result["official"] is False
     assert result["left_out"]["prompts"] == 1 and result["left_out"]["keys"] == [str(left["key"])]

@@ -9,7 +9,8 @@ from if_verifiable import IFEvalSample, evaluate_output_for_sample
 import slimepo.eval.answers
 from slimepo.cli_eval import register, run
 from slimepo.eval import ifeval
-from slimepo.eval.run import answer_ifeval
+from slimepo.eval.benchmarks.ifeval import answer_ifeval
+from slimepo.generation.base import Decoding
 from slimepo.ifeval_checkers import seeded_random
 from slimepo.testing import tiny_model, tiny_tokenizer
 
@@ -110,7 +111,7 @@ def test_answers_are_written_in_the_official_form_and_a_rerun_answers_only_what_
     monkeypatch.setattr(slimepo.eval.answers, "generate",
                         lambda m, t, prompts, **kw: calls.append(len(prompts)) or real_generate(m, t, prompts, **kw))
 
-    first = answer_ifeval(model, tokenizer, tmp_path, records, max_new_tokens=4, batch_size=2)
+    first = answer_ifeval(model, tokenizer, tmp_path, records, decoding=Decoding(4), batch_size=2)
 
     lines = [json.loads(line) for line in (tmp_path / "input_response_data.jsonl").read_text().splitlines()]
     assert [set(line) for line in lines] == [{"prompt", "response"}] * 3
@@ -124,7 +125,7 @@ def test_answers_are_written_in_the_official_form_and_a_rerun_answers_only_what_
     kept = [a for a in answers if json.loads(a)["key"] != str(records[1]["key"])]
     (tmp_path / "answers.jsonl").write_text("\n".join(kept) + '\n{"key": 99, "torn')
     calls.clear()
-    again = answer_ifeval(model, tokenizer, tmp_path, records, max_new_tokens=4, batch_size=2)
+    again = answer_ifeval(model, tokenizer, tmp_path, records, decoding=Decoding(4), batch_size=2)
 
     assert calls == [1] and again == first  # greedy: the missing answer comes back the same
 

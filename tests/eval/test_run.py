@@ -9,6 +9,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from slimepo.cli_eval import register, run
+from slimepo.config import EvalConfig
 from slimepo.constraints import Constraint, check
 from slimepo.data import prepare_pairs
 from slimepo.eval import alpacaeval
@@ -48,6 +49,11 @@ def h0(model):
     return 1.0 / math.sqrt(1.0 / HIDDEN + model.config.rms_norm_eps)
 
 
+def config(model, dataset, **options):
+    """``slimepo eval``'s options for ``model`` on ``dataset``."""
+    return EvalConfig(model=str(model), dataset=str(dataset), **options)
+
+
 def save(model, tokenizer, path):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -78,7 +84,7 @@ def test_evaluate_writes_eval_json_and_one_generation_per_prompt(tmp_path):
     model_dir = save(context_free_llama(tokenizer, {the: 10.0}), tokenizer, tmp_path / "model")
     data = write_jsonl(tmp_path / "test.jsonl", CONSTRAINED_ROWS)
 
-    result = evaluate(model_dir, data, split="train", out_dir=tmp_path / "out", max_new_tokens=6, batch_size=2)
+    result = evaluate(config(model_dir, data, split="train", max_new_tokens=6, batch_size=2), out_dir=tmp_path / "out")
 
     written = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert written == json.loads(json.dumps(result))
@@ -116,7 +122,7 @@ def test_model_that_ends_at_once_gives_empty_ended_generations_failing_every_con
     model_dir = save(context_free_llama(tokenizer, {tokenizer.eos_token_id: 10.0}), tokenizer, tmp_path / "m")
     data = write_jsonl(tmp_path / "test.jsonl", CONSTRAINED_ROWS)
 
-    result = evaluate(model_dir, data, split="train", out_dir=tmp_path / "out", max_new_tokens=5)
+    result = evaluate(config(model_dir, data, split="train", max_new_tokens=5), out_dir=tmp_path / "out")
 
     assert result["generation"]["ended_rate"] == 1.0
     assert result["generation"]["empty_rate"] == 1.0
@@ -154,7 +160,7 @@ def test_lowering_one_chosen_token_gives_negative_drift_and_full_unlearning(tmp_
     data = write_jsonl(tmp_path / "pairs.jsonl", DRIFT_ROWS)
     drifts, rejected_drift = expected_chosen_drift(tokenizer, data, paris, -h0(lowered))
 
-    result = evaluate(model_dir, data, split="train", base=str(base_dir), generate=False, out_dir=tmp_path / "out")
+    result = evaluate(config(model_dir, data, split="train", base=str(base_dir), generate=False), out_dir=tmp_path / "out")
 
     vocab = len(tokenizer)
     assert result["base"]["chosen_logp_mean"] == pytest.approx(-math.log(vocab))
@@ -189,7 +195,7 @@ def test_adapter_folder_is_evaluated_on_its_base_and_base_scores_disable_the_ada
     load = run_module.load_causal_lm
     monkeypatch.setattr(run_module, "load_causal_lm", lambda name, **kw: loaded.append(name) or load(name, **kw))
 
-    result = evaluate(tmp_path / "run", data, split="train", base=str(base_dir), generate=False,
+    result = evaluate(config(tmp_path / "run", data, split="train", base=str(base_dir), generate=False),
                       out_dir=tmp_path / "out")
 
     assert loaded == [str(base_dir)]  # one copy of the base: under the adapter, scored with it disabled
@@ -256,9 +262,9 @@ def test_mt_bench_answers_and_judge_summary_go_into_eval_json(tmp_path):
     ])
     judge = FixedJudge("Fine answer. Rating: [[7]]")
 
-    result = evaluate(model_dir, write_jsonl(tmp_path / "d.jsonl", DRIFT_ROWS), split="train", generate=False,
-                      out_dir=tmp_path / "out", bench="mt-bench", questions=questions, bench_max_new_tokens=3,
-                      judge=judge)
+    result = evaluate(config(model_dir, write_jsonl(tmp_path / "d.jsonl", DRIFT_ROWS), split="train", generate=False,
+                             bench="mt-bench", questions=str(questions), bench_max_new_tokens=3),
+                      out_dir=tmp_path / "out", judge=judge)
 
     bench = json.loads((tmp_path / "out" / "eval.json").read_text())["mt_bench"]
     answers = [json.loads(line) for line in Path(bench["answers"]).read_text().splitlines()]
@@ -284,8 +290,9 @@ def test_eval_json_says_what_judging_cost_as_the_judge_reported_it(tmp_path, jud
     judge.usage["requests"] = 7  # judged before: not this call's cost
     before = server_stats(judge_url)["usage"]
 
-    evaluate(model_dir, write_jsonl(tmp_path / "d.jsonl", DRIFT_ROWS), split="train", generate=False,
-             out_dir=tmp_path / "out", bench="mt-bench", questions=questions, bench_max_new_tokens=3, judge=judge)
+    evaluate(config(model_dir, write_jsonl(tmp_path / "d.jsonl", DRIFT_ROWS), split="train", generate=False,
+                    bench="mt-bench", questions=str(questions), bench_max_new_tokens=3),
+             out_dir=tmp_path / "out", judge=judge)
 
     after = server_stats(judge_url)["usage"]
     usage = json.loads((tmp_path / "out" / "eval.json").read_text())["mt_bench"]["judge_usage"]
@@ -302,9 +309,9 @@ def test_a_benchmark_that_is_not_judged_says_nothing_of_judging(tmp_path, judge_
     tokenizer = tiny_tokenizer()
     model_dir = save(context_free_llama(tokenizer, {}), tokenizer, tmp_path / "model")
 
-    result = evaluate(model_dir, write_jsonl(tmp_path / "d.jsonl", DRIFT_ROWS), split="train", generate=False,
-                      out_dir=tmp_path / "out", bench="ifeval", max_prompts=1, bench_max_new_tokens=2,
-                      judge=JudgeClient(judge_url, "fake-judge"))
+    result = evaluate(config(model_dir, write_jsonl(tmp_path / "d.jsonl", DRIFT_ROWS), split="train", generate=False,
+                             bench="ifeval", max_prompts=1, bench_max_new_tokens=2),
+                      out_dir=tmp_path / "out", judge=JudgeClient(judge_url, "fake-judge"))
 
     assert result["ifeval"]["prompts"] == 1 and "judge_usage" not in result["ifeval"]
     assert "judge requests" not in format_eval_table(result)
@@ -343,9 +350,9 @@ def test_alpaca_eval_report_says_which_prompts_judge_decoding_and_template(tmp_p
     model_dir = save(context_free_llama(tokenizer, {}), tokenizer, tmp_path / "model")
     installed = Path(alpacaeval.find_instructions())
 
-    result = evaluate(model_dir, write_jsonl(tmp_path / "d.jsonl", DRIFT_ROWS), split="train", generate=False,
-                      out_dir=tmp_path / "out", bench="alpaca-eval", max_prompts=2, bench_max_new_tokens=3,
-                      judge=ModelJudge())
+    result = evaluate(config(model_dir, write_jsonl(tmp_path / "d.jsonl", DRIFT_ROWS), split="train", generate=False,
+                             bench="alpaca-eval", max_prompts=2, bench_max_new_tokens=3),
+                      out_dir=tmp_path / "out", judge=ModelJudge())
 
     bench = json.loads((tmp_path / "out" / "eval.json").read_text())["alpaca_eval"]
     assert bench["instructions"] == bench["n_total"] == 2

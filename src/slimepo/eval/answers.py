@@ -6,8 +6,8 @@ Each batch's answers are appended to a JSON-lines file as soon as they exist, on
 so a long benchmark interrupted at any point continues where it stopped.
 
 ``made_by`` is what produced the answer: ``weights_sha256`` (the model as loaded, adapter
-included: :func:`slimepo.fingerprint.weights_sha256`), ``decoding`` (budget, sampling,
-temperature, top-p, seed) and ``prompt_ids_sha256`` (the prompt as the model saw it: text,
+included: :func:`slimepo.fingerprint.weights_sha256`), ``decoding`` (every setting of its
+:class:`~slimepo.generation.base.Decoding`: budget, sampling, temperature, top-p, seed) and ``prompt_ids_sha256`` (the prompt as the model saw it: text,
 chat template and tokenizer). An answer is kept only when all three equal this run's; a
 file holding answers of another model, other decoding or another prompt for a key is
 refused (:class:`AnswersMismatchError`), never mixed into a score.
@@ -27,9 +27,10 @@ from slimepo.atomic_io import write_text
 from slimepo.eval.generate import chat_prompt_ids, end_of_turn_ids, generate
 from slimepo.eval.health import generation_health
 from slimepo.fingerprint import token_ids_sha256, weights_sha256
+from slimepo.generation.base import BENCH_MAX_NEW_TOKENS, Decoding
 
-#: The decoding settings an answer depends on, with :func:`slimepo.eval.generate.generate`'s defaults.
-DECODING_DEFAULTS = {"sampling": False, "temperature": 1.0, "top_p": 1.0, "seed": 0}
+#: How a benchmark prompt is answered unless said otherwise: greedy, up to ``BENCH_MAX_NEW_TOKENS``.
+BENCH_DECODING = Decoding(max_new_tokens=BENCH_MAX_NEW_TOKENS)
 
 
 class AnswersMismatchError(ValueError):
@@ -50,14 +51,6 @@ def read_answers(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
         if isinstance(answer, dict) and "key" in answer:
             answers[str(answer["key"])] = answer
     return answers
-
-
-def decoding_record(max_new_tokens: int, **decoding: Any) -> dict[str, Any]:
-    """The decoding an answer records: the budget and every setting, defaults filled in."""
-    unknown = sorted(set(decoding) - set(DECODING_DEFAULTS))
-    if unknown:
-        raise TypeError(f"unknown decoding option(s): {', '.join(unknown)}")
-    return {"max_new_tokens": max_new_tokens, **DECODING_DEFAULTS, **decoding}
 
 
 def check_made_by(path: Path, answers: Mapping[str, Mapping[str, Any]], expected: Mapping[str, Any],
@@ -100,17 +93,16 @@ def answer_prompts(
     tokenizer: Any,
     path: str | os.PathLike[str],
     prompts: Mapping[str, str],
+    decoding: Decoding = BENCH_DECODING,
     *,
-    max_new_tokens: int = 1024,
     batch_size: int = 8,
     desc: str = "answers",
     weights: str | None = None,
-    **decoding: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Answer every ``key -> user prompt`` not yet in ``path``; return all answers by key.
+    """Answer every ``key -> user prompt`` not yet in ``path`` with ``decoding``, ``batch_size``
+    prompts per batch; return all answers by key.
 
-    ``decoding``: ``sampling``, ``temperature``, ``top_p``, ``seed`` of
-    :func:`slimepo.eval.generate.generate`. ``weights``: the model's
+    ``weights``: the model's
     :func:`~slimepo.fingerprint.weights_sha256` when the caller has it (computed otherwise).
     Raises :class:`AnswersMismatchError` when ``path`` holds answers another model,
     other decoding or another prompt text produced. Shows a progress bar of prompts.
@@ -120,7 +112,7 @@ def answer_prompts(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     made_by = {"weights_sha256": weights or weights_sha256(model),
-               "decoding": decoding_record(max_new_tokens, **decoding)}
+               "decoding": decoding.to_dict()}
     prompt_ids = {key: chat_prompt_ids(tokenizer, [{"role": "user", "content": text}]) for key, text in prompts.items()}
     digests = {key: token_ids_sha256(ids) for key, ids in prompt_ids.items()}
     answers = read_answers(path)
@@ -136,11 +128,10 @@ def answer_prompts(
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             generations = generate(
-                model, tokenizer, [prompt_ids[key] for key in batch],
-                max_new_tokens=max_new_tokens, batch_size=batch_size, **decoding,
+                model, tokenizer, [prompt_ids[key] for key in batch], **decoding.to_dict(), batch_size=batch_size,
             )
             for key, generation in zip(batch, generations, strict=True):
-                health = generation_health(generation.text, generation.token_ids, eot_ids, max_new_tokens)
+                health = generation_health(generation.text, generation.token_ids, eot_ids, decoding.max_new_tokens)
                 answers[key] = {"key": key, "prompt": prompts[key], "response": generation.text, "health": health,
                                 "made_by": {**made_by, "prompt_ids_sha256": digests[key]}}
                 f.write(json.dumps(answers[key]) + "\n")

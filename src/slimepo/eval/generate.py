@@ -21,6 +21,7 @@ import torch
 from transformers import set_seed
 
 from slimepo.eval.mtbench import Generate, Message
+from slimepo.generation.base import Decoding
 
 #: End-of-turn tokens of common chat templates: ChatML, Llama 3, Gemma.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")
@@ -50,23 +51,24 @@ def generate(
     tokenizer: Any,
     prompts: Sequence[Sequence[int]],
     *,
-    max_new_tokens: int = 128,
-    sampling: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
+    max_new_tokens: int = Decoding.max_new_tokens,
+    sampling: bool = Decoding.sampling,
+    temperature: float = Decoding.temperature,
+    top_p: float = Decoding.top_p,
+    seed: int = Decoding.seed,
     batch_size: int = 8,
 ) -> list[Generation]:
     """Continue every prompt (token ids) in left-padded batches; one result per prompt.
 
+    The decoding settings are :class:`~slimepo.generation.base.Decoding`'s, spelled out
+    (``**decoding.to_dict()``) so that an engine can draw each sample under its own seed.
     Greedy unless ``sampling``; sampling draws from ``softmax(logits / temperature)``
     restricted to the top-``top_p`` nucleus (no top-k cut), seeded by ``seed`` once
     before the first batch, so a run is reproducible for a given ``batch_size``.
     """
-    if max_new_tokens < 1 or batch_size < 1:
-        raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens}, {batch_size}")
-    if sampling and (temperature <= 0 or not 0 < top_p <= 1):
-        raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    Decoding(max_new_tokens, sampling, temperature, top_p, seed)  # refuses what cannot be decoded
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if any(len(prompt) == 0 for prompt in prompts):
         raise ValueError("every prompt needs at least one token")
     eot_ids = end_of_turn_ids(tokenizer)
@@ -123,12 +125,13 @@ def chat_prompt_ids(tokenizer: Any, conversation: list[Message]) -> list[int]:
     return list(tokenizer(text)["input_ids"])
 
 
-def chat_generator(model: torch.nn.Module, tokenizer: Any, **options: Any) -> Generate:
-    """A ``conversations -> texts`` function (``slimepo.eval.mtbench.Generate``);
-    ``options`` are those of :func:`generate`."""
+def chat_generator(model: torch.nn.Module, tokenizer: Any, decoding: Decoding, *, batch_size: int = 8) -> Generate:
+    """A ``conversations -> texts`` function (``slimepo.eval.mtbench.Generate``) decoding with
+    ``decoding``, ``batch_size`` prompts per :func:`generate` batch."""
 
     def answer(conversations: list[list[Message]]) -> list[str]:
         prompts = [chat_prompt_ids(tokenizer, conversation) for conversation in conversations]
-        return [generation.text for generation in generate(model, tokenizer, prompts, **options)]
+        generations = generate(model, tokenizer, prompts, **decoding.to_dict(), batch_size=batch_size)
+        return [generation.text for generation in generations]
 
     return answer

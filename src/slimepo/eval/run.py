@@ -1,23 +1,21 @@
-"""``evaluate(model, dataset)``: does a trained model still prefer, still talk, still obey?
+"""``evaluate(config, out_dir=...)``: does a trained model still prefer, still talk, still obey?
 
 It measures the failures SLIME claims to fix (``shared/PAPER.md``) on held-out pairs:
 
-1. preference metrics from log-probs (:func:`slimepo.eval.metrics.preference_metrics`):
+1. preference metrics from log-probs (:func:`slimepo.diagnostics.preference_metrics`):
    accuracy and margin, and against a ``base`` model the chosen-likelihood drift,
    the unlearning rate and rejected-token collapse of both;
 2. generations for the held-out prompts: formatting health
    (:func:`slimepo.eval.health.generation_health`) and, where a row carries a
    ``constraint`` (:class:`slimepo.constraints.Constraint` as a dict), whether the
    response obeys it;
-3. optionally a benchmark: MT-Bench answers, graded by an LLM judge when one is given;
-   IFEval or IFBench answers, scored by the official checkers (:mod:`slimepo.eval.ifeval`;
-   IFBench without the prompts whose checkers need NLTK data not on PyPI); or
-   Arena-Hard or AlpacaEval answers, judged pairwise against a baseline's. Each benchmark
-   result records its ``provenance`` (:func:`bench_provenance`).
+3. optionally a benchmark of :data:`slimepo.eval.benchmarks.REGISTRY` (MT-Bench, IFEval,
+   IFBench, Arena-Hard, AlpacaEval): its answers scored by the official checkers or judged by
+   an LLM judge, its result recording its ``provenance`` (:func:`bench_provenance`).
 
 Outputs in ``out_dir``: ``eval.json`` (the returned dict), ``generations.jsonl`` (one
-line per held-out prompt: origin, prompt, response, checks), and one folder per benchmark
-(``mt_bench/``, ``ifeval/``, ``ifbench/``, ``arena_hard/``, ``alpaca_eval/``).
+line per held-out prompt: origin, prompt, response, checks), and the benchmark's folder
+(its ``result_key``: ``mt_bench/``, ``ifeval/``, ``ifbench/``, ``arena_hard/``, ``alpaca_eval/``).
 """
 
 from __future__ import annotations
@@ -26,26 +24,24 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from slimepo.atomic_io import write_json
-from slimepo.config import JUDGED_BENCHMARKS
+from slimepo.config import EvalConfig
 from slimepo.constraints import Constraint, check
 from slimepo.data import Origin, TokenizedPair, load_rows, prepare_pairs
-from slimepo.eval import alpacaeval, arena_hard, ifeval
-from slimepo.eval.answers import answer_prompts
-from slimepo.eval.generate import chat_generator, end_of_turn_ids
+from slimepo.diagnostics import preference_metrics
+from slimepo.eval.benchmarks import REGISTRY
+from slimepo.eval.generate import end_of_turn_ids
 from slimepo.eval.generate import generate as generate_responses
 from slimepo.eval.health import generation_health, summarize_health
-from slimepo.eval.judge import CompletionClient, JudgeClient, judge_answers, summarize_scores
-from slimepo.eval.metrics import preference_metrics
-from slimepo.eval.mtbench import answer_questions, find_questions, load_questions, write_answers
+from slimepo.eval.judge import CompletionClient, JudgeClient
 from slimepo.fingerprint import weights_sha256
-from slimepo.ifeval_checkers import IFBENCH_MISSING_DATA
+from slimepo.generation.base import Decoding
 from slimepo.model import load_causal_lm, load_tokenizer, quiet_peft, resolve_model_path
 from slimepo.report import GENERATION_COLUMNS, PREFERENCE_COLUMNS, lookup, markdown_table
 from slimepo.scoring import PairScores, score_pairs
@@ -53,14 +49,6 @@ from slimepo.scoring import PairScores, score_pairs
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
-Questions = Sequence[Mapping[str, Any]] | str | os.PathLike[str] | None
-#: Each benchmark's key in the result, and where its installed prompts file is.
-BENCH_RESULTS = {"mt-bench": "mt_bench", "ifeval": "ifeval", "ifbench": "ifbench", "arena-hard": "arena_hard",
-                 "alpaca-eval": "alpaca_eval"}
-DEFAULT_QUESTIONS = {
-    "mt-bench": find_questions, "ifeval": ifeval.find_prompts, "ifbench": lambda: ifeval.find_prompts("ifbench"),
-    "arena-hard": lambda: arena_hard.find_file("question.jsonl"), "alpaca-eval": alpacaeval.find_instructions,
-}
 
 
 def load_model(
@@ -176,141 +164,111 @@ def rescore_constraints(records: Sequence[dict[str, Any]]) -> tuple[list[dict[st
 
 
 def evaluate(
-    model: str | os.PathLike[str],
-    dataset: str | os.PathLike[str] = "demo",
+    config: EvalConfig,
     *,
     out_dir: str | os.PathLike[str],
-    adapter: str | os.PathLike[str] | None = None,
-    base: str | None = None,
-    split: str = "test",
-    max_pairs: int | None = None,
-    generate: bool = True,
-    max_new_tokens: int = 128,
-    sampling: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 8,
-    dtype: str = "auto",
-    prepare_options: Mapping[str, Any] | None = None,
     held_out: Sequence[TokenizedPair] | None = None,
-    bench: str | None = None,
-    questions: Questions = None,
-    max_prompts: int | None = None,
-    bench_max_new_tokens: int = 1024,
+    prepare_options: Mapping[str, Any] | None = None,
     judge: CompletionClient | None = None,
-    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` (+ ``adapter``) on the held-out ``split`` of ``dataset``; write ``out_dir``.
+    """Evaluate ``config.model`` (+ ``config.adapter``) on the held-out ``config.split`` of
+    ``config.dataset``; write ``out_dir``.
 
-    ``out_dir`` must not hold a training run's outputs (its ``metrics.jsonl``): the
-    evaluation's ``eval.json`` would replace training's (:func:`check_out_dir`).
+    ``config`` holds the options of ``slimepo eval`` (:class:`~slimepo.config.EvalConfig`, checked
+    here before anything loads): ``dataset`` as ``prepare_pairs`` takes it (``"demo"`` is the
+    shipped set, its ``split`` ``test`` or ``train``; rows may carry a ``constraint``); ``base``,
+    the model the drift is measured against (an adapter's own base is scored with the adapter
+    disabled, with no second copy); ``max_pairs``; ``generate`` with its decoding
+    (:meth:`~slimepo.config.EvalConfig.decoding`); ``bench``, one of
+    :data:`slimepo.eval.benchmarks.REGISTRY`, with ``questions`` (default: the installed
+    prompts), ``max_prompts`` and its decoding (:meth:`~slimepo.config.EvalConfig.bench_decoding`).
+    Its ``out`` is the command's: the caller resolves it into ``out_dir``.
 
     Args:
-        dataset: as ``prepare_pairs`` takes it; ``"demo"`` is the shipped set (its
-            ``split`` is ``test`` or ``train``). Rows may carry a ``constraint``.
-        base: the model the drift is measured against (e.g. the initial weights); the
-            adapter's own base is scored with the adapter disabled, with no second copy.
-        max_pairs: the first this many held-out pairs only.
-        generate: also generate a response per held-out prompt and check it.
-        sampling, temperature, top_p, seed: decoding (greedy unless ``sampling``).
+        out_dir: must not hold a training run's outputs (its ``metrics.jsonl``): the
+            evaluation's ``eval.json`` would replace training's (:func:`check_out_dir`).
+        held_out: already tokenized pairs to use instead of tokenizing ``config.dataset``
+            (e.g. training's own held-out share); their origins locate each row's
+            constraint in the dataset.
         prepare_options: further keyword arguments of ``prepare_pairs`` (``columns``,
             ``max_length``, ``max_prompt_length``, ``chat_template``...).
-        held_out: already tokenized pairs to use instead of tokenizing ``dataset``
-            (e.g. training's own held-out share); their origins locate each row's
-            constraint in ``dataset``.
-        bench, questions, max_prompts, bench_max_new_tokens, judge: answer a benchmark,
-            ``"mt-bench"``, ``"ifeval"``, ``"arena-hard"`` or ``"alpaca-eval"``
-            (``questions``: records or the benchmark's prompts file, default the installed
-            set; the first ``max_prompts`` only), and grade MT-Bench, Arena-Hard or
-            AlpacaEval answers with ``judge`` (e.g. a :class:`slimepo.eval.judge.JudgeClient`).
+        judge: grades the answers of a judged benchmark (MT-Bench, Arena-Hard, AlpacaEval);
+            default: the :class:`JudgeClient` of ``config.judge_url`` (:func:`judge_client`).
 
     Returns (and writes as ``eval.json``) the ``preference_metrics`` dict, plus with
     ``generate``: ``generation`` (``summarize_health``), ``constraint_pass_rate``,
     ``constraint_pass_rate_by_family``, ``constraints_checked``, ``constraints_invalid``;
-    with ``bench="mt-bench"``: ``mt_bench`` {questions, answers file, and with a judge
-    judgments file + ``summarize_scores``}; with ``bench="ifeval"`` (``"ifbench"``): ``ifeval`` (``ifbench``; see
-    :func:`answer_ifeval`); with ``bench="arena-hard"``: ``arena_hard`` (see
-    :func:`answer_arena_hard`); with ``bench="alpaca-eval"``: ``alpaca_eval`` (see
-    :func:`answer_alpaca_eval`); each benchmark's with its ``provenance``
-    (:func:`bench_provenance`) and, for a judged benchmark and a :class:`JudgeClient`,
-    ``judge_usage`` (its :attr:`~JudgeClient.usage` during this call); and ``settings``
-    (what was evaluated, how, and ``weights_sha256``: the model as loaded, adapter included).
+    with ``bench``: the benchmark's entry under its ``result_key`` (``mt_bench``, ``ifeval``,
+    ``ifbench``, ``arena_hard``, ``alpaca_eval``; see :mod:`slimepo.eval.benchmarks`), with its
+    ``provenance`` (:func:`bench_provenance`) and, for a judged benchmark and a
+    :class:`JudgeClient`, ``judge_usage`` (its :attr:`~JudgeClient.usage` during this call); and
+    ``settings`` (what was evaluated, how, and ``weights_sha256``: the model as loaded, adapter
+    included).
     """
+    config.validate()
     out = Path(out_dir)
+    benchmark = REGISTRY[config.bench] if config.bench else None
     # Benchmark prompts are read before a model is loaded, so that a missing file fails fast.
-    question_list = _records(questions, load_questions)[:max_prompts] if bench == "mt-bench" else None
-    ifeval_prompts = (_records(questions, lambda path: ifeval.load_prompts(path, bench))[:max_prompts]
-                      if bench in ("ifeval", "ifbench") else None)
-    arena_questions = arena_hard.load_questions(questions)[:max_prompts] if bench == "arena-hard" else None
-    alpaca_records = _records(questions, alpacaeval.load_instructions)[:max_prompts] if bench == "alpaca-eval" else None
+    prompts = benchmark.prompts(config.questions, config.max_prompts) if benchmark else []
     check_out_dir(out)
-    policy, tokenizer, adapter_base = load_model(model, adapter, dtype=dtype, trust_remote_code=trust_remote_code)
+    policy, tokenizer, adapter_base = load_model(
+        config.model, config.adapter, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
+    )
     weights = weights_sha256(policy)
+    judge = judge_client(config) if judge is None else judge
     # A client may judge before, after or beside this call: this call's requests are counted apart.
-    metered = isinstance(judge, JudgeClient) and bench in JUDGED_BENCHMARKS
+    metered = isinstance(judge, JudgeClient) and benchmark is not None and benchmark.judged
     if metered:
         judge = judge.metered()
-    source = _source(dataset, split)
+    source = _source(config.dataset, config.split)
     if held_out is None:
-        held_out, report = prepare_pairs(source, tokenizer, split=split, **dict(prepare_options or {}))
+        held_out, report = prepare_pairs(source, tokenizer, split=config.split, **dict(prepare_options or {}))
         logger.info("held-out data: %s", report)
-    pairs = list(held_out)[:max_pairs] if max_pairs else list(held_out)
+    pairs = list(held_out)[: config.max_pairs] if config.max_pairs else list(held_out)
 
-    score = dict(pad_token_id=tokenizer.pad_token_id, batch_size=batch_size)
+    score = dict(pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size)
     scores = score_pairs(policy, pairs, **score)
-    base_scores = (_base_scores(policy, base, adapter_base, pairs, dtype, score, trust_remote_code)
-                   if base else None)
+    base_scores = _base_scores(policy, config, adapter_base, pairs, score) if config.base else None
     result = preference_metrics(*scores.as_tuple(), base=base_scores.as_tuple() if base_scores else None)
 
-    decoding = dict(max_new_tokens=max_new_tokens, sampling=sampling, temperature=temperature, top_p=top_p, seed=seed)
-    bench_decoding = {**decoding, "max_new_tokens": bench_max_new_tokens}
     out.mkdir(parents=True, exist_ok=True)
-    if generate:
-        rows = {row.origin: row.data for row in load_rows(source, split, (prepare_options or {}).get("columns"))}
-        records = _generation_checks(policy, tokenizer, pairs, rows, batch_size=batch_size, **decoding)
+    if config.generate:
+        rows = {row.origin: row.data for row in load_rows(source, config.split, (prepare_options or {}).get("columns"))}
+        records = _generation_checks(policy, tokenizer, pairs, rows, config.decoding(), config.batch_size)
         with (out / "generations.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(record) + "\n" for record in records)
         result["generation"] = summarize_health(r["checks"]["health"] for r in records)
         result.update(_constraint_rates([r["checks"]["constraint"] for r in records]))
-    if question_list is not None:
-        model_id = Path(str(adapter or model)).name or "model"
-        answers_path = out / "mt_bench" / "answers" / f"{model_id}.jsonl"
-        answers = answer_mtbench(
-            policy, tokenizer, answers_path, question_list, model_id=model_id, **bench_decoding,
+    if benchmark is not None:
+        bench_decoding = config.bench_decoding()
+        entry = benchmark.answer(
+            policy, tokenizer, out / benchmark.result_key, prompts, bench_decoding,
+            judge=judge if benchmark.judged else None, batch_size=config.batch_size, weights=weights,
+            model_id=Path(str(config.adapter or config.model)).name or "model",
         )
-        result["mt_bench"] = {"questions": len(question_list), "answers": str(answers_path)}
-        if judge is not None:
-            result["mt_bench"].update(judge_mtbench(question_list, answers, judge, out / "mt_bench" / "judgments.jsonl"))
-    if ifeval_prompts is not None:
-        result[bench] = answer_ifeval(
-            policy, tokenizer, out / bench, ifeval_prompts, batch_size=batch_size, benchmark=bench, weights=weights,
-            **bench_decoding,
-        )
-    if arena_questions is not None:
-        result["arena_hard"] = answer_arena_hard(
-            policy, tokenizer, out / "arena_hard", arena_questions, judge, batch_size=batch_size, weights=weights,
-            **bench_decoding,
-        )
-    if alpaca_records is not None:
-        result["alpaca_eval"] = answer_alpaca_eval(
-            policy, tokenizer, out / "alpaca_eval", alpaca_records, judge, batch_size=batch_size, weights=weights,
-            **bench_decoding,
-        )
-    if bench is not None:
-        questions_file = DEFAULT_QUESTIONS[bench]() if questions is None else questions
-        result[BENCH_RESULTS[bench]]["provenance"] = {
-            **bench_provenance(questions_file, tokenizer, judge, bench_decoding, installed=questions is None),
+        questions_file = benchmark.find_prompts() if config.questions is None else config.questions
+        entry["provenance"] = {
+            **bench_provenance(questions_file, tokenizer, judge, bench_decoding.to_dict(),
+                               installed=config.questions is None),
             "weights_sha256": weights,
         }
         if metered:
-            result[BENCH_RESULTS[bench]]["judge_usage"] = dict(judge.usage)
+            entry["judge_usage"] = dict(judge.usage)
+        result[benchmark.result_key] = entry
     result["settings"] = {
-        "model": str(model), "adapter": None if adapter is None else str(adapter), "base": base,
-        "dataset": str(dataset), "split": split, "generate": generate, **decoding, "weights_sha256": weights,
+        "model": str(config.model), "adapter": None if config.adapter is None else str(config.adapter),
+        "base": config.base, "dataset": str(config.dataset), "split": config.split, "generate": config.generate,
+        **config.decoding().to_dict(), "weights_sha256": weights,
     }
     write_json(out / "eval.json", result)
     return result
+
+
+def judge_client(config: EvalConfig) -> JudgeClient | None:
+    """The judge ``config`` names (``judge_url``, ``judge_model``, ``judge_key_env``); None without one."""
+    if not config.judge_url:
+        return None
+    return JudgeClient(config.judge_url, config.judge_model, api_key_env=config.judge_key_env)
 
 
 #: A training run's own outputs: an evaluation never writes into a folder that holds them.
@@ -332,7 +290,8 @@ def check_out_dir(out: Path) -> None:
 
 
 def bench_provenance(
-    questions: Questions, tokenizer: Any, judge: CompletionClient | None, decoding: Mapping[str, Any],
+    questions: str | os.PathLike[str] | Sequence[Mapping[str, Any]], tokenizer: Any, judge: CompletionClient | None,
+    decoding: Mapping[str, Any],
     *, installed: bool = False,
 ) -> dict[str, Any]:
     """What a benchmark score needs said to be reproduced: ``{"questions_file",
@@ -342,7 +301,8 @@ def bench_provenance(
     records were passed in instead; an ``installed`` file is named by its path inside the
     installed packages, not this machine's absolute path); ``judge``: its ``model``, ``url``, ``temperature`` and
     ``max_tokens`` where it has them (None without a judge); ``chat_template``: the
-    tokenizer's template text, None when prompts were plain text (no template).
+    tokenizer's template text, None when prompts were plain text (no template); ``decoding``: as
+    recorded (:meth:`Decoding.to_dict`, or the settings a caller names).
     """
     path = Path(questions) if isinstance(questions, (str, os.PathLike)) else None
     judge_settings = None if judge is None else {
@@ -371,27 +331,29 @@ def installed_name(path: Path) -> str:
 
 
 def _base_scores(
-    policy: torch.nn.Module, base: str, adapter_base: str | None, pairs: list, dtype: str, score: dict[str, Any],
-    trust_remote_code: bool = False,
+    policy: torch.nn.Module, config: EvalConfig, adapter_base: str | None, pairs: list, score: dict[str, Any],
 ) -> PairScores:
-    if adapter_base is not None and _same_model(base, adapter_base):
+    if adapter_base is not None and _same_model(config.base, adapter_base):
         with policy.disable_adapter():
             return score_pairs(policy, pairs, **score)
-    base_model = load_causal_lm(base, dtype=dtype, training=False, trust_remote_code=trust_remote_code)
+    base_model = load_causal_lm(config.base, dtype=config.dtype, training=False,
+                                trust_remote_code=config.trust_remote_code)
     return score_pairs(base_model.to(_device()), pairs, **score)
 
 
 def _generation_checks(
-    model: torch.nn.Module, tokenizer: Any, pairs: Sequence[TokenizedPair], rows: Mapping[Origin, Any], **options: Any
+    model: torch.nn.Module, tokenizer: Any, pairs: Sequence[TokenizedPair], rows: Mapping[Origin, Any],
+    decoding: Decoding, batch_size: int,
 ) -> list[dict[str, Any]]:
     """One record per pair: ``{"origin", "prompt", "response", "checks": {"health", "constraint"}}``."""
-    generations = generate_responses(model, tokenizer, [p.prompt_ids for p in pairs], **options)
+    generations = generate_responses(model, tokenizer, [p.prompt_ids for p in pairs], **decoding.to_dict(),
+                                     batch_size=batch_size)
     eot_ids = end_of_turn_ids(tokenizer)
     records = []
     for pair, generation in zip(pairs, generations, strict=True):
         data = rows.get(pair.origin)
         prompt = data.get("prompt") if isinstance(data, dict) else None
-        health = generation_health(generation.text, generation.token_ids, eot_ids, options["max_new_tokens"])
+        health = generation_health(generation.text, generation.token_ids, eot_ids, decoding.max_new_tokens)
         records.append({
             "origin": str(pair.origin),
             "prompt": prompt if prompt is not None else tokenizer.decode(pair.prompt_ids),
@@ -399,172 +361,6 @@ def _generation_checks(
             "checks": {"health": health, "constraint": _constraint_check(data, generation.text)},
         })
     return records
-
-
-def _records(value: Questions, load) -> list[dict[str, Any]]:
-    """A benchmark's records: ``load``ed from a file (None: the installed one), or copied as given."""
-    if value is None or isinstance(value, (str, os.PathLike)):
-        return load(value)
-    return [dict(r) for r in value]
-
-
-def answer_ifeval(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    out_dir: str | os.PathLike[str],
-    prompts: Questions = None,
-    *,
-    max_new_tokens: int = 1024,
-    batch_size: int = 8,
-    benchmark: str = "ifeval",
-    **decoding: Any,
-) -> dict[str, Any]:
-    """Answer IFEval (or IFBench) prompts in batches and score them with the official checkers.
-
-    Resumable (:func:`slimepo.eval.answers.answer_prompts` into ``out_dir/answers.jsonl``).
-    Then ``out_dir/input_response_data.jsonl`` is written in the official form.
-    ``prompts``: IFEval records, an input_data.jsonl, or None for the installed set;
-    ``decoding``: ``sampling``, ``temperature``, ``top_p``, ``seed`` of
-    :func:`slimepo.eval.generate.generate`.
-
-    Returns :func:`slimepo.eval.ifeval.score` plus ``generation``
-    (:func:`slimepo.eval.health.summarize_health`: end-of-turn rate, mean answer length in
-    tokens, ...) and ``responses`` (the path of the official file).
-    """
-    records, left_out = ifeval.scorable(_records(prompts, lambda path: ifeval.load_prompts(path, benchmark)), benchmark)
-    out = Path(out_dir)
-    answers = answer_prompts(
-        model, tokenizer, out / ifeval.ANSWERS_FILE, {str(r["key"]): r["prompt"] for r in records},
-        max_new_tokens=max_new_tokens, batch_size=batch_size, desc=benchmark, **decoding,
-    )
-    responses_path = ifeval.write_responses(records, answers, out / ifeval.RESPONSES_FILE)
-    chosen = [answers[str(r["key"])] for r in records]
-    result = ifeval.score(records, [a["response"] for a in chosen], benchmark)
-    result["generation"] = summarize_health(a["health"] for a in chosen)
-    result["responses"] = str(responses_path)
-    if benchmark == "ifbench":
-        result["official"] = False
-        result["left_out"] = {"prompts": len(left_out), "keys": [str(r["key"]) for r in left_out],
-                              "why": dict(IFBENCH_MISSING_DATA)}
-    return result
-
-
-def _answer_then_judge(
-    model: torch.nn.Module, tokenizer: Any, out_dir: str | os.PathLike[str], prompts: Mapping[str, str],
-    judge_answers: Callable[[dict[str, str]], list[dict[str, Any]]] | None,
-    summarize: Callable[[list[dict[str, Any]]], dict[str, Any]], *, desc: str, **generation: Any,
-) -> dict[str, Any]:
-    """Answer ``prompts`` (key -> text; resumable, into ``out_dir/answers.jsonl``), then, with
-    ``judge_answers`` (key -> answer, to judgments), judge them into ``out_dir/judgments.jsonl``.
-
-    Returns ``{"answers", "generation"}`` and with a judge ``"judgments"`` and ``summarize(judgments)``.
-    """
-    out = Path(out_dir)
-    answers = answer_prompts(model, tokenizer, out / "answers.jsonl", dict(prompts), desc=desc, **generation)
-    chosen = [answers[key] for key in prompts]
-    result: dict[str, Any] = {
-        "answers": str(out / "answers.jsonl"), "generation": summarize_health(a["health"] for a in chosen),
-    }
-    if judge_answers is not None:
-        judgments = judge_answers({a["key"]: a["response"] for a in chosen})
-        with (out / "judgments.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(record) + "\n" for record in judgments)
-        result.update(judgments=str(out / "judgments.jsonl"), **summarize(judgments))
-    return result
-
-
-def answer_arena_hard(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    out_dir: str | os.PathLike[str],
-    questions: Sequence[Mapping[str, Any]],
-    judge: CompletionClient | None = None,
-    *,
-    max_new_tokens: int = 1024,
-    batch_size: int = 8,
-    **decoding: Any,
-) -> dict[str, Any]:
-    """Answer Arena-Hard questions (resumable, into ``out_dir/answers.jsonl``) and, with a
-    ``judge``, judge them against the baseline (``out_dir/judgments.jsonl``).
-
-    Returns ``{"questions", "answers", "generation"}`` and with a judge ``"judgments"`` and
-    :func:`slimepo.eval.arena_hard.summarize_verdicts`.
-    """
-    judge_answers = None if judge is None else (lambda answers: arena_hard.judge_pairs(questions, answers, judge))
-    return {"questions": len(questions), **_answer_then_judge(
-        model, tokenizer, out_dir, {q["uid"]: q["prompt"] for q in questions}, judge_answers,
-        arena_hard.summarize_verdicts, desc="arena-hard", max_new_tokens=max_new_tokens, batch_size=batch_size,
-        **decoding,
-    )}
-
-
-def answer_alpaca_eval(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    out_dir: str | os.PathLike[str],
-    records: Sequence[Mapping[str, Any]],
-    judge: CompletionClient | None = None,
-    *,
-    max_new_tokens: int = 1024,
-    batch_size: int = 8,
-    **decoding: Any,
-) -> dict[str, Any]:
-    """Answer AlpacaEval instructions (resumable, into ``out_dir/answers.jsonl``) and, with a
-    ``judge``, judge them against the baseline's outputs (``out_dir/judgments.jsonl``).
-
-    ``records``: :func:`slimepo.eval.alpacaeval.load_instructions` records. Returns
-    ``{"instructions", "answers", "generation", "length_controlled_win_rate": None}`` and
-    with a judge ``"judgments"`` and :func:`slimepo.eval.alpacaeval.summarize_preferences`.
-    """
-    judge_answers = None if judge is None else (lambda answers: alpacaeval.judge_pairs(records, answers, judge))
-    return {
-        "instructions": len(records),
-        **_answer_then_judge(
-            model, tokenizer, out_dir, {r["key"]: r["instruction"] for r in records}, judge_answers,
-            alpacaeval.summarize_preferences, desc="alpaca-eval", max_new_tokens=max_new_tokens,
-            batch_size=batch_size, **decoding,
-        ),
-        "length_controlled_win_rate": None,  # its GLM needs data AlpacaEval downloads (see alpacaeval)
-    }
-
-
-def answer_mtbench(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    out_path: str | os.PathLike[str],
-    questions: Questions = None,
-    *,
-    model_id: str = "slimepo",
-    max_new_tokens: int = 1024,
-    **decoding: Any,
-) -> list[dict[str, Any]]:
-    """Answer both turns of MT-Bench and write FastChat answer records to ``out_path``.
-
-    ``questions``: records, a question.jsonl, or None for the installed set;
-    ``decoding``: ``sampling``, ``temperature``, ``top_p``, ``seed``, ``batch_size`` of
-    :func:`slimepo.eval.generate.generate` (FastChat's default of 1024 new tokens).
-    """
-    generate = chat_generator(model, tokenizer, max_new_tokens=max_new_tokens, **decoding)
-    records = answer_questions(_records(questions, load_questions), generate, model_id, seed=decoding.get("seed", 0))
-    write_answers(records, out_path)
-    return records
-
-
-def judge_mtbench(
-    questions: Sequence[Mapping[str, Any]],
-    answers: Sequence[Mapping[str, Any]],
-    client: CompletionClient,
-    out_path: str | os.PathLike[str],
-    **options: Any,
-) -> dict[str, Any]:
-    """Grade ``answers`` with ``client``, write the judgments as JSON lines to ``out_path``;
-    return ``{"judgments": path, **summarize_scores(...)}``. ``options`` go to ``judge_answers``."""
-    records = judge_answers(questions, answers, client, **options)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with out_path.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(record) + "\n" for record in records)
-    return {"judgments": str(out_path), **summarize_scores(records)}
 
 
 def format_eval_table(result: Mapping[str, Any]) -> str:
@@ -581,38 +377,12 @@ def format_eval_table(result: Mapping[str, Any]) -> str:
     rows += [(header, lookup(result, keys), None) for header, keys in GENERATION_COLUMNS]
     by_family = result.get("constraint_pass_rate_by_family") or {}
     rows += [(f"  pass rate: {family}", rate, None) for family, rate in by_family.items()]
-    bench = result.get("mt_bench")
-    if isinstance(bench, Mapping):
-        rows.append(("MT-Bench questions answered", bench.get("questions"), None))
-        rows.append(("MT-Bench score (1-10)", bench.get("overall"), None))
-        rows += [(f"  turn {turn}", score, None) for turn, score in (bench.get("per_turn") or {}).items()]
-    for key, name in (("ifeval", "IFEval"), ("ifbench", "IFBench (partial)")):
-        scores = result.get(key)
-        if not isinstance(scores, Mapping):
-            continue
-        rows.append((f"{name} prompts answered", scores.get("prompts"), None))
-        if scores.get("left_out"):
-            rows.append((f"{name} prompts left out (unscorable offline)", scores["left_out"].get("prompts"), None))
-        for level in ("prompt", "instruction"):
-            for mode in ("strict", "loose"):
-                rows.append((f"{name} {level}-level accuracy, {mode}", scores.get(f"{level}_level_{mode}"), None))
-        generation = scores.get("generation") or {}
-        rows.append((f"{name} end-of-turn rate", generation.get("ended_rate"), None))
-        rows.append((f"{name} mean answer length (tokens)", generation.get("length_tokens_mean"), None))
-    arena = result.get("arena_hard")
-    if isinstance(arena, Mapping):
-        rows.append(("Arena-Hard questions answered", arena.get("questions"), None))
-        rows.append(("Arena-Hard score vs baseline (0.5 = par)", arena.get("score"), None))
-        rows.append(("  95% interval", f"{arena['ci_lower']:.3f} to {arena['ci_upper']:.3f}"
-                     if arena.get("ci_lower") is not None else None, None))
-    alpaca = result.get("alpaca_eval")
-    if isinstance(alpaca, Mapping):
-        rows.append(("AlpacaEval instructions answered", alpaca.get("instructions"), None))
-        rows.append(("AlpacaEval win rate vs GPT-4 Turbo (%, 50 = par)", alpaca.get("win_rate"), None))
-        rows.append(("  95% interval", f"{alpaca['ci_lower']:.1f} to {alpaca['ci_upper']:.1f}"
-                     if alpaca.get("ci_lower") is not None else None, None))
-    for key in BENCH_RESULTS.values():
-        usage = (result.get(key) or {}).get("judge_usage")
+    for benchmark in REGISTRY.values():
+        entry = result.get(benchmark.result_key)
+        if isinstance(entry, Mapping):
+            rows += [(metric, value, None) for metric, value in benchmark.table_rows(entry)]
+    for benchmark in REGISTRY.values():
+        usage = (result.get(benchmark.result_key) or {}).get("judge_usage")
         if usage:
             rows.append(("judge requests (usable replies)", f"{usage['requests']} ({usage['replies']})", None))
             rows.append(("judge tokens, prompt + completion", f"{usage['prompt_tokens']} + {usage['completion_tokens']}"
