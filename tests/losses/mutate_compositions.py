@@ -69,8 +69,10 @@ SOURCE_MUTANTS = [
     ("composite: infinite weight allowed", "composite.py", WEIGHT_CHECK, "weight > 0"),
     ("composite: boolean weight allowed", "composite.py", "isinstance(weight, bool) or ", ""),
     ("composite: weights missing from hyperparameters", "composite.py", '            values[f"{term}.weight"] = weight\n', ""),
-    ("composite: weight 1 written in its name", "composite.py", 'name if weight == 1 else f"{name}={weight!r}"',
-     'f"{name}={weight!r}"'),
+    ("composite: weight 1 written in its name", "composite.py", 'name if weight == 1 else f"{name}={_number(weight)}"',
+     'f"{name}={_number(weight)}"'),
+    ("composite: integral weights written as floats", "composite.py",
+     "str(int(weight)) if float(weight).is_integer() else repr(float(weight))", "repr(float(weight))"),
 ]
 RPO = losses.PRESETS["rpo"]
 #: (what it breaks, preset, its wrong (spec, parameters))

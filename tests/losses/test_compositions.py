@@ -310,3 +310,10 @@ def test_composite_loss_built_directly_names_itself_by_its_spec():
 def test_losses_lists_single_names_and_the_new_presets():
     assert {"dpo-norm", "rpo"} <= set(LOSSES)
     assert all("," not in name and "=" not in name for name in LOSSES)
+
+
+def test_a_spec_is_written_back_with_integral_weights_as_integers():
+    from slimepo.losses import spec_text
+
+    assert spec_text(parse_loss_spec(["slime", {"sft": 3.0}, {"dpo": 0.25}])) == "slime,sft=3,dpo=0.25"
+    assert spec_text(parse_loss_spec("slime=3")) == "slime=3"

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
-from slimepo.data.formats import PreferencePair, ValidationReport, normalize_rows
+from slimepo.data.formats import PreferencePair, ValidationReport, normalize_rows, weighted_pairs
 from slimepo.data.sources import DataError, Origin, Row, load_rows
 from slimepo.data.tokenize import TokenizedPair, check_lengths, tokenize_pairs
 
@@ -38,15 +38,20 @@ def prepare_pairs(
     max_prompt_length: int = 512,
     chat_template: str | os.PathLike[str] = "auto",
     max_bad_fraction: float = 0.05,
+    weight_column: str | None = None,
 ) -> tuple[list[TokenizedPair], ValidationReport]:
     """Load, validate and tokenize a preference dataset.
 
-    Raises ``DataError`` if more than ``max_bad_fraction`` of the rows are skipped (the
-    message lists reasons and example rows) or if no pair is left.
+    ``weight_column``: the column (as the source names it) holding each pair's weight
+    w_i >= 0, stored as ``TokenizedPair.weight``; a row whose weight is missing or bad is
+    a bad row. Raises ``DataError`` if more than ``max_bad_fraction`` of the rows are
+    skipped (the message lists reasons and example rows), if no pair is left, or if every
+    pair left weighs 0.
     """
     check_lengths(max_length, max_prompt_length)
     report = ValidationReport()
-    pairs = normalize_rows(load_rows(source, split=split, columns=columns), report)
+    convert = weighted_pairs(weight_column) if weight_column is not None else None
+    pairs = normalize_rows(load_rows(source, split=split, columns=columns), report, convert=convert)
     report.check(max_bad_fraction)
     tokenized = tokenize_pairs(
         pairs,
@@ -59,6 +64,8 @@ def prepare_pairs(
     report.check(max_bad_fraction)
     if not tokenized:
         raise DataError(f"no usable preference pairs in {source}\n{report}")
+    if weight_column is not None and not any(pair.weight > 0 for pair in tokenized):
+        raise DataError(f"every pair of {source} has weight 0 in column {weight_column!r}: nothing to train on")
     logger.info("%s", report)
     return tokenized, report
 

@@ -64,13 +64,16 @@ class PairCollator:
     :mod:`slimepo.attention`, which builds either mask from them); ``position_ids`` ``[R, T]``;
     ``chosen_target``/``chosen_source``/``chosen_mask`` ``[B, Lc]`` and the same for
     rejected; ``num_tokens`` (non-padding tokens, a 0-d tensor); ``ref_chosen_logps`` and
-    ``ref_rejected_logps`` ``[B]`` when every pair carries precomputed reference sums.
+    ``ref_rejected_logps`` ``[B]`` when every pair carries precomputed reference sums;
+    ``weights`` ``[B]`` float32, each pair's ``weight``, only when ``weights`` is True (a
+    weight column is set), so that batches without one are as they always were.
     """
 
     pad_token_id: int
     layout: str = "shared"
     pack_tokens: int | None = None
     dense_mask: bool = True
+    weights: bool = False
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -102,6 +105,8 @@ class PairCollator:
         if all(getattr(p, "ref_chosen_logp", None) is not None for p in pairs):
             batch["ref_chosen_logps"] = torch.tensor([p.ref_chosen_logp for p in pairs], dtype=torch.float32)
             batch["ref_rejected_logps"] = torch.tensor([p.ref_rejected_logp for p in pairs], dtype=torch.float32)
+        if self.weights:
+            batch["weights"] = torch.tensor([p.weight for p in pairs], dtype=torch.float32)
         for side in ("chosen", "rejected"):
             lengths = [len(getattr(p, f"{side}_ids")) for p in pairs]
             target, source, mask = _response_indices(placed[side], lengths, width)

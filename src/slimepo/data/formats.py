@@ -14,12 +14,18 @@ Accepted row shapes (extra columns are ignored):
 
 A row that fits none of these is skipped and counted in a ``ValidationReport`` under
 one reason (see ``REASONS``), so bad data gives a report, never a traceback.
+
+With a weight column (:func:`weighted_pairs`, ``--weight-column``) each row also gives its
+pair's weight ``w_i >= 0``: a finite JSON number, or its text (as in a CSV).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -30,7 +36,11 @@ Messages = list[dict[str, str]]
 REASONS: dict[str, str] = {
     "invalid_json": "the line is not valid UTF-8 JSON (or is cut off)",
     "invalid_csv": "the record is not valid UTF-8",
-    "missing_field": "prompt, chosen, rejected or a message's role/content is absent or null",
+    "missing_field": (
+        "prompt, chosen, rejected (unpaired rows: prompt, completion, label) or a message's "
+        "role/content is absent or null"
+    ),
+    "bad_label": "label is not true or false (unpaired rows)",
     "wrong_type": "a value is neither text nor a list of {role, content} messages",
     "empty_text": "a prompt, response or message is empty or whitespace only",
     "identical_responses": "chosen and rejected are the same",
@@ -40,6 +50,8 @@ REASONS: dict[str, str] = {
     ),
     "template_error": "the chat template refused the conversation",
     "empty_after_truncation": "a response has no tokens left after truncation",
+    "missing_weight": "the weight column (--weight-column) is absent, null or empty",
+    "bad_weight": "the weight is not a finite number >= 0 (a JSON number, or its text in a CSV)",
 }
 
 
@@ -49,13 +61,15 @@ class PreferencePair:
 
     Either all three fields are plain text, or ``prompt`` is a message list (ending with
     a user turn) and ``chosen``/``rejected`` are message lists (assistant turn first and
-    last). Messages hold exactly the keys ``role`` and ``content``.
+    last). Messages hold exactly the keys ``role`` and ``content``. ``weight``: the pair's
+    w_i >= 0 in every batch mean of the loss (1 unless read from a weight column).
     """
 
     prompt: Messages | str
     chosen: Messages | str
     rejected: Messages | str
     origin: Origin
+    weight: float = 1.0
 
 
 @dataclass
@@ -74,6 +88,8 @@ class ValidationReport:
     template_mismatches: int = 0
     sources: list[str] = field(default_factory=list)
     columns_seen: list[str] = field(default_factory=list)
+    #: The fields every row must have: a pair's, or an unpaired example's (prompt, completion, label).
+    fields: tuple[str, ...] = ("prompt", "chosen", "rejected")
 
     def add_row(self, origin: Origin) -> None:
         self.total_rows += 1
@@ -115,11 +131,10 @@ class ValidationReport:
             *self._reason_lines(),
         ]
         if self.counts["missing_field"] and self.columns_seen:
-            lines.append(
-                f"The first row has the columns {', '.join(self.columns_seen)}; if yours are "
-                'named differently, pass columns={"prompt": ..., "chosen": ..., '
-                '"rejected": ...}.'
-            )
+            lines.append(self._columns_hint())
+        if self.counts["missing_weight"] and self.columns_seen:
+            lines.append(f"The first row has the columns {', '.join(self.columns_seen)}; --weight-column names the "
+                         "one holding each pair's weight, as the data names it (columns does not rename it).")
         lines.append("Fix or remove these rows, or raise max_bad_fraction.")
         raise DataError("\n".join(lines))
 
@@ -135,6 +150,26 @@ class ValidationReport:
                 "(kept; prompt and responses tokenized separately)"
             )
         return "\n".join(lines)
+
+    def _columns_hint(self) -> str:
+        """What the first row's columns say: the other format (pairs vs unpaired), or names to map."""
+        seen = set(self.columns_seen)
+        pairs = {"chosen", "rejected"} <= seen and "completion" not in seen
+        unpaired = {"completion", "label"} <= seen and not {"chosen", "rejected"} & seen
+        if "completion" not in self.fields and unpaired:
+            return ("These rows are unpaired examples (prompt, completion, label): train on them with --loss kto; "
+                    "the other losses need preference pairs (prompt, chosen, rejected).")
+        if "completion" in self.fields and pairs:
+            return ("These rows are preference pairs (chosen, rejected): --loss kto needs unpaired rows (prompt, "
+                    "completion, label); train on pairs with a pairwise loss (slime, dpo, ...).")
+        if "completion" in self.fields:
+            return (f"The first row has the columns {', '.join(self.columns_seen)}; unpaired rows need the "
+                    "columns prompt, completion and label.")
+        return (
+            f"The first row has the columns {', '.join(self.columns_seen)}; if yours are "
+            'named differently, pass columns={"prompt": ..., "chosen": ..., '
+            '"rejected": ...}.'
+        )
 
     def _source_names(self) -> str:
         return ", ".join(self.sources) or "no source"
@@ -157,10 +192,15 @@ class _BadRow(Exception):
 
 
 def normalize_rows(
-    rows: Iterable[Row], report: ValidationReport | None = None
+    rows: Iterable[Row], report: ValidationReport | None = None, convert: Callable[[Any, Origin], Any] | None = None
 ) -> list[PreferencePair]:
-    """Validate ``rows``; return the good ones as pairs and count the rest in ``report``."""
+    """Validate ``rows``; return the good ones as pairs and count the rest in ``report``.
+
+    ``convert(data, origin)``: what a row becomes (default: a :class:`PreferencePair`); it
+    raises ``_BadRow(reason)`` for a row that cannot be used.
+    """
     report = ValidationReport() if report is None else report
+    convert = convert or _to_pair
     pairs = []
     for row in rows:
         report.add_row(row.origin)
@@ -170,10 +210,43 @@ def normalize_rows(
             report.add_bad(row.problem, row.origin)
             continue
         try:
-            pairs.append(_to_pair(row.data, row.origin))
+            pairs.append(convert(row.data, row.origin))
         except _BadRow as bad:
             report.add_bad(bad.reason, row.origin)
     return pairs
+
+
+def weighted_pairs(column: str) -> Callable[[Any, Origin], PreferencePair]:
+    """A ``convert`` for :func:`normalize_rows`: the row's pair, its ``weight`` read from ``column``.
+
+    A valid pair whose weight is absent, null or empty counts as ``missing_weight``; one whose
+    weight is not a finite number >= 0 (a bool, a negative number, NaN, text that is no
+    number) as ``bad_weight``. A weight of 0 is kept: the pair weighs nothing in the loss.
+    """
+
+    def convert(data: Any, origin: Origin) -> PreferencePair:
+        return dataclasses.replace(_to_pair(data, origin), weight=_weight(data.get(column)))
+
+    return convert
+
+
+def _weight(value: Any) -> float:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise _BadRow("missing_weight")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _BadRow("bad_weight") from None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _BadRow("bad_weight")
+    try:
+        weight = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise _BadRow("bad_weight") from None
+    if not math.isfinite(weight) or weight < 0:
+        raise _BadRow("bad_weight")
+    return weight
 
 
 def _to_pair(data: Any, origin: Origin) -> PreferencePair:

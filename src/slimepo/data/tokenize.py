@@ -52,6 +52,8 @@ class TokenizedPair:
     #: Summed reference log-probs, filled in by ``--precompute-ref-logps``.
     ref_chosen_logp: float | None = None
     ref_rejected_logp: float | None = None
+    #: The pair's w_i >= 0 in every batch mean of the loss (``--weight-column``; 1 without).
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def tokenize_pairs(
         if not chosen_ids or not rejected_ids:
             report.add_bad("empty_after_truncation", pair.origin)
             continue
-        tokenized.append(TokenizedPair(prompt_ids, chosen_ids, rejected_ids, pair.origin))
+        tokenized.append(TokenizedPair(prompt_ids, chosen_ids, rejected_ids, pair.origin, weight=pair.weight))
     if mismatches:
         report.template_mismatches += mismatches
         warnings.warn(

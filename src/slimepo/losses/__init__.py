@@ -6,7 +6,8 @@
 >>> out.loss.backward(); out.metrics["loss/stabilizer"]
 
 A weighted sum of losses is a spec, ``get_loss("dpo,sft=0.2", dpo={"beta": 0.2})``: see
-:func:`parse_loss_spec` and :class:`CompositeLoss`.
+:func:`parse_loss_spec` and :class:`CompositeLoss`. ``get_loss("kto")`` is a loss on unpaired
+examples (:class:`UnpairedLoss`, its own inputs), which stands alone in a spec.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from slimepo.losses.base import (
     sequence_stats,
 )
 from slimepo.losses.composite import CompositeLoss, spec_text
+from slimepo.losses.kto import KlTotals, KtoLoss, UnpairedLoss
 from slimepo.losses.pairwise import (
     CpoLoss,
     DpoLoss,
@@ -41,6 +43,9 @@ _CLASSES: dict[str, type[PreferenceLoss]] = {
     for cls in (SlimeLoss, SftLoss, DpoLoss, DpoNormLoss, IpoLoss, HingeLoss, SimpoLoss, CpoLoss, OrpoLoss)
 }
 
+#: Losses on unpaired examples (prompt, completion, label), each of its own class.
+_UNPAIRED_CLASSES: dict[str, type[UnpairedLoss]] = {cls.name: cls for cls in (KtoLoss,)}
+
 #: Named losses: ``name -> (spec, parameter overrides)``, built as ``get_loss(spec, **overrides)``.
 #: A spec naming one loss class takes that class's hyperparameters; a composition's overrides
 #: are keyed by term. Ablations of PAPER.md and recipes of other papers are presets too.
@@ -55,23 +60,35 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # Pang et al., NeurIPS 2024: DPO + α·NLL(y_w) with α = 1 and each winner's NLL divided by its
     # length; β = 0.1 is DPO's default here and TRL's. Written out: the recipe outlives the defaults.
     "rpo": ("dpo,sft", {"dpo": {"beta": 0.1}, "sft": {"reduction": "sequence"}}),
+    **{name: (name, {}) for name in _UNPAIRED_CLASSES},
 }
 
-#: Every name ``get_loss`` accepts alone (a composition of them is a spec, not a name).
-LOSSES: tuple[str, ...] = tuple(PRESETS)
+#: Every name of a loss on preference pairs that ``get_loss`` accepts alone (a composition of
+#: them is a spec, not a name).
+LOSSES: tuple[str, ...] = tuple(name for name in PRESETS if PRESETS[name][0] not in _UNPAIRED_CLASSES)
+#: Every name of a loss on unpaired examples (:class:`UnpairedLoss`).
+UNPAIRED_LOSSES: tuple[str, ...] = tuple(name for name in PRESETS if PRESETS[name][0] in _UNPAIRED_CLASSES)
 
 
 def _is_composition(name: str) -> bool:
-    return PRESETS[name][0] not in _CLASSES
+    return PRESETS[name][0] not in _CLASSES and PRESETS[name][0] not in _UNPAIRED_CLASSES
 
 
-def loss_class(name: str) -> type[PreferenceLoss]:
+def loss_class(name: str) -> type[PreferenceLoss] | type[UnpairedLoss]:
     """The class behind a loss or preset name (:class:`CompositeLoss` for a composition)."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, LOSSES, n=1)
+        close = difflib.get_close_matches(name, tuple(PRESETS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ValueError(f"unknown loss '{name}'{hint}; valid losses: {', '.join(LOSSES)}")
-    return CompositeLoss if _is_composition(name) else _CLASSES[PRESETS[name][0]]
+        raise ValueError(f"unknown loss '{name}'{hint}; valid losses: {', '.join(PRESETS)}")
+    if _is_composition(name):
+        return CompositeLoss
+    return _UNPAIRED_CLASSES.get(PRESETS[name][0]) or _CLASSES[PRESETS[name][0]]
+
+
+def is_unpaired(spec: str | Sequence[Any] | Mapping[str, Any]) -> bool:
+    """Whether the loss ``spec`` names trains on unpaired examples (``kto``) rather than on pairs."""
+    terms = parse_loss_spec(spec)
+    return issubclass(loss_class(terms[0][0]), UnpairedLoss)
 
 
 def _split_term(term: str) -> tuple[str, Any]:
@@ -131,6 +148,12 @@ def parse_loss_spec(spec: str | Sequence[str | Mapping[str, Any]] | Mapping[str,
         terms.append((name, _weight(spec, name, weight)))
     if not terms:
         raise ValueError("loss spec is empty: name at least one loss")
+    unpaired = [name for name, _ in terms if PRESETS[name][0] in _UNPAIRED_CLASSES]
+    if unpaired and terms != [(unpaired[0], 1.0)]:
+        raise ValueError(
+            f"loss spec {spec!r}: '{unpaired[0]}' trains on unpaired examples (prompt, completion, label) and "
+            "stands alone: it cannot be weighted or added to a loss on preference pairs"
+        )
     nested = [name for name, _ in terms if _is_composition(name)]
     if nested and terms != [(nested[0], 1.0)]:
         raise ValueError(
@@ -140,7 +163,7 @@ def parse_loss_spec(spec: str | Sequence[str | Mapping[str, Any]] | Mapping[str,
     return terms
 
 
-def _single(name: str, params: Mapping[str, Any], within: str | None = None) -> PreferenceLoss:
+def _single(name: str, params: Mapping[str, Any], within: str | None = None) -> PreferenceLoss | UnpairedLoss:
     cls = loss_class(name)
     valid = cls.parameters()
     unknown = sorted(set(params) - set(valid))
@@ -166,7 +189,7 @@ def _composite(terms: list[tuple[str, float]], params: Mapping[str, Any], name: 
     return CompositeLoss({term: (weight, _single(term, params.get(term, {}), label)) for term, weight in terms}, name=label)
 
 
-def get_loss(spec: str | Sequence[Any] | Mapping[str, Any], **params: Any) -> PreferenceLoss:
+def get_loss(spec: str | Sequence[Any] | Mapping[str, Any], **params: Any) -> PreferenceLoss | UnpairedLoss:
     """Build a loss from a name or a composition spec (:func:`parse_loss_spec`).
 
     One name of weight 1: ``params`` override that loss's or preset's hyperparameters,
@@ -191,12 +214,17 @@ def get_loss(spec: str | Sequence[Any] | Mapping[str, Any], **params: Any) -> Pr
 __all__ = [
     "LOSSES",
     "PRESETS",
+    "UNPAIRED_LOSSES",
     "CompositeLoss",
+    "KlTotals",
+    "KtoLoss",
     "LossOutput",
     "PreferenceLoss",
     "SequenceStats",
     "StepTotals",
+    "UnpairedLoss",
     "get_loss",
+    "is_unpaired",
     "loss_class",
     "parse_loss_spec",
     "spec_text",

@@ -9,6 +9,16 @@ Every batch mean of every loss is a sum divided by a count: a mean over pairs
 optimizer step is split into parts (micro-batches of gradient accumulation, processes of
 data parallelism), :class:`StepTotals` gives the counts of the whole step, so that the
 parts' losses add up to the loss of the unsplit step, and so do their gradients.
+
+Per-pair weights ``w_i >= 0`` (``weights``, ``[batch]``) make every such mean a weighted
+one, the counts weighted alike::
+
+    mean over pairs   Σ_i w_i·v_i / Σ_i w_i
+    mean over tokens  Σ_i w_i·Σ_{t∈y_i} v_it / Σ_i w_i·|y_i|
+
+so a pair of weight 2 counts exactly as the same pair twice, one of weight 0 as no pair,
+and all weights 1 give the unweighted means. A batch (or step) whose weights are all 0
+has loss 0.
 """
 
 from __future__ import annotations
@@ -49,7 +59,8 @@ class StepTotals:
 
     ``pairs``: pairs in the step; ``chosen_tokens`` / ``rejected_tokens``: valid response
     tokens of each side. Scalars (numbers or 0-d tensors), summed over every micro-batch
-    and every process of the step.
+    and every process of the step. With per-pair weights they are weighted counts:
+    ``Σ_i w_i``, ``Σ_i w_i·|y_w,i|``, ``Σ_i w_i·|y_l,i|``.
     """
 
     pairs: Tensor | float
@@ -65,7 +76,8 @@ class SequenceStats:
     ``mask``: ``[batch, tokens]`` bool; ``sum``: ``[batch]`` Σ_t ℓ_t; ``length``:
     ``[batch]`` |y|; ``mean``: ``[batch]`` r(y) = sum / length. ``num_pairs`` and
     ``num_tokens``: what :meth:`pair_mean` and :meth:`token_mean` divide by (this batch's
-    counts, or the step's, see :class:`StepTotals`).
+    counts, or the step's, see :class:`StepTotals`). ``weights``: ``[batch]`` fp32 w_i >= 0
+    of each pair, or None (every w_i = 1).
     """
 
     logps: Tensor
@@ -75,25 +87,40 @@ class SequenceStats:
     mean: Tensor
     num_pairs: Tensor | float
     num_tokens: Tensor | float
+    weights: Tensor | None = None
 
     def pair_mean(self, values: Tensor) -> Tensor:
-        """Mean over pairs of ``values`` ``[batch]``: ``Σ_pairs values / num_pairs``."""
-        return values.sum() / self.num_pairs
+        """Mean over pairs of ``values`` ``[batch]``: ``Σ_i w_i·values_i / num_pairs``."""
+        if self.weights is None:
+            return values.sum() / self.num_pairs
+        return (self.weights * values).sum() / _nonzero(self.num_pairs)
 
     def token_mean(self, per_token: Tensor) -> Tensor:
-        """Mean over valid tokens of ``per_token`` ``[batch, tokens]`` (0 where masked): ``Σ / num_tokens``."""
-        return per_token.sum() / self.num_tokens
+        """Mean over valid tokens of ``per_token`` ``[batch, tokens]`` (0 where masked):
+        ``Σ_i w_i·Σ_t per_token_it / num_tokens``, each token weighing its pair's w_i."""
+        if self.weights is None:
+            return per_token.sum() / self.num_tokens
+        return (self.weights[:, None] * per_token).sum() / _nonzero(self.num_tokens)
+
+
+def _nonzero(count: Tensor | float) -> Tensor | float:
+    """``count``, or 1 where it is 0: pairs that all weigh 0 give a weighted sum of 0, whose mean is 0, not 0/0."""
+    if isinstance(count, Tensor):
+        return torch.where(count > 0, count, torch.ones_like(count))
+    return count if count > 0 else 1.0
 
 
 def sequence_stats(
     logps: Tensor, mask: Tensor, side: str, num_pairs: Tensor | float | None = None,
-    num_tokens: Tensor | float | None = None,
+    num_tokens: Tensor | float | None = None, weights: Tensor | None = None,
 ) -> SequenceStats:
     """Reduce per-token log-probs over the valid tokens given by ``mask``, in fp32.
 
     Masked-out positions may hold anything (0, -1e4, NaN): ``torch.where`` keeps them out
     of both the value and the gradient, which a multiplication by the mask would not.
-    ``num_pairs`` / ``num_tokens`` default to this batch's pairs and valid tokens.
+    ``weights``: ``[batch]`` w_i >= 0 per pair (finite), or None. ``num_pairs`` /
+    ``num_tokens`` default to this batch's pairs and valid tokens, weighted:
+    ``Σ_i w_i`` and ``Σ_i w_i·|y_i|``.
     """
     if logps.dim() != 2 or mask.shape != logps.shape:
         raise ValueError(
@@ -109,12 +136,30 @@ def sequence_stats(
     masked = torch.where(mask, logps.float(), torch.zeros((), dtype=torch.float32, device=logps.device))
     total = masked.sum(-1)
     length = length.to(torch.float32)
+    if weights is None:
+        # A 0-d tensor, not a Python number: a compiled loss would specialize on each batch size.
+        pairs, tokens = length.new_tensor(mask.shape[0]), length.sum()
+    else:
+        weights = _checked_weights(weights, length.shape, side)
+        pairs, tokens = weights.sum(), (weights * length).sum()
     return SequenceStats(
         logps=masked, mask=mask, sum=total, length=length, mean=total / length,
-        # A 0-d tensor, not a Python number: a compiled loss would specialize on each batch size.
-        num_pairs=length.new_tensor(mask.shape[0]) if num_pairs is None else num_pairs,
-        num_tokens=length.sum() if num_tokens is None else num_tokens,
+        num_pairs=pairs if num_pairs is None else num_pairs,
+        num_tokens=tokens if num_tokens is None else num_tokens,
+        weights=weights,
     )
+
+
+def _checked_weights(weights: Tensor, batch: torch.Size, side: str) -> Tensor:
+    """``weights`` as fp32 ``[batch]``; raise ``ValueError`` for another shape or a weight that is not finite and >= 0."""
+    if weights.shape != batch:
+        raise ValueError(f"weights must be [batch]={tuple(batch)} like {side}_mask's rows, got {tuple(weights.shape)}")
+    weights = weights.detach().to(torch.float32)
+    bad = ~torch.isfinite(weights) | (weights < 0)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten().tolist()
+        raise ValueError(f"weights must be finite and >= 0; row(s) {rows} are not: {weights[bad].tolist()}")
+    return weights
 
 
 class PreferenceLoss:
@@ -156,15 +201,22 @@ class PreferenceLoss:
         ref_chosen_logps: Tensor | None = None,
         ref_rejected_logps: Tensor | None = None,
         step_totals: StepTotals | None = None,
+        weights: Tensor | None = None,
     ) -> LossOutput:
         """The loss of one batch and its metrics.
 
         ``step_totals``: when this batch is one part of an optimizer step, the step's
         counts; every batch mean then divides by them, so the parts' losses sum to the
         step's loss. The metrics stay this batch's own means either way.
+
+        ``weights``: ``[batch]`` per-pair weights w_i >= 0 (finite), or None (all 1). Every
+        batch mean of the loss becomes a weighted mean (see the module docstring); with
+        ``step_totals`` those are the step's weighted counts. The ``loss/<term>`` metrics are
+        weighted like the loss; ``rewards/*``, ``margin``, ``accuracy`` and ``logps/*`` stay
+        plain means over the batch's pairs.
         """
-        chosen = sequence_stats(chosen_logps, chosen_mask, "chosen")
-        rejected = sequence_stats(rejected_logps, rejected_mask, "rejected")
+        chosen = sequence_stats(chosen_logps, chosen_mask, "chosen", weights=weights)
+        rejected = sequence_stats(rejected_logps, rejected_mask, "rejected", weights=weights)
         if chosen.sum.shape != rejected.sum.shape:
             raise ValueError(
                 f"chosen and rejected batch sizes differ: {chosen.sum.shape[0]} vs {rejected.sum.shape[0]}"
