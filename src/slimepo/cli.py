@@ -7,7 +7,7 @@ import difflib
 import logging
 import sys
 
-from slimepo import cli_eval
+from slimepo import cli_eval, cli_pairs
 from slimepo.cli_options import add_config_options, flag, resolve_config
 from slimepo.config import ConfigError, EvalConfig, TrainConfig, field_names
 
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(inspect, TrainConfig, names=INSPECT_OPTIONS)
 
     cli_eval.register(sub)
+    cli_pairs.register(sub)
     report = sub.add_parser("report", help="Markdown report with plots comparing run folders")
     report.add_argument("run_dirs", nargs="+", help="run folders (each with metrics.jsonl)")
     report.add_argument("--out", required=True, help="folder for report.md and the PNG plots")
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             return _inspect_data(args)
         if args.command in {"eval", "compare"}:
             return cli_eval.run(args)
+        if args.command in cli_pairs.COMMANDS:
+            return cli_pairs.run(args)
         if args.command == "report":
             from pathlib import Path
 

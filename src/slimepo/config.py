@@ -1,7 +1,7 @@
 """Every option, declared once: type, default, help.
 
-The CLI flags, the YAML keys, the saved ``config.yaml`` and the option references in the
-README all come from :class:`TrainConfig` (``slimepo train``, and the training half of
+The CLI flags, the YAML keys, the saved ``config.yaml`` and the option references in
+docs/options.md all come from :class:`TrainConfig` (``slimepo train``, and the training half of
 ``slimepo compare``) and :class:`EvalConfig` (``slimepo eval``, and the generation and
 benchmark options of ``slimepo compare``). Validation happens here, before any model or
 data is loaded, and every error names the option and what is allowed.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import os
 import re
@@ -23,7 +24,8 @@ from typing import Any, ClassVar
 import yaml
 
 from slimepo.endpoints import check_api_url
-from slimepo.losses import LOSSES, get_loss, parse_loss_spec, spec_text
+from slimepo.generation.base import BENCH_MAX_NEW_TOKENS, Decoding
+from slimepo.losses import LOSSES, UNPAIRED_LOSSES, get_loss, parse_loss_spec, spec_text
 
 DEMO = "demo"
 DEFAULT_MODEL = "default"
@@ -77,6 +79,10 @@ class TrainConfig:
         "rows) | flash_attention_2 (only with --layout separate)", group="model",
     )
     use_lora: bool = option(True, "train LoRA adapters (false: full fine-tuning)", group="model")
+    load_in_4bit: bool = option(
+        False, "QLoRA: the frozen base in 4-bit NF4 (bitsandbytes: pip install 'slimepo[qlora]'), LoRA adapters and "
+        "the output projection in full precision", group="model",
+    )
     lora_r: int = option(16, "LoRA rank", group="model")
     lora_alpha: int = option(32, "LoRA alpha (scale = alpha / r)", group="model")
     lora_dropout: float = option(0.05, "LoRA dropout", group="model")
@@ -84,6 +90,11 @@ class TrainConfig:
         "all-linear", "modules given LoRA adapters: all-linear or a comma-separated list", group="model"
     )
     modules_to_save: list[str] = option([], "modules trained fully beside LoRA, e.g. [lm_head] as in the paper", group="model")
+    frozen_dtype: str = option(
+        "float32", "dtype of LoRA's frozen base linear weights: float32 | bfloat16 (under bf16 autocast the same "
+        "numbers, bit for bit, without their fp32 copy and per-forward bf16 casts; head, embeddings and norms stay "
+        "float32)", group="model", choices=("float32", "bfloat16"),
+    )
     gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory", group="model")
 
     # data
@@ -95,6 +106,11 @@ class TrainConfig:
     eval_split: str = option("test", "split of --eval-dataset", group="data")
     eval_fraction: float = option(0.05, "share of --dataset held out when no --eval-dataset is given", group="data")
     columns: dict[str, str] = option({}, "column remapping, e.g. {prompt: question, chosen: good, rejected: bad}", group="data")
+    weight_column: str | None = option(
+        None, "column of --dataset (as it is named there) holding each pair's weight w_i >= 0: every batch mean of "
+        "the loss becomes a mean weighted by w_i, a pair of weight 2 counting as that pair twice (docs/losses.md); a "
+        "row whose weight is missing, negative or not a number is a bad row. Pair losses only", group="data",
+    )
     chat_template: str = option(
         "auto", "auto (the tokenizer's, when it has one) | none (plain text) | a Jinja template or a file holding one",
         group="data",
@@ -112,8 +128,9 @@ class TrainConfig:
 
     # objective
     loss: str = option(
-        "slime", f"objective: {', '.join(LOSSES)}; or a weighted sum of them, 'dpo,sft=0.2' (in YAML also a list: "
-        "[dpo, {sft: 0.2}]; a weight left out is 1)", group="objective", normalize=lambda spec: spec_text(parse_loss_spec(spec)),
+        "slime", f"objective: {', '.join(LOSSES)}; {', '.join(UNPAIRED_LOSSES)} (unpaired prompt/completion/label "
+        "rows); or a weighted sum of the paired ones, 'dpo,sft=0.2' (in YAML also a list: [dpo, {sft: 0.2}]; a "
+        "weight left out is 1)", group="objective", normalize=lambda spec: spec_text(parse_loss_spec(spec)),
     )
     loss_params: dict[str, Any] = option(
         {}, "overrides of the loss's hyperparameters, e.g. {anchor_weight: 0.2}; for a weighted sum, per loss: "
@@ -245,6 +262,25 @@ class TrainConfig:
                     f"fsdp: sharded training was tested only with {', '.join(f'{n} >= {v}' for n, v in FSDP_MIN_VERSIONS.items())}; "
                     f"older versions shard wrongly or fail (make test-floors); here: {', '.join(too_old)}"
                 )
+        if self.frozen_dtype == "bfloat16" and not self.use_lora:
+            raise ConfigError("frozen_dtype: bfloat16 stores LoRA's frozen base; full fine-tuning has none "
+                              "(--dtype sets the weights' dtype)")
+        if self.frozen_dtype == "bfloat16" and self.merge:
+            raise ConfigError("frozen_dtype: bfloat16 rounds the base weights --merge would write; merge the adapter "
+                              "into the float32 base afterwards")
+        if self.load_in_4bit:
+            for name, value, allowed in (("use_lora", self.use_lora, True), ("fsdp", self.fsdp, False),
+                                         ("merge", self.merge, False)):
+                if value != allowed:
+                    raise ConfigError(
+                        f"load_in_4bit: needs {name} {allowed}, got {value!r}: a 4-bit base is frozen (only LoRA "
+                        "trains it), is not sharded by --fsdp, and is merged by loading the base unquantized"
+                    )
+            if self.dtype == "float16":
+                raise ConfigError("load_in_4bit: the unquantized parts need --dtype auto, float32 or bfloat16")
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ConfigError("load_in_4bit: needs bitsandbytes, which is not installed: "
+                                  "pip install 'slimepo[qlora]'")
         if self.attn_implementation.startswith("flash_attention") and self.layout != "separate":
             raise ConfigError(
                 f"attn_implementation: {self.attn_implementation} takes no per-pair attention mask, which --layout "
@@ -278,6 +314,11 @@ class TrainConfig:
         unknown_columns = set(self.columns) - {"prompt", "chosen", "rejected"}
         if unknown_columns:
             raise ConfigError(f"columns: unknown key(s) {sorted(unknown_columns)}; allowed: prompt, chosen, rejected")
+        if self.weight_column is not None and not self.weight_column.strip():
+            raise ConfigError("weight_column: must name a column of --dataset, got an empty name")
+        if self.weight_column is not None and parse_loss_spec(self.loss)[0][0] in UNPAIRED_LOSSES:
+            raise ConfigError(f"weight_column: {self.loss} trains on unpaired examples, whose loss takes no per-pair "
+                              "weights; drop --weight-column or train on pairs with a pair loss")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -384,10 +425,10 @@ class EvalConfig:
         True, "generate a response per held-out prompt and check its health and constraint (false: preference "
         "metrics only)", group="generation",
     )
-    max_new_tokens: int = option(128, "generation budget per held-out prompt", group="generation")
-    sample: bool = option(False, "sample instead of greedy decoding", group="generation")
-    temperature: float = option(1.0, "sampling temperature", group="generation")
-    top_p: float = option(1.0, "nucleus sampling mass", group="generation")
+    max_new_tokens: int = option(Decoding.max_new_tokens, "generation budget per held-out prompt", group="generation")
+    sample: bool = option(Decoding.sampling, "sample instead of greedy decoding", group="generation")
+    temperature: float = option(Decoding.temperature, "sampling temperature", group="generation")
+    top_p: float = option(Decoding.top_p, "nucleus sampling mass", group="generation")
 
     # benchmark
     bench: str | None = option(
@@ -403,7 +444,7 @@ class EvalConfig:
         group="benchmark",
     )
     max_prompts: int | None = option(None, "answer the first N prompts of --bench only", group="benchmark")
-    bench_max_new_tokens: int = option(1024, "budget per benchmark answer", group="benchmark")
+    bench_max_new_tokens: int = option(BENCH_MAX_NEW_TOKENS, "budget per benchmark answer", group="benchmark")
     judge_url: str | None = option(
         None, "OpenAI-compatible API of the judge (MT-Bench single-answer grading, Arena-Hard and AlpacaEval pairwise)",
         group="benchmark",
@@ -430,6 +471,14 @@ class EvalConfig:
                               "add one")
         if self.max_prompts is not None and self.bench is None:
             raise ConfigError("max_prompts: limits the prompts of --bench; add --bench")
+
+    def decoding(self) -> Decoding:
+        """How each held-out prompt is answered."""
+        return Decoding(self.max_new_tokens, self.sample, self.temperature, self.top_p, self.seed)
+
+    def bench_decoding(self) -> Decoding:
+        """How each benchmark prompt is answered: the same, with the benchmark's budget."""
+        return dataclasses.replace(self.decoding(), max_new_tokens=self.bench_max_new_tokens)
 
 
 #: The :class:`EvalConfig` groups that ``slimepo compare`` takes (the rest comes from training's options).

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Iterable
 
 import torch
+from torch.distributed.tensor import DTensor
 
 
 def weights_sha256(model: torch.nn.Module, skip: Callable[[str], bool] | None = None) -> str:
@@ -26,6 +27,8 @@ def weights_sha256(model: torch.nn.Module, skip: Callable[[str], bool] | None = 
         if skip is not None and skip(name):
             continue
         tensor = tensor.detach()
+        if isinstance(tensor, DTensor):  # sharded (FSDP2): every process gathers the same whole tensor
+            tensor = tensor.full_tensor()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
         if tensor.numel():
             digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

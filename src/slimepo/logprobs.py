@@ -18,6 +18,8 @@ This module knows nothing about losses. Masked-out positions come back as 0.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -175,21 +177,32 @@ def layer_windows(model: nn.Module) -> dict[str, int | None]:
 
     What the ``shared`` and ``packed`` masks must reproduce, layer type by layer type. Raises
     ValueError for attention they cannot express, rather than computing something else.
+    Computed once per distinct configuration (:func:`_windows_of` is cached on the fields read).
     """
     config = _text_config(model)
+    return dict(_windows_of(
+        getattr(config, "_attn_implementation", None), bool(getattr(config, "use_bidirectional_attention", False)),
+        getattr(config, "sliding_window", None), tuple(getattr(config, "layer_types", None) or ()),
+    ))
+
+
+@functools.lru_cache(maxsize=64)
+def _windows_of(
+    implementation: str | None, bidirectional: bool, window: int | None, layer_types: tuple[str, ...]
+) -> tuple[tuple[str, int | None], ...]:
+    """:func:`layer_windows` from the config's fields, keyed on their values (not on the config
+    object, which a model may change in place, e.g. ``set_attn_implementation``)."""
     refuse = "--layout shared and packed replace the model's attention mask, but "
-    implementation = getattr(config, "_attn_implementation", None)
     if implementation not in ("eager", "sdpa", "flex_attention"):
         raise ValueError(refuse + f"attn_implementation {implementation} takes no such mask; use --layout separate")
-    if getattr(config, "use_bidirectional_attention", False):
+    if bidirectional:
         raise ValueError(refuse + "this model attends bidirectionally (use_bidirectional_attention); use --layout separate")
-    window = getattr(config, "sliding_window", None)
     # Models without layer_types (Mistral) slide every layer when sliding_window is set.
-    layer_types = getattr(config, "layer_types", None) or ["sliding_attention" if window else "full_attention"]
+    layer_types = layer_types or ("sliding_attention" if window else "full_attention",)
     unknown = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
     if unknown:
         raise ValueError(refuse + f"they cannot express layer types {', '.join(unknown)}; use --layout separate")
-    return {kind: window if kind == "sliding_attention" else None for kind in dict.fromkeys(layer_types)}
+    return tuple((kind, window if kind == "sliding_attention" else None) for kind in dict.fromkeys(layer_types))
 
 
 def attention_mask(model: nn.Module, batch: dict[str, Tensor]):

@@ -94,7 +94,7 @@ def resolve_dtype(name: str, training: bool = True) -> torch.dtype:
     """The weights' dtype. ``auto``: float32 for training (master weights; autocast decides the
     compute dtype); for inference bf16 on a CUDA GPU that supports it, float32 elsewhere."""
     if name == "auto" and not training:
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if torch.cuda.is_available() and bf16_hardware() else torch.float32
     return {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
@@ -151,22 +151,60 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
 
 def load_causal_lm(
     name: str, *, dtype: str = "auto", trust_remote_code: bool = False, attn_implementation: str = "sdpa",
-    fsdp: bool = False, training: bool = True,
+    fsdp: bool = False, training: bool = True, load_in_4bit: torch.dtype | None = None,
 ) -> PreTrainedModel:
     """``fsdp``: shard over every process with FSDP2 as the weights load (transformers' ``DistributedConfig``);
-    ``training``: see :func:`resolve_dtype`."""
-    sharding = {}
+    ``training``: see :func:`resolve_dtype`; ``load_in_4bit``: the compute dtype of a base whose linear
+    layers load as 4-bit NF4 (:func:`quantize_4bit`), None for full precision."""
+    options: dict[str, Any] = {}
     if fsdp and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         from transformers.distributed import DistributedConfig
 
-        sharding["distributed_config"] = DistributedConfig(fsdp_size=torch.distributed.get_world_size())
-    return AutoModelForCausalLM.from_pretrained(
+        options["distributed_config"] = DistributedConfig(fsdp_size=torch.distributed.get_world_size())
+    if load_in_4bit is not None:
+        options.update(quantize_4bit(load_in_4bit))
+    model = AutoModelForCausalLM.from_pretrained(
         resolve_model_path(name),
         dtype=resolve_dtype(dtype, training),
         trust_remote_code=trust_remote_code,
         attn_implementation=attn_implementation,
-        **sharding,
+        **options,
     )
+    if load_in_4bit is not None:
+        keep_4bit_trainable(model)
+    return model
+
+
+def quantize_4bit(compute_dtype: torch.dtype) -> dict[str, Any]:
+    """``from_pretrained`` options of a QLoRA base: NF4 blocks of 64 weights (Dettmers et al. 2023,
+    "QLoRA", arXiv:2305.14314), dequantized to ``compute_dtype`` for each matmul, on this process's
+    device. The output projection and embeddings stay unquantized (transformers keeps them out)."""
+    from transformers import BitsAndBytesConfig
+
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+    return {"quantization_config": quantization, "device_map": {"": device}}
+
+
+def keep_4bit_trainable(model: torch.nn.Module) -> int:
+    """Keep bitsandbytes from repacking 4-bit weights into its inference-only CPU layout; return how many.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a ``Linear4bit`` weight in place at its
+    first eval-mode forward without gradients, after which its matmul has no backward: the LoRA
+    gradients through it come out silently wrong (measured: 84 of 84 off by more than 1%). slimepo
+    scores held-out pairs that way before training, so the repacking is switched off.
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def bf16_compute(config: TrainConfig) -> bool:
+    """Whether the forward computes in bf16: bf16 autocast, or bf16 weights."""
+    return config.dtype == "bfloat16" or resolve_mixed_precision(config.dtype, config.mixed_precision) == "bf16"
 
 
 def check_layout(model: PreTrainedModel, layout: str) -> None:
@@ -179,15 +217,28 @@ def check_layout(model: PreTrainedModel, layout: str) -> None:
         raise ConfigError(f"layout: {err}") from None
 
 
-def load_policy(config: TrainConfig) -> torch.nn.Module:
-    """The model to train: full weights, or the base with fresh LoRA adapters (PEFT)."""
+def load_policy(config: TrainConfig, *, frozen_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """The model to train: full weights, or the base with fresh LoRA adapters (PEFT).
+
+    ``frozen_dtype``: with LoRA, store the frozen linear weights in it (:func:`store_frozen_linears`).
+    """
+    quantized = config.load_in_4bit and bf16_compute(config)
     model = load_causal_lm(
         config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
         attn_implementation=config.attn_implementation, fsdp=config.fsdp,
+        load_in_4bit=torch.bfloat16 if quantized else torch.float32 if config.load_in_4bit else None,
     )
     model.config.use_cache = False
     check_layout(model, config.layout)
-    if config.gradient_checkpointing:
+    if config.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        # Norms and other unquantized weights in float32, input gradients on for checkpointing.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if config.use_lora:
             model.enable_input_require_grads()
@@ -205,7 +256,41 @@ def load_policy(config: TrainConfig) -> torch.nn.Module:
         task_type="CAUSAL_LM",
     )
     with quiet_peft():
-        return get_peft_model(model, lora)
+        model = get_peft_model(model, lora)
+    if frozen_dtype is not None:
+        store_frozen_linears(model, frozen_dtype)
+    return model
+
+
+def store_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Store the weights (and biases) of the frozen ``nn.Linear`` layers in ``dtype``; returns how many.
+
+    For bf16 autocast over a LoRA model: autocast casts an fp32 weight to bf16 at every forward
+    (it keeps casts only of weights that require grad), so storing the frozen base's linear
+    weights in bf16 computes the same numbers without an fp32 copy and the per-step casts. Left
+    as they are: every trained parameter (LoRA factors, ``modules_to_save`` copies), the output
+    head and the module it copies (the chunked head projects outside autocast, in its weight's
+    dtype), embeddings and norms (outside autocast's list, they would change the numbers).
+    Without autocast a bf16 weight meets fp32 activations and the forward fails.
+    """
+    from slimepo.logprobs import _base_model
+
+    base = _base_model(model)
+    head = base.get_output_embeddings()
+    keep = {id(m) for m in head.modules()} | {id(p) for p in head.parameters()}
+    keep |= {id(p) for p in base.get_input_embeddings().parameters()}  # tied to the head in many models
+    stored = 0
+    for module in model.modules():
+        # Exactly nn.Linear: quantized subclasses (bitsandbytes' Linear4bit, QLoRA) hold packed integers.
+        if type(module) is not torch.nn.Linear or id(module) in keep:
+            continue
+        weights = [p for p in (module.weight, module.bias) if p is not None]
+        if any(p.requires_grad or id(p) in keep or not p.is_floating_point() for p in weights):
+            continue
+        for p in weights:
+            p.data = p.data.to(dtype)
+        stored += 1
+    return stored
 
 
 @contextlib.contextmanager
@@ -220,13 +305,15 @@ def quiet_peft():
 def load_reference(config: TrainConfig) -> torch.nn.Module | None:
     """A separate frozen reference, only when one is needed and LoRA cannot provide it.
 
-    With LoRA the reference is the same base with adapters disabled (no second copy).
+    With LoRA the reference is the same base with adapters disabled (no second copy). Under
+    ``--fsdp`` it is sharded like the policy: its forwards run on every process in step with the
+    policy's (each micro-batch, the stand-in's included), so each gathers its weights from all.
     """
     if config.ref_model is None and config.use_lora:
         return None
     model = load_causal_lm(
         config.ref_model or config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
-        attn_implementation=config.attn_implementation,
+        attn_implementation=config.attn_implementation, fsdp=config.fsdp,
     )
     check_layout(model, config.layout)
     model.requires_grad_(False)

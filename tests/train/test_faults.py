@@ -255,3 +255,19 @@ def test_a_nan_only_one_of_two_processes_sees_skips_the_step_on_both(tiny_model_
     assert same(weights[0, 2], weights[0, 1]), "the NaN step changed the weights"
     assert not same(weights[0, 1], weights[0, 0]) and not same(weights[0, 3], weights[0, 2])
     assert [train_logs(tmp_path / "run")[s]["skipped_steps"] for s in (1, 2, 3)] == [0, 1, 1]
+
+
+def test_the_step_guard_calls_an_optimizer_that_takes_no_closure_without_one():
+    """DeepSpeed's optimizer wrapper has ``step(self)``: the guard's wrapper must not pass it a closure."""
+    from slimepo.train.faults import NonFiniteStepGuard
+
+    class NoClosure:
+        steps = 0
+
+        def step(self):
+            self.steps += 1
+
+    optimizer = NoClosure()
+    NonFiniteStepGuard(max_bad_steps=3, output_dir="unused").on_train_begin(None, None, None, optimizer=optimizer)
+    optimizer.step()
+    assert optimizer.steps == 1

@@ -107,8 +107,8 @@ def short_run(tiny_model_dir, toy_data, out, monkeypatch, **overrides) -> tuple[
     """Six logged steps of full fine-tuning; also what dtypes the q_proj forward and the weights had."""
     seen: dict = {"outputs": set()}
 
-    def recording_policy(config):
-        model = load_policy(config)
+    def recording_policy(config, **options):
+        model = load_policy(config, **options)
         seen["model"] = model
         model.model.layers[0].self_attn.q_proj.register_forward_hook(
             lambda module, args, output: seen["outputs"].add(output.dtype))

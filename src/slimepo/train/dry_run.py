@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from slimepo.config import DEMO, TrainConfig
+from slimepo.losses import UNPAIRED_LOSSES
 from slimepo.testing import save_tiny_model, ultrafeedback_like_rows
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,14 @@ def dry_run_config(config: TrainConfig) -> TrainConfig:
     )
     if config.dataset != DEMO and not Path(config.dataset).exists():
         sample = folder / "sample.jsonl"
-        sample.write_text("".join(json.dumps(r) + "\n" for r in ultrafeedback_like_rows(24)), encoding="utf-8")
-        logger.info("dry run: %s is replaced by a 24-row UltraFeedback-shaped sample", config.dataset)
+        rows = ultrafeedback_like_rows(24)
+        if config.loss in UNPAIRED_LOSSES:  # TRL's unpaired format: each pair's answers as two labelled rows
+            rows = [{"prompt": [row["chosen"][0]], "completion": [row[side][-1]], "label": side == "chosen"}
+                    for row in rows for side in ("chosen", "rejected")]
+        if config.weight_column:  # weights 1, 2, 3 in turn, so the weighted means are exercised
+            rows = [{**row, config.weight_column: 1.0 + i % 3} for i, row in enumerate(rows)]
+        sample.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        logger.info("dry run: %s is replaced by a %d-row UltraFeedback-shaped sample", config.dataset, len(rows))
         changes.update(dataset=str(sample), dataset_split="train", columns={},
                        eval_dataset=str(sample) if config.eval_dataset else None, eval_split="train")
     return dataclasses.replace(config, **changes)

@@ -102,7 +102,8 @@ class NonFiniteStepGuard(TrainerCallback):
             # leaves the scheduler alone. Reset it on applied steps (only a scaler does).
             optimizer._is_overflow = self.skip
             if not self.skip:
-                return apply_step(closure)
+                # DeepSpeed's optimizer wrapper takes no closure (its engine steps inside backward).
+                return apply_step() if closure is None else apply_step(closure)
             return None
 
         optimizer.step = step

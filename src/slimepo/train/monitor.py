@@ -49,15 +49,17 @@ class StabilityMonitor(TrainerCallback):
         self.start: dict[str, float] | None = None
         self.warned: set[str] = set()
 
-    def _measure(self, model) -> PairScores:
-        return score_pairs(model, self.pairs, **self.score)
+    def _measure(self, model) -> PairScores | None:
+        """The pairs' scores on process 0, None on the others: every process calls it, and a batch is
+        scored by one process only (by all of them when each forward gathers sharded weights)."""
+        return score_pairs(model, self.pairs, **self.score, across_processes=True)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         """Measure the start once; a resumed run reads it back, so drift stays relative to step 0.
 
-        Every process scores (under FSDP each forward gathers weights from all of them) unless the
-        saved start exists, which all see alike: one shared output folder, and process 0 writes it
-        atomically only after a measurement the others have joined.
+        Every process calls the measurement unless the saved start exists, which all see alike:
+        one shared output folder, and process 0 writes it atomically only after a measurement the
+        others have joined.
         """
         if not self.pairs or self.start is not None:
             return
@@ -66,7 +68,7 @@ class StabilityMonitor(TrainerCallback):
             self.start = json.loads(saved.read_text())
             return
         scores = self._measure(model)
-        if args.process_index != 0:
+        if scores is None:  # not process 0
             return
         self.start = {"chosen_logp": chosen_mean_logp(scores), "collapse": rejected_collapse(scores)}
         staged = saved.with_suffix(".tmp")
@@ -77,7 +79,7 @@ class StabilityMonitor(TrainerCallback):
         if not self.pairs or state.global_step % self.every:
             return
         scores = self._measure(model)
-        if args.process_index != 0:
+        if scores is None:  # not process 0
             return
         drift = chosen_mean_logp(scores) - self.start["chosen_logp"]
         collapse = rejected_collapse(scores)

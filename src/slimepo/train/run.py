@@ -24,9 +24,10 @@ from slimepo.config import DEMO, ConfigError, TrainConfig
 from slimepo.data import demo_file, prepare_pairs
 from slimepo.data.collate import PairCollator
 from slimepo.data.tokenize import template_text
-from slimepo.eval.metrics import preference_metrics
+from slimepo.data.unpaired import UnpairedCollator, prepare_examples
+from slimepo.diagnostics import preference_metrics
 from slimepo.logprobs import uses_flex_attention
-from slimepo.losses import get_loss
+from slimepo.losses import get_loss, is_unpaired
 from slimepo.metrics_log import append_record
 from slimepo.model import (
     cache_dir,
@@ -47,7 +48,7 @@ from slimepo.train.checkpoint import (
 )
 from slimepo.train.dry_run import dry_run_config
 from slimepo.train.monitor import StabilityMonitor
-from slimepo.train.trainer import PreferenceTrainer
+from slimepo.train.trainer import PreferenceTrainer, unpaired_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +151,19 @@ def resume_point(config: TrainConfig, out: Path, is_main: bool) -> str | None:
     return str(checkpoint) if checkpoint else None
 
 
+def check_unpaired(config: TrainConfig) -> None:
+    """Refuse the options a loss on unpaired examples (kto) cannot take."""
+    if config.batch_size < 2 and not config.max_tokens_per_batch:
+        raise ConfigError(f"batch_size: {config.loss} estimates its reference point on mismatched pairs made "
+                          f"within a batch (each prompt with another example's completion): needs >= 2, got {config.batch_size}")
+    if config.precompute_ref_logps:
+        raise ConfigError(f"precompute_ref_logps: {config.loss}'s mismatched pairs are known only once a batch is "
+                          "made, so the reference scores every step; drop --precompute-ref-logps")
+
+
 def load_data(config: TrainConfig, tokenizer) -> tuple[list, list]:
-    """Train and held-out tokenized pairs, with validation reports logged."""
+    """Train and held-out tokenized pairs (unpaired examples for kto), with validation reports logged."""
+    prepare = prepare_examples if is_unpaired(config.loss) else prepare_pairs
     common = dict(
         columns=config.columns or None,
         max_length=config.max_length,
@@ -159,13 +171,15 @@ def load_data(config: TrainConfig, tokenizer) -> tuple[list, list]:
         chat_template=config.chat_template,
         max_bad_fraction=config.max_bad_fraction,
     )
+    # The weights are --dataset's: a separate held-out set is read without them (its pairs weigh 1).
+    weighted = {"weight_column": config.weight_column} if config.weight_column is not None else {}
     if config.dataset == DEMO:
-        train, report = prepare_pairs(demo_file("train"), tokenizer, split="train", **common)
-        held_out, eval_report = prepare_pairs(demo_file("test"), tokenizer, split="train", **common)
+        train, report = prepare(demo_file("train"), tokenizer, split="train", **common, **weighted)
+        held_out, eval_report = prepare(demo_file("test"), tokenizer, split="train", **common)
     else:
-        train, report = prepare_pairs(config.dataset, tokenizer, split=config.dataset_split, **common)
+        train, report = prepare(config.dataset, tokenizer, split=config.dataset_split, **common, **weighted)
         if config.eval_dataset is not None:
-            held_out, eval_report = prepare_pairs(config.eval_dataset, tokenizer, split=config.eval_split, **common)
+            held_out, eval_report = prepare(config.eval_dataset, tokenizer, split=config.eval_split, **common)
         else:
             order = list(range(len(train)))
             random.Random(config.seed).shuffle(order)
@@ -279,6 +293,9 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     ``callbacks``: extra ``transformers.TrainerCallback`` objects (timers, custom logs).
     """
     config.validate()
+    unpaired = is_unpaired(config.loss)
+    if unpaired:
+        check_unpaired(config)
     if config.resume not in (None, "auto"):
         problem = checkpoint_problem(config.resume)
         if problem is not None:
@@ -312,7 +329,10 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     loss_fn = get_loss(config.loss, **config.loss_params)
     if config.compile_loss:
         loss_fn = loss_fn.compiled()
-    model = load_policy(config)
+    if config.frozen_dtype == "bfloat16" and not args.bf16:
+        raise ConfigError("frozen_dtype: bfloat16 needs bf16 autocast (--mixed-precision bf16, or auto with --dtype "
+                          "auto on bf16 hardware): without it bf16 weights meet float32 activations")
+    model = load_policy(config, frozen_dtype=torch.bfloat16 if config.frozen_dtype == "bfloat16" else None)
     ref_model = load_reference(config) if loss_fn.requires_reference else None
     if args.process_index == 0:
         write_text(out / "config.yaml", config.to_yaml())
@@ -322,9 +342,12 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         args=args,
         train_dataset=train_pairs,
         eval_dataset=held_out or None,
-        data_collator=PairCollator(
+        data_collator=UnpairedCollator(
             tokenizer.pad_token_id, layout=config.layout, pack_tokens=config.pack_tokens,
-            dense_mask=not uses_flex_attention(model),
+            dense_mask=not uses_flex_attention(model), max_length=config.max_length,
+        ) if unpaired else PairCollator(
+            tokenizer.pad_token_id, layout=config.layout, pack_tokens=config.pack_tokens,
+            dense_mask=not uses_flex_attention(model), weights=config.weight_column is not None,
         ),
         processing_class=tokenizer,
         loss_fn=loss_fn,
@@ -335,7 +358,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         callbacks=[MetricsJsonl(out / "metrics.jsonl"), *(callbacks or [])],
     )
     chunk = config.logprob_chunk_size or None
-    if config.monitor_steps and held_out:
+    if config.monitor_steps and held_out and not unpaired:  # it scores pairs; KTO logs drift/* every step
         trainer.add_callback(StabilityMonitor(
             held_out[: config.monitor_pairs], pad_token_id=tokenizer.pad_token_id, every=config.monitor_steps,
             unlearning_alarm=config.unlearning_alarm, collapse_alarm=config.collapse_alarm, chunk_size=chunk,
@@ -343,8 +366,12 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         ))
     score = dict(pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, chunk_size=chunk, layout=config.layout)
     # Under the autocast the trained model's forward will carry, so "before" and "after" compare alike.
+    # Each process scores its share of the batches, process 0 receives them all (the others None).
     with trainer.accelerator.autocast():
-        before_scores = score_pairs(trainer.model, held_out, **score) if held_out else None
+        if unpaired:
+            before_scores = trainer.score_examples(held_out, config.batch_size) if held_out else None
+        else:
+            before_scores = score_pairs(trainer.model, held_out, **score, across_processes=True) if held_out else None
         if config.precompute_ref_logps and loss_fn.requires_reference:
             precompute_reference(ref_model or trainer.model, train_pairs, score, ref_cache_root(config), {
                 "max_length": config.max_length, "max_prompt_length": config.max_prompt_length,
@@ -355,10 +382,16 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
 
     before: dict[str, Any] = {}
     after: dict[str, Any] = {}
-    # On every process: under FSDP each forward gathers the sharded weights from all of them.
     with trainer.accelerator.autocast():
-        after_scores = score_pairs(trainer.model, held_out, **score) if held_out else None
-    if trainer.is_world_process_zero() and held_out:
+        if unpaired:
+            after_scores = trainer.score_examples(held_out, config.batch_size) if held_out else None
+        else:
+            after_scores = score_pairs(trainer.model, held_out, **score, across_processes=True) if held_out else None
+    if trainer.is_world_process_zero() and held_out and unpaired:
+        before = unpaired_metrics(*before_scores)
+        after = unpaired_metrics(*after_scores, base=before_scores[0])
+        write_json(out / "eval.json", after)
+    elif trainer.is_world_process_zero() and held_out:
         before = preference_metrics(*before_scores.as_tuple())
         after = preference_metrics(*after_scores.as_tuple(), base=before_scores.as_tuple())
         # The held-out metrics after training, with the initial model as the base (drift, unlearning).

@@ -3,14 +3,17 @@
 :class:`PreferenceTrainer` is a ``transformers.Trainer`` so that accelerate, DDP, FSDP,
 DeepSpeed, gradient accumulation, schedulers, checkpoints and ``--resume`` behave as
 users of TRL expect. Everything specific to preference optimization is in
-:meth:`PreferenceTrainer.compute_loss`, readable top to bottom.
+:meth:`PreferenceTrainer.compute_loss`, readable top to bottom: :meth:`~PreferenceTrainer.pair_step`
+for pairs, :meth:`~PreferenceTrainer.unpaired_step` for KTO's unpaired examples.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,9 +21,12 @@ from torch.utils.data import BatchSampler, DataLoader
 from transformers import Trainer
 
 from slimepo.data.batching import StandInCollator, TokenBudgetBatchSampler, WholeRounds, pair_tokens
-from slimepo.diagnostics import collapse_metrics
+from slimepo.data.unpaired import example_tokens
+from slimepo.diagnostics import collapse_metrics, drift_stats
 from slimepo.logprobs import pair_token_logps
-from slimepo.losses import PreferenceLoss, StepTotals
+from slimepo.losses import KlTotals, PreferenceLoss, StepTotals, UnpairedLoss
+from slimepo.losses.kto import LABELS, label_means
+from slimepo.scoring import release_gathered_weights
 from slimepo.train.checkpoint import read_run_state, rotate, staged_checkpoint, write_run_state
 from slimepo.train.faults import NonFiniteStepGuard
 
@@ -30,12 +36,21 @@ class PreferenceTrainer(Trainer):
     """``transformers.Trainer`` whose loss is any :mod:`slimepo.losses` objective.
 
     ``ref_model``: a frozen reference for reference-based losses; None with LoRA means
-    the policy's own base weights with adapters disabled.
+    the policy's own base weights with adapters disabled. With an :class:`UnpairedLoss`
+    (KTO) the datasets hold :class:`~slimepo.data.unpaired.TokenizedExample` and the
+    collator is an :class:`~slimepo.data.unpaired.UnpairedCollator`.
     """
 
-    def __init__(self, *args, loss_fn: PreferenceLoss, ref_model=None, logprob_chunk_size: int = 512,
+    def __init__(self, *args, loss_fn: PreferenceLoss | UnpairedLoss, ref_model=None, logprob_chunk_size: int = 512,
                  max_bad_steps: int = 5, max_tokens_per_batch: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.unpaired = isinstance(loss_fn, UnpairedLoss)
+        self.example_tokens = example_tokens if self.unpaired else pair_tokens
+        if self.unpaired and self.train_dataset:
+            advice = loss_fn.balance_warning(sum(e.desirable for e in self.train_dataset),
+                                             sum(not e.desirable for e in self.train_dataset))
+            if advice:
+                logger.warning("%s", advice)
         self.max_tokens_per_batch = max_tokens_per_batch
         self.fault_guard = NonFiniteStepGuard(max_bad_steps, self.args.output_dir)
         self.add_callback(self.fault_guard)
@@ -47,8 +62,9 @@ class PreferenceTrainer(Trainer):
         self.chunk_size = logprob_chunk_size or None
         # Training losses divide by the whole step's counts (step_totals): the Trainer must not rescale them.
         self.loss_is_scaled_for_ga = True
-        # Per split and metric, each micro-batch's value and whether it counts (a stand-in does not).
-        self._stored: dict[str, dict[str, list[tuple[Tensor, bool]]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        # Per split and metric, each micro-batch's value and its weight: 1, the number of examples a
+        # per-label mean is over (KTO's ``<metric>/desirable``), 0 for a stand-in.
+        self._stored: dict[str, dict[str, list[tuple[Tensor, Tensor | float]]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._window_tokens = 0
         self._window_start = time.perf_counter()
 
@@ -57,11 +73,11 @@ class PreferenceTrainer(Trainer):
         processes in whole rounds: an epoch's last step counts every pair once (:class:`WholeRounds`)."""
         if self.max_tokens_per_batch:
             batches = TokenBudgetBatchSampler(
-                [pair_tokens(p) for p in self.train_dataset], self.max_tokens_per_batch, seed=self.args.seed
+                [self.example_tokens(p) for p in self.train_dataset], self.max_tokens_per_batch, seed=self.args.seed
             )
         else:
             batches = BatchSampler(self._get_train_sampler(), self._train_batch_size, self.args.dataloader_drop_last)
-        stand_in = min(self.train_dataset, key=pair_tokens)  # the cheapest pair to run for nothing
+        stand_in = min(self.train_dataset, key=self.example_tokens)  # the cheapest pair to run for nothing
         loader = DataLoader(self.train_dataset, batch_sampler=WholeRounds(batches, self.accelerator.num_processes),
                             collate_fn=StandInCollator(self.data_collator, stand_in),
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
@@ -85,6 +101,7 @@ class PreferenceTrainer(Trainer):
         if self.ref_model is not None:
             with self.accelerator.autocast():  # the precision of the policy's forward (its own is wrapped)
                 chosen, rejected = self.token_logps(self.ref_model, batch)
+            release_gathered_weights(self.ref_model)  # a sharded reference has no backward to reshard its root
         else:
             peft_model = self.accelerator.unwrap_model(model)
             with peft_model.disable_adapter():
@@ -96,46 +113,105 @@ class PreferenceTrainer(Trainer):
 
         The Trainer hands them to :meth:`compute_loss` as ``num_items_in_batch``, as it hands
         a causal LM its step's label count: every batch mean of the loss divides by them.
+        With per-pair weights (``batch["weights"]``) they are weighted: Σ w_i, Σ w_i·|y_w,i|, Σ w_i·|y_l,i|.
         """
         if not batch_samples:
             return None
         counts = sum(
-            (torch.stack([torch.tensor(float(len(b["chosen_mask"])), device=device),
-                          b["chosen_mask"].sum().to(device, torch.float32), b["rejected_mask"].sum().to(device, torch.float32)])
-             for b in batch_samples if "stand_in" not in b),
+            (self._step_counts(b, device) for b in batch_samples if "stand_in" not in b),
             torch.zeros(3, device=device),
         )  # on the device: no host sync per micro-batch; a process with only stand-ins still joins the reduce
         counts = self.accelerator.reduce(counts, reduction="sum")
         return StepTotals(pairs=counts[0], chosen_tokens=counts[1], rejected_tokens=counts[2])
 
+    @staticmethod
+    def _step_counts(batch: dict[str, Tensor], device) -> Tensor:
+        """``[pairs, chosen tokens, rejected tokens]`` of one micro-batch, each pair counted w_i times."""
+        chosen_lengths = batch["chosen_mask"].sum(-1).to(device, torch.float32)
+        rejected_lengths = batch["rejected_mask"].sum(-1).to(device, torch.float32)
+        weights = batch["weights"].to(device, torch.float32) if "weights" in batch else torch.ones_like(chosen_lengths)
+        return torch.stack([weights.sum(), (weights * chosen_lengths).sum(), (weights * rejected_lengths).sum()])
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch: StepTotals | None = None):
-        chosen, rejected = self.token_logps(model, inputs)
-        chosen_mask, rejected_mask = inputs["chosen_mask"], inputs["rejected_mask"]
-        ref_chosen, ref_rejected = self.reference_logps(model, inputs)
-        out = self.loss_fn(chosen, chosen_mask, rejected, rejected_mask, ref_chosen, ref_rejected,
-                           step_totals=num_items_in_batch)
+        counted = "stand_in" not in inputs
+        step = self.unpaired_step if self.unpaired else self.pair_step
+        out, metrics, weights = step(model, inputs, num_items_in_batch, counted)
         loss = out.loss
         if num_items_in_batch is not None:
             # This micro-batch's share of the step's loss; DDP and FSDP average gradients over
             # processes, so the share is scaled back up by their number.
             loss = loss * self.accelerator.num_processes
-        counted = "stand_in" not in inputs
         if not counted:
             # An empty batch's stand-in (StandInCollator): its backward joins the gradient reduction, adding 0.
             loss = loss * 0.0
 
+        split = "train" if model.training else "eval"
+        # Kept as device tensors: converting each to float here would sync the GPU every micro-batch.
+        # A stand-in's are kept too, of weight 0, so that every process has the same keys to reduce.
+        for key, value in metrics.items():
+            self._stored[split][key].append((value.detach(), weights.get(key, 1.0) if counted else 0.0))
+        if split == "train" and counted:
+            self._window_tokens = self._window_tokens + inputs["num_tokens"]
+        return (loss, out) if return_outputs else loss
+
+    def pair_step(self, model, inputs, step_totals: StepTotals | None, counted: bool):
+        """Loss, metrics and metric weights of a batch of preference pairs."""
+        chosen, rejected = self.token_logps(model, inputs)
+        chosen_mask, rejected_mask = inputs["chosen_mask"], inputs["rejected_mask"]
+        ref_chosen, ref_rejected = self.reference_logps(model, inputs)
+        out = self.loss_fn(chosen, chosen_mask, rejected, rejected_mask, ref_chosen, ref_rejected,
+                           step_totals=step_totals, weights=inputs.get("weights"))
         metrics = dict(out.metrics)
         metrics["logps/chosen_sum"] = chosen.detach().sum(-1).mean()
         metrics["logps/rejected_sum"] = rejected.detach().sum(-1).mean()
         metrics.update(collapse_metrics(rejected, rejected_mask))
-        split = "train" if model.training else "eval"
-        # Kept as device tensors: converting each to float here would sync the GPU every micro-batch.
-        # A stand-in's are kept too, not counted, so that every process has the same keys to reduce.
-        for key, value in metrics.items():
-            self._stored[split][key].append((value.detach(), counted))
-        if split == "train" and counted:
-            self._window_tokens = self._window_tokens + inputs["num_tokens"]
-        return (loss, out) if return_outputs else loss
+        return out, metrics, {}
+
+    def unpaired_step(self, model, inputs, step_totals: StepTotals | None, counted: bool):
+        """Loss, metrics and metric weights of a batch of unpaired examples (KTO).
+
+        :class:`~slimepo.data.unpaired.UnpairedCollator` puts each example's completion y_i in the
+        chosen slot and its mismatched completion y'_i in the rejected slot: one forward scores both.
+        The loss divides by the step's examples; the reference point z_0 is estimated per micro-batch,
+        on the KL batch of every process at this micro-batch (TRL gathers it the same way).
+        """
+        completion, mismatched = self.token_logps(model, inputs)
+        ref_completion, ref_mismatched = self.reference_logps(model, inputs)
+        completion_mask, desirable = inputs["chosen_mask"], inputs["desirable"]
+        kl_logratios = mismatched.detach().sum(-1) - ref_mismatched
+        kl_mask = inputs["kl_mask"] if counted else torch.zeros_like(inputs["kl_mask"])
+        local = torch.stack([torch.where(kl_mask, kl_logratios, 0.0).sum(), kl_mask.sum().to(kl_logratios.dtype)])
+        kl_sum, kl_count = self.accelerator.reduce(local, reduction="sum")
+        out = self.loss_fn(completion, completion_mask, desirable, ref_completion,
+                           kl_totals=KlTotals(kl_sum, kl_count),
+                           num_examples=None if step_totals is None else step_totals.pairs)  # pairs: examples here
+        metrics = dict(out.metrics)
+        # Drift of each completion's log-lik from the reference's (the initial weights unless --ref-model), nats/token.
+        drift = (completion.detach().sum(-1) - ref_completion) / completion_mask.sum(-1)
+        metrics.update({f"drift/{label}": mean for label, mean in label_means(drift, desirable).items()})
+        metrics["unlearning_rate/desirable"] = label_means((drift < 0).float(), desirable)["desirable"]
+        counts = {"desirable": desirable.sum(), "undesirable": (~desirable).sum()}
+        weights: dict[str, Any] = {key: counts[key.rpartition("/")[2]] for key in metrics if key.rpartition("/")[2] in LABELS}
+        weights["kl"] = weights["reference_point"] = (kl_count > 0).float()  # no mismatched pair: no estimate
+        return out, metrics, weights
+
+    @torch.no_grad()
+    def score_examples(self, examples: list, batch_size: int) -> tuple[Tensor, Tensor]:
+        """``(r(y) [N], desirable [N])`` on CPU: each example's completion's mean log-lik per token
+        (nats) under the model being trained, in eval mode, and its label."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        means, labels = [], []
+        try:
+            for start in range(0, len(examples), batch_size):
+                batch = self._prepare_inputs(self.data_collator(examples[start : start + batch_size]))
+                completion, _ = self.token_logps(model, batch)
+                means.append((completion.sum(-1) / batch["chosen_mask"].sum(-1)).float().cpu())
+                labels.append(batch["desirable"].cpu())
+        finally:
+            model.train(was_training)
+        return torch.cat(means), torch.cat(labels)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -144,20 +220,23 @@ class PreferenceTrainer(Trainer):
         return loss.detach(), None, None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the loss terms and diagnostics since the last log: means (or minima) over the
-        micro-batches of all processes, stand-ins left out."""
+        """Add the loss terms and diagnostics since the last log: weighted means (or minima) over
+        the micro-batches of all processes, stand-ins left out (weight 0)."""
         split = "train" if "loss" in logs else "eval"
         prefix = "" if split == "train" else "eval_"
         for key, stored in self._stored[split].items():
             values = torch.stack([value for value, _ in stored]).to(self.args.device, torch.float64)
-            counted = torch.tensor([c for _, c in stored], device=values.device)
+            weights = torch.stack([torch.as_tensor(w, dtype=torch.float64, device=values.device) for _, w in stored])
             if key.endswith("min_logp"):
-                local = torch.where(counted, values, torch.inf).min().reshape(1)
-                logs[prefix + key] = float(self.accelerator.gather(local).min())
+                local = torch.where(weights > 0, values, torch.inf).min().reshape(1)
+                smallest = float(self.accelerator.gather(local).min())
+                if math.isfinite(smallest):
+                    logs[prefix + key] = smallest
             else:
-                local = torch.stack([torch.where(counted, values, 0.0).sum(), counted.sum().to(values.dtype)])
-                total, count = self.accelerator.reduce(local, reduction="sum")
-                logs[prefix + key] = float(total / count)
+                local = torch.stack([torch.where(weights > 0, values * weights, 0.0).sum(), weights.sum()])
+                total, weight = self.accelerator.reduce(local, reduction="sum")
+                if weight > 0:  # else nothing to average: e.g. no undesirable example since the last log
+                    logs[prefix + key] = float(total / weight)
         self._stored[split].clear()
         if split == "train":
             elapsed = time.perf_counter() - self._window_start
@@ -216,3 +295,31 @@ class PreferenceTrainer(Trainer):
     def _get_output_dir(self, trial) -> str:
         # While a checkpoint is being saved, the Trainer writes (and rotates) inside the staging folder.
         return self._checkpoint_root or super()._get_output_dir(trial)
+
+
+def unpaired_metrics(logp_mean: Tensor, desirable: Tensor, base: Tensor | None = None) -> dict[str, Any]:
+    """Held-out summary of unpaired examples from their completions' ``r(y)`` ``[N]`` (nats/token).
+
+    Returns ``examples``, ``desirable``, ``undesirable`` (counts), ``desirable_logp_mean``,
+    ``undesirable_logp_mean``; with ``base`` (the same examples under the initial model):
+    ``base`` {the keys above}, ``drift`` {``desirable_drift_mean``, ``unlearning_rate`` (share of
+    desirable completions that became less likely), ``undesirable_drift_mean``}. A mean over no
+    example is None.
+    """
+    def mean(values: Tensor) -> float | None:
+        return float(values.mean()) if values.numel() else None
+
+    result: dict[str, Any] = {
+        "examples": int(desirable.numel()), "desirable": int(desirable.sum()), "undesirable": int((~desirable).sum()),
+        "desirable_logp_mean": mean(logp_mean[desirable]), "undesirable_logp_mean": mean(logp_mean[~desirable]),
+    }
+    if base is None:
+        return result
+    result["base"] = unpaired_metrics(base, desirable)
+    drift = drift_stats(logp_mean[desirable], base[desirable], logp_mean[~desirable], base[~desirable])
+    result["drift"] = {
+        name: None if math.isnan(drift[key]) else drift[key]
+        for name, key in (("desirable_drift_mean", "chosen_drift_mean"), ("unlearning_rate", "unlearning_rate"),
+                          ("undesirable_drift_mean", "rejected_drift_mean"))
+    }
+    return result
