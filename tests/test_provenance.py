@@ -344,3 +344,12 @@ def test_the_per_process_batch_may_follow_the_number_of_processes(tmp_path, save
             check_resume(config, tmp_path, processes)
     else:
         check_resume(config, tmp_path, processes)
+
+
+def test_importing_slimepo_prints_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", "import slimepo.train, slimepo.eval.run, slimepo.pairs.run"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stderr[-2000:]
