@@ -124,10 +124,11 @@ def test_accelerate_deals_whole_rounds_one_batch_per_process_and_repeats_no_pair
     from torch.utils.data import BatchSampler
 
     batches = BatchSampler(range(9), 4, drop_last=False)
-    for even_batches in (True, False):
-        shards = [BatchSamplerShard(WholeRounds(batches, 2), 2, rank, even_batches=even_batches) for rank in (0, 1)]
-        assert [list(shard) for shard in shards] == [[[0, 1, 2, 3], [8]], [[4, 5, 6, 7], []]]
-        assert [len(shard) for shard in shards] == [2, 2]
+    # even_batches=False, as the trainer prepares this loader (accelerate < 1.4 refuses the default for a
+    # sampler without a batch size; later versions leave whole rounds alone either way).
+    shards = [BatchSamplerShard(WholeRounds(batches, 2), 2, rank, even_batches=False) for rank in (0, 1)]
+    assert [list(shard) for shard in shards] == [[[0, 1, 2, 3], [8]], [[4, 5, 6, 7], []]]
+    assert [len(shard) for shard in shards] == [2, 2]
     # What accelerate does by itself: the short round is filled from the start of the epoch.
     assert list(BatchSamplerShard(batches, 2, 0))[-1] == [8, 0, 1, 2]
 

@@ -81,7 +81,14 @@ class PreferenceTrainer(Trainer):
         loader = DataLoader(self.train_dataset, batch_sampler=WholeRounds(batches, self.accelerator.num_processes),
                             collate_fn=StandInCollator(self.data_collator, stand_in),
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
-        return self.accelerator.prepare(loader)
+        # Whole rounds leave accelerate nothing to even out; accelerate < 1.4 refuses a sampler
+        # without a batch size unless told so. Only this loader: evaluation's keeps its padding.
+        even_batches = self.accelerator.even_batches
+        self.accelerator.even_batches = False
+        try:
+            return self.accelerator.prepare(loader)
+        finally:
+            self.accelerator.even_batches = even_batches
 
     def token_logps(self, model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(chosen_logps [B, Lc], rejected_logps [B, Lr])``, 0 where masked."""
