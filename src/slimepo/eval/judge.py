@@ -20,28 +20,28 @@ from __future__ import annotations
 
 import ast
 import copy
-import http.client
 import json
 import logging
 import os
 import re
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-from slimepo.endpoints import check_api_url
+from slimepo.endpoints import (
+    RefusedError,
+    RetryableError,
+    check_api_url,
+    no_redirects_opener,
+    post_json,
+)
 from slimepo.eval.mtbench import Message, package_file, read_jsonl
 
 #: Categories FastChat grades against a reference answer (its ``NEED_REF_CATS``).
 REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
-#: HTTP statuses worth retrying besides 5xx: request timeout, rate limit.
-RETRY_STATUSES = (408, 429)
 #: What :attr:`JudgeClient.usage` counts.
 USAGE_KEYS = ("requests", "replies", "responses_with_usage", "prompt_tokens", "completion_tokens")
 
@@ -57,15 +57,6 @@ class JudgeError(RuntimeError):
 
 class _Retryable(Exception):
     """A failure that a later attempt may not repeat (network, timeout, 5xx, 429)."""
-
-
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows no redirect: the 3xx reaches :meth:`JudgeClient._post` as an ``HTTPError``."""
-
-    def redirect_request(
-        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
-    ) -> None:
-        return None
 
 
 def check_judge_url(url: str) -> None:
@@ -126,7 +117,7 @@ class JudgeClient:
         self.usage = dict.fromkeys(USAGE_KEYS, 0)
         self._usage_lock = threading.Lock()  # judging runs requests in threads
         self._parent: JudgeClient | None = None
-        self._opener = urllib.request.build_opener(_RefuseRedirects)
+        self._opener = no_redirects_opener()
 
     def metered(self) -> JudgeClient:
         """A client with these settings whose :attr:`usage` counts only its own requests
@@ -160,33 +151,14 @@ class JudgeClient:
         )
 
     def _post(self, body: bytes) -> str:
-        headers = {"Content-Type": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         self._count(requests=1)
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as error:
-            if 300 <= error.code < 400:
-                location = error.headers.get("Location")
-                target = urllib.parse.urljoin(self.url, location) if location else "an unnamed address"
-                raise JudgeError(
-                    f"{self.url}: HTTP {error.code}: refusing to follow a redirect to {target}: slimepo never "
-                    "forwards the judge key; point --judge-url at the final address"
-                ) from error
-            detail = f"HTTP {error.code}: {error.read()[:200].decode(errors='replace')}"
-            if error.code >= 500 or error.code in RETRY_STATUSES:
-                raise _Retryable(detail) from error
-            raise JudgeError(f"{self.url}: {detail}") from error
-        except (
-            urllib.error.URLError,
-            TimeoutError,
-            ConnectionError,
-            http.client.HTTPException,
-        ) as error:
-            raise _Retryable(f"{type(error).__name__}: {error}") from error
+            payload = post_json(self._opener, self.url, body, self._api_key, self.timeout,
+                                key="judge key", flag="--judge-url")
+        except RetryableError as error:
+            raise _Retryable(str(error)) from error
+        except RefusedError as error:
+            raise JudgeError(f"{self.url}: {error}") from error
         try:
             reply = json.loads(payload)
         except ValueError as error:

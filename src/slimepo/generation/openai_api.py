@@ -8,7 +8,7 @@ digest, so each sample's length (``usage.completion_tokens``) and end (``finish_
 Greedy decoding is sent as temperature 0. The server applies its own chat template, so a
 prompt's digest is that of its messages.
 
-The URL follows the judge's rules (:func:`slimepo.eval.judge.check_judge_url`: ``http(s)``,
+The URL follows the judge's rules (:func:`slimepo.endpoints.check_api_url`: ``http(s)``,
 no ``user:password@``), the key comes only from the environment variable named by
 ``key_env`` and no redirect is ever followed. Network errors, timeouts, HTTP 408/429/5xx
 and malformed replies are retried with exponential back-off; requests run ``workers`` at a time.
@@ -17,18 +17,20 @@ and malformed replies are retried with exponential back-off; requests run ``work
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from slimepo.eval.judge import RETRY_STATUSES, _RefuseRedirects, check_judge_url
+from slimepo.endpoints import (
+    RefusedError,
+    RetryableError,
+    check_api_url,
+    no_redirects_opener,
+    post_json,
+)
 from slimepo.generation.base import Decoding, Message, Sample, sample_seed
 
 
@@ -57,7 +59,7 @@ class OpenAIEngine:
         if max_retries < 0 or backoff < 0 or timeout <= 0 or workers < 1:
             raise ValueError("max_retries and backoff must be >= 0, timeout > 0 and workers >= 1")
         try:
-            check_judge_url(url)
+            check_api_url(url, "judge_url")
         except ValueError as error:
             raise ValueError(f"engine_url: the rules of the judge's URL apply: {error}") from None
         url = url.rstrip("/")
@@ -65,7 +67,7 @@ class OpenAIEngine:
         self.model = model
         self.max_retries, self.backoff, self.timeout, self.workers = max_retries, backoff, timeout, workers
         self._api_key = os.environ.get(key_env)
-        self._opener = urllib.request.build_opener(_RefuseRedirects)
+        self._opener = no_redirects_opener()
 
     def generate(self, conversations: Sequence[list[Message]], decoding: Decoding, n: int) -> list[list[Sample]]:
         decoding.check_samples(n)
@@ -99,25 +101,12 @@ class OpenAIEngine:
         raise EngineError(f"{self.url}: no usable reply after {self.max_retries + 1} attempts: {last_error}")
 
     def _post(self, payload: bytes) -> Sample:
-        headers = {"Content-Type": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        request = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as error:
-            if 300 <= error.code < 400:
-                location = error.headers.get("Location")
-                target = urllib.parse.urljoin(self.url, location) if location else "an unnamed address"
-                raise EngineError(f"{self.url}: HTTP {error.code}: refusing to follow a redirect to {target}: slimepo "
-                                 "never forwards the key; point --engine-url at the final address") from error
-            detail = f"HTTP {error.code}: {error.read()[:200].decode(errors='replace')}"
-            if error.code >= 500 or error.code in RETRY_STATUSES:
-                raise _Retryable(detail) from error
-            raise EngineError(f"{self.url}: {detail}") from error
-        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
-            raise _Retryable(f"{type(error).__name__}: {error}") from error
+            raw = post_json(self._opener, self.url, payload, self._api_key, self.timeout, key="key", flag="--engine-url")
+        except RetryableError as error:
+            raise _Retryable(str(error)) from error
+        except RefusedError as error:
+            raise EngineError(f"{self.url}: {error}") from error
         try:
             reply = json.loads(raw)
             choice = reply["choices"][0]

@@ -18,6 +18,7 @@ from slimepo.config import (
     _check_whole_numbers,
     option,
 )
+from slimepo.endpoints import check_api_url
 from slimepo.generation import ENGINES, VLLM_HELP, Decoding
 
 SCORERS = ("ifeval", "constraints", "reward-model", "judge")
@@ -142,12 +143,10 @@ def _check_columns(columns: dict[str, str]) -> None:
 
 
 def _check_url(url: str, name: str) -> None:
-    from slimepo.eval.judge import check_judge_url
-
     try:
-        check_judge_url(url)
+        check_api_url(url, name)
     except ValueError as err:
-        raise ConfigError(f"{name}: {str(err).removeprefix('judge_url: ')}") from None
+        raise ConfigError(str(err)) from None
 
 
 @dataclass
