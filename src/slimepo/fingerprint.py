@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -38,3 +39,15 @@ def weights_sha256(model: torch.nn.Module, skip: Callable[[str], bool] | None = 
 def token_ids_sha256(ids: Iterable[int]) -> str:
     """sha256 of a token-id sequence (a prompt as the model sees it: text, template and tokenizer)."""
     return hashlib.sha256(json.dumps([int(i) for i in ids]).encode()).hexdigest()
+
+
+def files_sha256(files: Iterable[Path], salt: str = "") -> str:
+    """sha256 over ``files`` (names, sizes and bytes, in the order given) and ``salt`` (e.g. the dtype
+    they are loaded in): the weights of an engine that loads them in another process."""
+    digest = hashlib.sha256(f"{salt}\n".encode())
+    for path in files:
+        digest.update(f"{Path(path).name}|{Path(path).stat().st_size}\n".encode())
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

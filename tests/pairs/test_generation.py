@@ -1,10 +1,11 @@
 """Engines behind one interface: decoding settings, the hf engine over slimepo's generate, the
-openai engine against a local server, and the vllm engine's refusal."""
+openai engine against a local server, and what the vllm engine says where vLLM is not installed
+(its answers against the hf engine's: tests/generation/test_vllm_engine.py, in the venv of ``make vllm-env``)."""
 
 import pytest
 
 from slimepo.eval.generate import chat_prompt_ids, generate
-from slimepo.generation import ENGINES, Decoding, EngineUnavailable, make_engine
+from slimepo.generation import ENGINES, Decoding, EngineUnavailable, make_engine, vllm_installed
 from slimepo.generation.base import sample_seed
 from slimepo.generation.openai_api import EngineError, OpenAIEngine
 
@@ -97,8 +98,9 @@ def test_openai_engine_refuses_the_urls_the_judge_refuses(url):
         OpenAIEngine(url, "m")
 
 
-def test_vllm_engine_is_refused_with_the_way_to_serve_it():
+@pytest.mark.skipif(vllm_installed(), reason="vLLM is installed here: tests/generation/test_vllm_engine.py runs it")
+def test_vllm_engine_without_vllm_says_how_to_install_it(tmp_path):
     assert "vllm" in ENGINES
-    with pytest.raises(EngineUnavailable, match="vllm serve") as error:
-        make_engine("vllm")
-    assert "--engine openai --engine-url" in str(error.value)
+    with pytest.raises(EngineUnavailable, match="make vllm-env") as error:
+        make_engine("vllm", model=tmp_path)
+    assert "--engine openai --engine-url" in str(error.value) and "No module named 'vllm'" in str(error.value)

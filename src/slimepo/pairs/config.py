@@ -19,7 +19,7 @@ from slimepo.config import (
     option,
 )
 from slimepo.endpoints import check_api_url
-from slimepo.generation import ENGINES, VLLM_HELP, Decoding
+from slimepo.generation import ENGINES, VLLM_SETUP, Decoding, vllm_installed
 
 SCORERS = ("ifeval", "constraints", "reward-model", "judge")
 PAIRINGS = ("best-worst", "all")
@@ -46,13 +46,15 @@ class PairsConfig:
         DEFAULT_MODEL, "Hub id, local folder, 'default', or a run folder holding a LoRA adapter; with --engine openai: "
         "the name the server knows (unless --engine-model)", group="model",
     )
-    adapter: str | None = option(None, "PEFT adapter folder to load on top of --model (hf engine)", group="model")
-    dtype: str = option("auto", "auto | float32 | bfloat16 | float16 (hf engine and reward model)", group="model",
+    adapter: str | None = option(None, "PEFT adapter folder to load on top of --model (hf engine; vllm engine: served "
+                                 "by vLLM's LoRA support, not merged)", group="model")
+    dtype: str = option("auto", "auto | float32 | bfloat16 | float16 (hf and vllm engines, reward model)", group="model",
                         choices=("auto", "float32", "bfloat16", "float16"))
     trust_remote_code: bool = option(False, "allow the model repository's own Python code to run", group="model")
     engine: str = option(
         "hf", "what generates: hf (transformers, in this process) | openai (any OpenAI-compatible "
-        "/v1/chat/completions at --engine-url) | vllm (not built in: serve with `vllm serve`, use openai)",
+        "/v1/chat/completions at --engine-url) | vllm (vLLM in this process, same prompt ids as hf; needs the venv "
+        "of `make vllm-env`)",
         group="model", choices=ENGINES,
     )
     engine_url: str | None = option(None, "API base of the openai engine, e.g. http://localhost:8000/v1", group="model")
@@ -114,8 +116,8 @@ class PairsConfig:
             raise ConfigError(f"k: {err}") from None
         if self.min_gap < 0:
             raise ConfigError(f"min_gap: must be >= 0, got {self.min_gap}")
-        if self.engine == "vllm":
-            raise ConfigError(f"engine: {VLLM_HELP}")
+        if self.engine == "vllm" and not vllm_installed():
+            raise ConfigError(f"engine: {VLLM_SETUP}")
         if self.engine == "openai":
             if not self.engine_url:
                 raise ConfigError("engine_url: the openai engine needs it, e.g. http://localhost:8000/v1")

@@ -114,7 +114,7 @@ def make_pairs(config: PairsConfig, *, engine: Engine | None = None, scorer: Sco
         "command": "slimepo pairs",
         "config": dataclasses.asdict(config),
         "prompts": _file_record(source_path(config.prompts, config.split)),
-        "model": config.model if config.engine == "hf" else None,
+        "model": config.model if config.engine != "openai" else None,
         "adapter": config.adapter,
         "engine": engine.identity(),
         "decoding": decoding.to_dict(),
