@@ -12,6 +12,13 @@ Run in the venv of ``make vllm-env`` (``make vllm-check`` does). Two parts:
     --lora-modules``) on a free localhost port; then ``slimepo pairs --engine openai`` against
     it, and the judge client (MT-Bench, Arena-Hard and AlpacaEval prompts) with the served
     model standing in for a judge: mechanics (requests, usage counts, parsing), not quality.
+(c) ``slimepo eval --bench ifeval`` on the default model (float32, greedy) three ways, each into
+    its own ``--out``: ``--engine hf``, ``--engine vllm`` and ``--engine openai`` through the
+    server of (b) (its base model, no adapter). The answers are compared per prompt with hf's,
+    with the IFEval scores and the engine each answers file (``made_by.engine``) and
+    ``eval.json`` (``provenance.engine``) records. The openai run is then repeated into its
+    folder: it must resume, sending the server no request (counted in the server's access log
+    and its ``/metrics``) and leaving the answers file as it was.
 
 vLLM spawns its engine process, hence the ``__main__`` guard.
 """
@@ -19,6 +26,7 @@ vLLM spawns its engine process, hence the ``__main__`` guard.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -34,6 +42,9 @@ from typing import Any
 
 ADAPTER_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SERVED_NAME = "smollm2"
+#: (c)'s evaluation; ``--engine ...`` and ``--out`` are added per run
+EVAL_ARGS = ["eval", "--model", "default", "--bench", "ifeval", "--max-prompts", "8", "--bench-max-new-tokens", "64",
+             "--no-generate", "--max-pairs", "1", "--dtype", "float32"]
 
 
 def make_adapter(model_path: str, out: Path, rank: int = 8, seed: int = 0, scale: float = 0.1) -> Path:
@@ -66,7 +77,7 @@ def compare(reference: list[Any], other: list[Any], hf_engine: Any, conversation
     """Per prompt: equal token ids, or the first differing position and hf's logit gap there."""
     import torch
 
-    from slimepo.eval.generate import chat_prompt_ids
+    from slimepo.generation.batched import chat_prompt_ids
 
     rows = []
     for index, (a, b) in enumerate(zip(reference, other, strict=True)):
@@ -142,7 +153,63 @@ def wait_for_server(base: str, process: subprocess.Popen, timeout: float) -> flo
     raise TimeoutError(f"the server did not answer {base}/models within {timeout:.0f} s")
 
 
-def check_serving(model_path: str, adapter: Path, work: Path, judge_tokens: int) -> dict[str, Any]:
+def run_eval(engine_args: list[str], out: Path, work: Path) -> dict[str, Any]:
+    """``slimepo eval`` (:data:`EVAL_ARGS` + ``engine_args``) into ``out``: its command, rc, wall
+    time and, where it succeeded, what its answers file and ``eval.json`` hold."""
+    command = [str(Path(sys.executable).parent / "slimepo"), *EVAL_ARGS, *engine_args, "--out", str(out)]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    run: dict[str, Any] = {"command": shlex.join(command).replace(str(work), "TMP"),
+                           "seconds": time.perf_counter() - started, "rc": done.returncode}
+    if done.returncode != 0:
+        run["error"] = done.stderr.strip()[-800:] or done.stdout.strip()[-800:]
+        return run
+    answers_file = out / "ifeval" / "answers.jsonl"
+    answers = [json.loads(line) for line in answers_file.read_text().splitlines()]
+    entry = json.loads((out / "eval.json").read_text())["ifeval"]
+    run.update({
+        "responses": {a["key"]: a["response"] for a in answers},
+        "answers_sha256": hashlib.sha256(answers_file.read_bytes()).hexdigest(),
+        "made_by.engine": sorted({str(a["made_by"].get("engine", "(absent)")) for a in answers}),
+        "provenance.engine": entry["provenance"].get("engine", "(absent)"),
+        "scores": {k: entry[k] for k in ("prompts", "instructions", "prompt_level_strict", "instruction_level_strict",
+                                         "prompt_level_loose", "instruction_level_loose")},
+        "ended": sum(bool(a["health"]["ended"]) for a in answers),
+    })
+    return run
+
+
+def server_requests(base: str, log_path: Path) -> dict[str, Any]:
+    """Chat completions the server has answered so far: ``POST /v1/chat/completions`` lines in its
+    access log, and the sum of ``vllm:request_success_total`` in its ``/metrics`` (None if unread)."""
+    posts = log_path.read_text(errors="replace").count("POST /v1/chat/completions")
+    finished = None
+    try:
+        with urllib.request.urlopen(base.removesuffix("/v1") + "/metrics", timeout=10) as reply:
+            lines = reply.read().decode().splitlines()
+        finished = sum(float(line.rsplit(" ", 1)[1]) for line in lines
+                       if line.startswith(("vllm:request_success_total{", "vllm:request_success_total ")))
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"access log POSTs": posts, "metrics request_success_total": finished}
+
+
+def eval_openai(base: str, work: Path, log_path: Path) -> dict[str, Any]:
+    """(c)'s openai run through the server at ``base``, then the same command again (a resume)."""
+    engine = ["--engine", "openai", "--engine-url", base, "--engine-model", SERVED_NAME]
+    before = server_requests(base, log_path)
+    first = run_eval(engine, work / "eval-openai", work)
+    time.sleep(2)  # the access log and metrics catch up
+    middle = server_requests(base, log_path)
+    rerun = run_eval(engine, work / "eval-openai", work)
+    time.sleep(2)
+    after = server_requests(base, log_path)
+    return {"run": first, "rerun": rerun, "requests": {"before": before, "after first run": middle,
+                                                        "after rerun": after}}
+
+
+def check_serving(model_path: str, adapter: Path, work: Path, judge_tokens: int,
+                  evaluate: bool = False) -> dict[str, Any]:
     """(b): vLLM's real OpenAI server, ``slimepo pairs --engine openai`` and the judge client through it."""
     from slimepo.eval import alpacaeval, arena_hard, mtbench
     from slimepo.eval.judge import JudgeClient, judge_answers
@@ -156,7 +223,8 @@ def check_serving(model_path: str, adapter: Path, work: Path, judge_tokens: int)
              "--generation-config", "vllm", "--enable-lora", "--max-lora-rank", "8",
              "--lora-modules", f"adapter={adapter}"]
     log = (work / "serve.log").open("w")
-    process = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
+    # unbuffered, so that the access log is on disk when (c) counts its requests
+    process = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     report: dict[str, Any] = {"serve": shlex.join(serve).replace(str(adapter), "ADAPTER")}
     try:
         report["server start (s)"] = wait_for_server(base, process, timeout=600)
@@ -198,6 +266,8 @@ def check_serving(model_path: str, adapter: Path, work: Path, judge_tokens: int)
                                                 else "failed" for r in records])
         report["judge"] = judged
         report["judge total usage"] = client.usage
+        if evaluate:
+            report["eval"] = eval_openai(base, work, work / "serve.log")
     except Exception as error:  # the block still prints, with the server's last words
         tail = (work / "serve.log").read_text(errors="replace").strip().splitlines()[-5:]
         report["error"] = f"{type(error).__name__}: {error}; server log ends: " + " | ".join(tail)
@@ -217,8 +287,44 @@ def _judged(meter: Any, statuses: list[str]) -> dict[str, Any]:
             "request failures": statuses.count("failed"), **meter.usage}
 
 
+def eval_lines(runs: dict[str, dict[str, Any]], resume: dict[str, Any] | None) -> list[str]:
+    """(c)'s lines: each run, its answers against hf's, and the openai rerun."""
+    lines = ["(c) slimepo " + shlex.join(EVAL_ARGS) + " --engine hf | vllm | openai, each into its own --out"]
+    reference = runs.get("hf", {}).get("responses")
+    for name, run in runs.items():
+        lines.append(f"  {name}: {run['command']}")
+        lines.append(f"    rc {run['rc']}, {run['seconds']:.1f} s")
+        if run["rc"] != 0:
+            lines.append(f"    error: {run['error']}")
+            continue
+        scores = run["scores"]
+        lines.append(f"    IFEval on {scores['prompts']} prompts ({scores['instructions']} instructions): prompt-level "
+                     f"strict {scores['prompt_level_strict']:.3f}, loose {scores['prompt_level_loose']:.3f}; "
+                     f"instruction-level strict {scores['instruction_level_strict']:.3f}, "
+                     f"loose {scores['instruction_level_loose']:.3f}; ended {run['ended']}/{len(run['responses'])}")
+        lines.append(f"    answers made_by.engine: {run['made_by.engine']}; eval.json ifeval provenance.engine: "
+                     f"{run['provenance.engine']}")
+        if reference is not None and name != "hf":
+            same = [key for key in reference if run["responses"].get(key) == reference[key]]
+            lines.append(f"    responses identical to hf's: {len(same)}/{len(reference)}"
+                         + ("" if len(same) == len(reference) else
+                            f" (differ: keys {[k for k in reference if k not in same]})"))
+    if resume is not None:
+        rerun, requests = resume["rerun"], resume["requests"]
+        lines.append(f"  openai rerun into the same --out: rc {rerun['rc']}, {rerun['seconds']:.1f} s")
+        if rerun["rc"] == 0 and resume["run"]["rc"] == 0:
+            unchanged = rerun["answers_sha256"] == resume["run"]["answers_sha256"]
+            lines.append(f"    answers file unchanged (sha256): {unchanged}; responses identical to the first run's: "
+                         f"{rerun['responses'] == resume['run']['responses']}")
+        elif rerun["rc"] != 0:
+            lines.append(f"    error: {rerun['error']}")
+        for when, counts in requests.items():
+            lines.append(f"    server requests {when}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return lines
+
+
 def markdown(command: str, machine: str, versions: dict[str, str], equality: dict[str, Any] | None,
-             serving: dict[str, Any] | None, seconds: float) -> str:
+             serving: dict[str, Any] | None, seconds: float, evals: dict[str, dict[str, Any]] | None = None) -> str:
     lines = ["```text", f"$ {command}", f"machine: {machine}",
              "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), f"wall: {seconds:.0f} s"]
     if equality:
@@ -236,13 +342,19 @@ def markdown(command: str, machine: str, versions: dict[str, str], equality: dic
     if serving:
         lines.append("(b) " + serving["serve"])
         for key, value in serving.items():
-            if key == "serve":
+            if key in ("serve", "eval"):
                 continue
             if key == "judge":
                 for bench, counts in value.items():
                     lines.append(f"  judge {bench}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
             else:
                 lines.append(f"  {key}: {value:.1f}" if isinstance(value, float) else f"  {key}: {value}")
+    if evals is not None:
+        resume = (serving or {}).get("eval")
+        runs = dict(evals)
+        if resume is not None:
+            runs["openai"] = resume["run"]
+        lines += eval_lines(runs, resume)
     lines.append("```")
     return "\n".join(lines)
 
@@ -254,6 +366,7 @@ def main() -> int:
     parser.add_argument("--judge-tokens", type=int, default=48, help="max_tokens of each stand-in judgment")
     parser.add_argument("--skip-equality", action="store_true")
     parser.add_argument("--skip-serve", action="store_true")
+    parser.add_argument("--skip-eval", action="store_true", help="leave out (c), slimepo eval hf | vllm | openai")
     args = parser.parse_args()
     started = time.perf_counter()
     from slimepo.model import default_model_path, describe_machine
@@ -264,12 +377,33 @@ def main() -> int:
         work = Path(tmp)
         adapter = make_adapter(model_path, work / "adapter")
         equality = None if args.skip_equality else check_equality(model_path, adapter, args.prompts, args.max_new_tokens)
-        serving = None if args.skip_serve else check_serving(model_path, adapter, work, args.judge_tokens)
+        evals = None if args.skip_eval else {
+            name: run_eval(["--engine", name], work / f"eval-{name}", work) for name in ("hf", "vllm")}
+        serving = None if args.skip_serve else check_serving(model_path, adapter, work, args.judge_tokens,
+                                                             evaluate=not args.skip_eval)
     command = "python scripts/vllm_check.py " + " ".join(sys.argv[1:])
-    print(markdown(command.strip(), describe_machine(), versions, equality, serving, time.perf_counter() - started))
+    print(markdown(command.strip(), describe_machine(), versions, equality, serving, time.perf_counter() - started,
+                   evals))
     failed = (equality and any(r["equal"] < r["prompts"] for r in equality["results"].values())) or (
-        serving and (serving.get("pairs rc") != 0 or "error" in serving))
+        serving and (serving.get("pairs rc") != 0 or "error" in serving)) or eval_failed(evals, serving)
     return 1 if failed else 0
+
+
+def eval_failed(evals: dict[str, dict[str, Any]] | None, serving: dict[str, Any] | None) -> bool:
+    """(c) failed: a run that did not finish, vllm's answers not hf's, or an openai rerun that
+    reached the server or changed the answers. (The server's answers may differ from hf's.)"""
+    if evals is None:
+        return False
+    if any(run["rc"] != 0 for run in evals.values()) or evals["vllm"]["responses"] != evals["hf"]["responses"]:
+        return True
+    resume = (serving or {}).get("eval")
+    if serving is None or resume is None:
+        return serving is not None
+    if resume["run"]["rc"] != 0 or resume["rerun"]["rc"] != 0:
+        return True
+    requests = resume["requests"]
+    return (requests["after rerun"] != requests["after first run"]
+            or resume["rerun"]["answers_sha256"] != resume["run"]["answers_sha256"])
 
 
 if __name__ == "__main__":
