@@ -2,7 +2,7 @@
 
     python bench/bench_generate.py --prompts 64 --max-new-tokens 128 --batch-sizes 64,32,16
 
-Greedy, ``slimepo.eval.generate.generate`` (left-padded batches, longest prompt first) on a
+Greedy, ``slimepo.generation.batched.generate`` (left-padded batches, longest prompt first) on a
 fixed random sample of IFEval's prompts (seed 0). Prints one line per dtype and batch size:
 wall seconds, seconds per prompt and the mean answer length (it differs between dtypes:
 greedy decoding in bf16 takes other tokens now and then). Run it on an otherwise idle
@@ -15,8 +15,8 @@ import argparse
 import random
 import time
 
-from slimepo.eval.generate import chat_prompt_ids, generate
 from slimepo.eval.ifeval import load_prompts
+from slimepo.generation.batched import chat_prompt_ids, generate
 from slimepo.model import describe_machine, load_causal_lm, load_tokenizer
 
 

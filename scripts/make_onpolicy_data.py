@@ -21,6 +21,16 @@ its length, so a larger ``--prompts`` extends a finished set.
 
     python scripts/make_onpolicy_data.py [--seed 0] [--prompts 1040] [--max-minutes 40]
     python scripts/make_onpolicy_data.py --measure 32   # time 32 prompts, write nothing
+
+Why this is not a use of ``slimepo pairs`` (which does the same sampling and scoring for any
+prompt set, with ``--scorer constraints``): the study's data must stay what this script made,
+and three of its choices are not ``slimepo pairs``' — a pair is one passing and one failing
+answer *drawn with the seed* among the prompt's answers (``slimepo pairs`` takes the best and the
+worst, the first of each on ties), the splits are made by request with one constraint family held
+out (``slimepo pairs`` writes one set), and the answers were sampled before ``slimepo pairs``
+existed (``samples.jsonl.gz`` has no ``made_by`` record, so ``slimepo pairs`` would sample them
+again rather than trust them). New on-policy data is made with ``slimepo pairs`` (or round after
+round with ``slimepo iterate``); this script is kept to rebuild the study's data exactly.
 """
 
 from __future__ import annotations
@@ -179,7 +189,7 @@ def sample_answers(
     uninterrupted one would have (on the same machine and library versions). Stops
     after the block that ends past ``deadline`` (a ``time.monotonic()`` value).
     """
-    from slimepo.eval.generate import chat_prompt_ids, end_of_turn_ids, generate
+    from slimepo.generation.batched import chat_prompt_ids, end_of_turn_ids, generate
     from slimepo.model import load_causal_lm, load_tokenizer
 
     done = read_samples(folder)
@@ -359,7 +369,7 @@ answers) is off-policy.
 2. **Answers**: {args.samples} per prompt, sampled from SmolLM2-135M-Instruct in {args.dtype}
    on CPU, with its own chat template (its default system turn included), temperature
    {TEMPERATURE}, top-p {TOP_P}, at most {MAX_NEW_TOKENS} new tokens, seeded per batch
-   of {PROMPTS_PER_BATCH} prompts (`slimepo.eval.generate.generate`). {finished:.1f}% of
+   of {PROMPTS_PER_BATCH} prompts (`slimepo.generation.batched.generate`). {finished:.1f}% of
    the answers ended with the end-of-turn token; the rest were cut at the limit.
 3. **Labels**: `slimepo.constraints.check` on every answer. All answers, with labels,
    are in `{SAMPLES_FILE}` (`prompt_id`, `sample`, `text`, `passed`, `detail`,

@@ -445,8 +445,9 @@ def evaluate_ifeval(model: str, out_dir: Path, benchmark: str = "ifeval") -> dic
     """
     from slimepo.eval import ifeval
     from slimepo.eval.benchmarks.ifeval import answer_ifeval
-    from slimepo.eval.run import bench_provenance, load_model
+    from slimepo.eval.run import bench_provenance
     from slimepo.generation.base import Decoding
+    from slimepo.model import load_model
 
     policy, tokenizer, _ = load_model(model, dtype=IFEVAL_DTYPE)
     if hasattr(policy, "merge_and_unload"):

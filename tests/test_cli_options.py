@@ -107,5 +107,5 @@ def test_report_on_a_missing_folder_is_an_error_naming_it(tmp_path, capsys):
 def test_report_on_a_folder_without_metrics_is_an_error_naming_it(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
     assert capsys.readouterr().err == (
-        f"slimepo: error: report: {str(tmp_path)!r} holds no metrics.jsonl: not a training run folder\n"
+        f"slimepo: error: report: {str(tmp_path)!r} holds no metrics.jsonl: not a training run folder (nor a slimepo iterate folder)\n"
     )

@@ -257,7 +257,7 @@ def test_a_run_trained_from_a_relative_base_path_evaluates_from_another_director
 
 
 def test_an_adapter_naming_a_missing_absolute_base_is_refused_by_name(tmp_path):
-    from slimepo.eval.run import load_model
+    from slimepo.model import load_model
 
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(
@@ -271,7 +271,7 @@ def test_an_adapter_naming_a_missing_absolute_base_is_refused_by_name(tmp_path):
 # --- 8. no warning a user cannot act on --------------------------------------------------------
 
 def test_training_and_loading_an_adapter_say_nothing_of_peft_internals(tiny_model_dir, toy_data, tmp_path, recwarn):
-    from slimepo.eval.run import load_model
+    from slimepo.model import load_model
 
     train(tiny_run_config(tiny_model_dir, toy_data, tmp_path / "run", max_steps=1, save_steps=0))
     load_model(tmp_path / "run")

@@ -7,7 +7,7 @@ import difflib
 import logging
 import sys
 
-from slimepo import cli_eval, cli_pairs
+from slimepo import cli_eval, cli_iterate, cli_pairs
 from slimepo.cli_options import add_config_options, flag, resolve_config
 from slimepo.config import ConfigError, EvalConfig, TrainConfig, field_names
 
@@ -52,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_eval.register(sub)
     cli_pairs.register(sub)
-    report = sub.add_parser("report", help="Markdown report with plots comparing run folders")
-    report.add_argument("run_dirs", nargs="+", help="run folders (each with metrics.jsonl)")
+    cli_iterate.register(sub)
+    report = sub.add_parser("report", help="Markdown report with plots comparing run folders, or iterate loops")
+    report.add_argument("run_dirs", nargs="+", help="run folders (each with metrics.jsonl), or slimepo iterate "
+                        "folders (each with iterate.yaml): their rounds side by side")
     report.add_argument("--out", required=True, help="folder for report.md and the PNG plots")
     return parser
 
@@ -71,19 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             return cli_eval.run(args)
         if args.command in cli_pairs.COMMANDS:
             return cli_pairs.run(args)
+        if args.command == "iterate":
+            return cli_iterate.run(args)
         if args.command == "report":
-            from pathlib import Path
-
-            from slimepo.report import write_report
-
-            for run_dir in map(Path, args.run_dirs):
-                if not run_dir.is_dir():
-                    raise ConfigError(f"report: run folder {str(run_dir)!r} does not exist")
-                if not (run_dir / "metrics.jsonl").is_file():
-                    raise ConfigError(f"report: {str(run_dir)!r} holds no metrics.jsonl: not a training run folder")
-            path = write_report([Path(d) for d in args.run_dirs], Path(args.out))
-            print(f"report written to {path}")
-            return 0
+            return _report(args)
     except ConfigError as err:
         print(f"slimepo: error: {err}", file=sys.stderr)
         return 2
@@ -115,6 +108,33 @@ def _train(args: argparse.Namespace) -> int:
     print(f"\n{result.global_step} optimizer steps. Outputs in {result.output_dir}/:")
     kind = "LoRA adapter (PEFT)" if config.use_lora else "model weights"
     print(f"  {kind}, tokenizer, config.yaml, metrics.jsonl, eval.json, README.md")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from slimepo.iterate.report import is_loop, write_rounds_report
+    from slimepo.report import write_report
+
+    folders = [Path(d) for d in args.run_dirs]
+    for folder in folders:
+        if not folder.is_dir():
+            raise ConfigError(f"report: run folder {str(folder)!r} does not exist")
+    loops = [is_loop(folder) for folder in folders]
+    if any(loops):
+        if not all(loops):
+            mixed = next(str(f) for f, loop in zip(folders, loops, strict=True) if not loop)
+            raise ConfigError(f"report: {mixed!r} is not a slimepo iterate folder (no iterate.yaml), unlike the "
+                              "others given; report loops and training runs apart")
+        path = write_rounds_report(folders, Path(args.out))
+    else:
+        for folder in folders:
+            if not (folder / "metrics.jsonl").is_file():
+                raise ConfigError(f"report: {str(folder)!r} holds no metrics.jsonl: not a training run folder "
+                                  "(nor a slimepo iterate folder)")
+        path = write_report(folders, Path(args.out))
+    print(f"report written to {path}")
     return 0
 
 

@@ -78,6 +78,7 @@ def compare(
 
     out_root = Path(out_root)
     configs = run_configs(losses, base_config, out_root)
+    run_eval_config(configs[0], eval_config)  # its refusals before any training
     for config in configs:
         run_dir = Path(config.output_dir)
         if is_finished(run_dir):
@@ -100,6 +101,9 @@ def run_eval_config(config: TrainConfig, eval_config: EvalConfig | None = None) 
     ``eval_config`` (:data:`~slimepo.config.COMPARE_EVAL_GROUPS`)."""
     dataset, split = held_out_source(config)
     given = eval_config or EvalConfig()
+    if given.engine == "openai":
+        raise ConfigError("engine: compare evaluates the runs it trains, which no server serves; answer the "
+                          "benchmark with hf or vllm")
     shared = {f.name: getattr(given, f.name) for f in dataclasses.fields(EvalConfig)
               if f.metadata["group"] in COMPARE_EVAL_GROUPS}
     return EvalConfig(

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import yaml
 
 from slimepo.endpoints import check_api_url
+from slimepo.generation import ENGINES
 from slimepo.generation.base import BENCH_MAX_NEW_TOKENS, Decoding
 from slimepo.losses import LOSSES, UNPAIRED_LOSSES, get_loss, parse_loss_spec, spec_text
 
@@ -451,10 +452,25 @@ class EvalConfig:
     )
     judge_model: str | None = option(None, "judge model name (needed with --judge-url)", group="benchmark")
     judge_key_env: str = option("OPENAI_API_KEY", "environment variable holding the judge API key", group="benchmark")
+    engine: str = option(
+        "hf", "what answers the --bench prompts: hf (the model in this process) | vllm (vLLM in this process, the "
+        "same prompt ids; needs the venv of `make vllm-env`) | openai (an OpenAI-compatible server at --engine-url "
+        "serving the evaluated model as --engine-model); held-out scoring and generations always use the model in "
+        "this process", group="benchmark", choices=ENGINES,
+    )
+    engine_url: str | None = option(None, "API base of the openai engine, e.g. http://localhost:8000/v1",
+                                    group="benchmark")
+    engine_model: str | None = option(None, "model name sent to the openai engine (default: --model)", group="benchmark")
+    engine_key_env: str = option("OPENAI_API_KEY", "environment variable holding the openai engine's API key",
+                                 group="benchmark")
 
     def validate(self) -> None:
         """Check every option before anything is loaded; raise :class:`ConfigError`."""
         _check_choices(self)
+        check_engine_options(self)
+        if self.engine != "hf" and self.bench is None:
+            raise ConfigError(f"engine: {self.engine} answers the prompts of --bench; give --bench (held-out "
+                              "generations always use the model in this process)")
         _check_finite(self)
         _check_whole_numbers(self, "max_new_tokens", "bench_max_new_tokens", "batch_size", "max_pairs", "max_prompts")
         if self.sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
@@ -483,6 +499,27 @@ class EvalConfig:
 
 #: The :class:`EvalConfig` groups that ``slimepo compare`` takes (the rest comes from training's options).
 COMPARE_EVAL_GROUPS = ("generation", "benchmark")
+
+
+def check_engine_options(config: Any) -> None:
+    """The generation engine options of ``config`` (``engine``, ``engine_url``, ``engine_model``,
+    ``adapter``), as ``slimepo pairs`` and ``slimepo eval`` take them."""
+    from slimepo.generation import VLLM_SETUP, vllm_installed
+
+    if config.engine == "vllm" and not vllm_installed():
+        raise ConfigError(f"engine: {VLLM_SETUP}")
+    if config.engine == "openai":
+        if not config.engine_url:
+            raise ConfigError("engine_url: the openai engine needs it, e.g. http://localhost:8000/v1")
+        if config.adapter:
+            raise ConfigError("adapter: the openai engine answers with what the server serves; serve the adapter "
+                              "there (vllm serve --enable-lora --lora-modules NAME=ADAPTER) and pass --engine-model NAME")
+        try:
+            check_api_url(config.engine_url, "engine_url")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    elif config.engine_url or config.engine_model:
+        raise ConfigError("engine_url, engine_model: only the openai engine uses them; add --engine openai")
 
 
 def field_names(cls: type = TrainConfig) -> list[str]:

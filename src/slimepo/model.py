@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import platform
@@ -318,3 +319,52 @@ def load_reference(config: TrainConfig) -> torch.nn.Module | None:
     check_layout(model, config.layout)
     model.requires_grad_(False)
     return model.eval()
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def load_model(
+    model: str | os.PathLike[str], adapter: str | os.PathLike[str] | None = None, *, dtype: str = "auto",
+    trust_remote_code: bool = False,
+) -> tuple[torch.nn.Module, Any, str | None]:
+    """The model to evaluate, its tokenizer, and the base path under its LoRA adapter (if any).
+
+    ``model`` is a Hub id, a local folder, ``"default"``, or a folder holding a PEFT
+    adapter (its base then comes from ``adapter_config.json``). The tokenizer is the
+    adapter folder's when it saved one (training does), else the model's.
+    ``trust_remote_code``: let the model repository's own Python code run.
+    """
+    model = str(model)
+    if adapter is None and (Path(model) / ADAPTER_CONFIG).is_file():
+        adapter, model = model, adapter_base(model)
+    where = device()
+    remote = dict(trust_remote_code=trust_remote_code)
+    if adapter is None:
+        return (load_causal_lm(model, dtype=dtype, training=False, **remote).to(where).eval(),
+                load_tokenizer(model, **remote), None)
+    from peft import PeftModel
+
+    adapter = str(adapter)
+    tokenizer = load_tokenizer(adapter if (Path(adapter) / "tokenizer_config.json").is_file() else model, **remote)
+    base = load_causal_lm(model, dtype=dtype, training=False, **remote)
+    with quiet_peft():
+        policy = PeftModel.from_pretrained(base, adapter)
+    return policy.to(where).eval(), tokenizer, resolve_model_path(model)
+
+
+def device() -> torch.device:
+    """Where a model is evaluated or generates: the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def adapter_base(adapter: str) -> str:
+    """The base an adapter folder names: a Hub id, or a local folder (training records local
+    bases as absolute paths, so a run loads from any working directory)."""
+    base = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise FileNotFoundError(f"{adapter}/{ADAPTER_CONFIG} does not name its base model; pass it as --model")
+    if Path(base).is_absolute() and not Path(base).exists():
+        raise FileNotFoundError(f"{adapter}/{ADAPTER_CONFIG} names the base {base!r}, which does not exist here; "
+                                "pass the base as --model and the adapter as --adapter")
+    return base

@@ -13,10 +13,11 @@ from slimepo.config import EvalConfig
 from slimepo.constraints import Constraint, check
 from slimepo.data import prepare_pairs
 from slimepo.eval import alpacaeval
-from slimepo.eval.generate import end_of_turn_ids, generate
 from slimepo.eval.judge import JudgeClient
-from slimepo.eval.run import evaluate, format_eval_table, load_model
+from slimepo.eval.run import evaluate, format_eval_table
 from slimepo.fingerprint import weights_sha256
+from slimepo.generation.batched import end_of_turn_ids, generate
+from slimepo.model import load_model
 from slimepo.testing import TINY_MODEL_KINDS, FixedJudge, tiny_model, tiny_tokenizer
 
 from .judges import server_stats
@@ -191,9 +192,13 @@ def test_adapter_folder_is_evaluated_on_its_base_and_base_scores_disable_the_ada
     peft_model.peft_config["default"].base_model_name_or_path = str(base_dir)
     save(peft_model, tokenizer, tmp_path / "run")
     data = write_jsonl(tmp_path / "pairs.jsonl", DRIFT_ROWS)
+    import slimepo.model
+
     loaded = []
     load = run_module.load_causal_lm
-    monkeypatch.setattr(run_module, "load_causal_lm", lambda name, **kw: loaded.append(name) or load(name, **kw))
+    counted = lambda name, **kw: loaded.append(name) or load(name, **kw)  # noqa: E731
+    monkeypatch.setattr(run_module, "load_causal_lm", counted)  # a separate base (drift)
+    monkeypatch.setattr(slimepo.model, "load_causal_lm", counted)  # the evaluated model and an adapter's base
 
     result = evaluate(config(tmp_path / "run", data, split="train", base=str(base_dir), generate=False),
                       out_dir=tmp_path / "out")

@@ -4,9 +4,9 @@ openai engine against a local server, and what the vllm engine says where vLLM i
 
 import pytest
 
-from slimepo.eval.generate import chat_prompt_ids, generate
 from slimepo.generation import ENGINES, Decoding, EngineUnavailable, make_engine, vllm_installed
 from slimepo.generation.base import sample_seed
+from slimepo.generation.batched import chat_prompt_ids, generate
 from slimepo.generation.openai_api import EngineError, OpenAIEngine
 
 CONVERSATIONS = [[{"role": "user", "content": "What is the capital of France?"}],

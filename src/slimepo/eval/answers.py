@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from slimepo.atomic_io import write_text
-from slimepo.eval.generate import chat_prompt_ids, end_of_turn_ids, generate
 from slimepo.eval.health import generation_health
 from slimepo.fingerprint import token_ids_sha256, weights_sha256
-from slimepo.generation.base import BENCH_MAX_NEW_TOKENS, Decoding
+from slimepo.generation.base import BENCH_MAX_NEW_TOKENS, Decoding, Engine, Sample
+from slimepo.generation.batched import chat_prompt_ids, end_of_turn_ids, generate
 
 #: How a benchmark prompt is answered unless said otherwise: greedy, up to ``BENCH_MAX_NEW_TOKENS``.
 BENCH_DECODING = Decoding(max_new_tokens=BENCH_MAX_NEW_TOKENS)
@@ -89,7 +89,7 @@ def _short(value: Any) -> str:
 
 
 def answer_prompts(
-    model: torch.nn.Module,
+    model: torch.nn.Module | None,
     tokenizer: Any,
     path: str | os.PathLike[str],
     prompts: Mapping[str, str],
@@ -98,12 +98,16 @@ def answer_prompts(
     batch_size: int = 8,
     desc: str = "answers",
     weights: str | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Answer every ``key -> user prompt`` not yet in ``path`` with ``decoding``, ``batch_size``
     prompts per batch; return all answers by key.
 
     ``weights``: the model's
     :func:`~slimepo.fingerprint.weights_sha256` when the caller has it (computed otherwise).
+    ``engine``: answer with this generation engine (``slimepo eval --engine vllm|openai``)
+    instead of ``model`` and ``tokenizer`` in this process; ``made_by`` then records its
+    identity, and the prompt as it sees it.
     Raises :class:`AnswersMismatchError` when ``path`` holds answers another model,
     other decoding or another prompt text produced. Shows a progress bar of prompts.
     """
@@ -111,30 +115,54 @@ def answer_prompts(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    made_by = {"weights_sha256": weights or weights_sha256(model),
-               "decoding": decoding.to_dict()}
-    prompt_ids = {key: chat_prompt_ids(tokenizer, [{"role": "user", "content": text}]) for key, text in prompts.items()}
-    digests = {key: token_ids_sha256(ids) for key, ids in prompt_ids.items()}
+    if engine is None:
+        made_by = {"weights_sha256": weights or weights_sha256(model), "decoding": decoding.to_dict()}
+        prompt_ids = {key: chat_prompt_ids(tokenizer, [{"role": "user", "content": text}])
+                      for key, text in prompts.items()}
+        digests = {key: token_ids_sha256(ids) for key, ids in prompt_ids.items()}
+        lengths = {key: len(ids) for key, ids in prompt_ids.items()}
+        eot_ids = end_of_turn_ids(tokenizer)
+
+        def answer(keys: list[str]) -> list[tuple[str, dict[str, Any]]]:
+            generations = generate(
+                model, tokenizer, [prompt_ids[key] for key in keys], **decoding.to_dict(), batch_size=batch_size,
+            )
+            return [(g.text, generation_health(g.text, g.token_ids, eot_ids, decoding.max_new_tokens))
+                    for g in generations]
+    else:
+        made_by = {**engine.identity(), "decoding": decoding.to_dict()}
+        conversations = {key: [{"role": "user", "content": text}] for key, text in prompts.items()}
+        digests = {key: engine.prompt_digest(conversation) for key, conversation in conversations.items()}
+        lengths = {key: len(text) for key, text in prompts.items()}
+
+        def answer(keys: list[str]) -> list[tuple[str, dict[str, Any]]]:
+            samples = engine.generate([conversations[key] for key in keys], decoding, 1)
+            return [(sample.text, sample_health(sample)) for (sample,) in samples]
+
     answers = read_answers(path)
     check_made_by(path, answers, made_by, digests)
     # Rewritten first: a line torn by a kill must not swallow the next answer appended.
     write_text(path, "".join(json.dumps(a) + "\n" for a in answers.values()))
     todo = [key for key in prompts if key not in answers]
-    todo.sort(key=lambda key: -len(prompt_ids[key]))  # similar lengths share a batch
-    eot_ids = end_of_turn_ids(tokenizer)
+    todo.sort(key=lambda key: -lengths[key])  # similar lengths share a batch
     with path.open("a", encoding="utf-8") as f, tqdm(
         total=len(prompts), initial=len(prompts) - len(todo), desc=desc, unit="prompt"
     ) as progress:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            generations = generate(
-                model, tokenizer, [prompt_ids[key] for key in batch], **decoding.to_dict(), batch_size=batch_size,
-            )
-            for key, generation in zip(batch, generations, strict=True):
-                health = generation_health(generation.text, generation.token_ids, eot_ids, decoding.max_new_tokens)
-                answers[key] = {"key": key, "prompt": prompts[key], "response": generation.text, "health": health,
+            for key, (text, health) in zip(batch, answer(batch), strict=True):
+                answers[key] = {"key": key, "prompt": prompts[key], "response": text, "health": health,
                                 "made_by": {**made_by, "prompt_ids_sha256": digests[key]}}
                 f.write(json.dumps(answers[key]) + "\n")
             f.flush()
             progress.update(len(batch))
     return answers
+
+
+def sample_health(sample: Sample) -> dict[str, Any]:
+    """:func:`~slimepo.eval.health.generation_health` of an engine's answer, from what the engine
+    says of it: ``ended`` (its end-of-turn token came within the budget; for a server, a finish
+    reason of ``stop``) and ``length`` (tokens up to and including it)."""
+    health = generation_health(sample.text, None, set(), 1)
+    return {"ended": sample.ended, "empty": health["empty"], "repetition": health["repetition"],
+            "degenerate": health["degenerate"], "length_tokens": sample.length}

@@ -36,65 +36,18 @@ from slimepo.constraints import Constraint, check
 from slimepo.data import Origin, TokenizedPair, load_rows, prepare_pairs
 from slimepo.diagnostics import preference_metrics
 from slimepo.eval.benchmarks import REGISTRY
-from slimepo.eval.generate import end_of_turn_ids
-from slimepo.eval.generate import generate as generate_responses
 from slimepo.eval.health import generation_health, summarize_health
 from slimepo.eval.judge import CompletionClient, JudgeClient
 from slimepo.fingerprint import weights_sha256
+from slimepo.generation import make_engine
 from slimepo.generation.base import Decoding
-from slimepo.model import load_causal_lm, load_tokenizer, quiet_peft, resolve_model_path
+from slimepo.generation.batched import end_of_turn_ids
+from slimepo.generation.batched import generate as generate_responses
+from slimepo.model import device, load_causal_lm, load_model, resolve_model_path
 from slimepo.report import GENERATION_COLUMNS, PREFERENCE_COLUMNS, lookup, markdown_table
 from slimepo.scoring import PairScores, score_pairs
 
 logger = logging.getLogger(__name__)
-
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-def load_model(
-    model: str | os.PathLike[str], adapter: str | os.PathLike[str] | None = None, *, dtype: str = "auto",
-    trust_remote_code: bool = False,
-) -> tuple[torch.nn.Module, Any, str | None]:
-    """The model to evaluate, its tokenizer, and the base path under its LoRA adapter (if any).
-
-    ``model`` is a Hub id, a local folder, ``"default"``, or a folder holding a PEFT
-    adapter (its base then comes from ``adapter_config.json``). The tokenizer is the
-    adapter folder's when it saved one (training does), else the model's.
-    ``trust_remote_code``: let the model repository's own Python code run.
-    """
-    model = str(model)
-    if adapter is None and (Path(model) / ADAPTER_CONFIG).is_file():
-        adapter, model = model, _adapter_base(model)
-    device = _device()
-    remote = dict(trust_remote_code=trust_remote_code)
-    if adapter is None:
-        return (load_causal_lm(model, dtype=dtype, training=False, **remote).to(device).eval(),
-                load_tokenizer(model, **remote), None)
-    from peft import PeftModel
-
-    adapter = str(adapter)
-    tokenizer = load_tokenizer(adapter if (Path(adapter) / "tokenizer_config.json").is_file() else model, **remote)
-    base = load_causal_lm(model, dtype=dtype, training=False, **remote)
-    with quiet_peft():
-        policy = PeftModel.from_pretrained(base, adapter)
-    return policy.to(device).eval(), tokenizer, resolve_model_path(model)
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _adapter_base(adapter: str) -> str:
-    """The base an adapter folder names: a Hub id, or a local folder (training records local
-    bases as absolute paths, so a run loads from any working directory)."""
-    base = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if not base:
-        raise FileNotFoundError(f"{adapter}/{ADAPTER_CONFIG} does not name its base model; pass it as --model")
-    if Path(base).is_absolute() and not Path(base).exists():
-        raise FileNotFoundError(f"{adapter}/{ADAPTER_CONFIG} names the base {base!r}, which does not exist here; "
-                                "pass the base as --model and the adapter as --adapter")
-    return base
-
 
 def _same_model(a: str, b: str) -> bool:
     a, b = resolve_model_path(a), resolve_model_path(b)
@@ -241,10 +194,15 @@ def evaluate(
         result.update(_constraint_rates([r["checks"]["constraint"] for r in records]))
     if benchmark is not None:
         bench_decoding = config.bench_decoding()
+        engine = None if config.engine == "hf" else make_engine(
+            config.engine, model=config.model, adapter=config.adapter, dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code, batch_size=config.batch_size, url=config.engine_url,
+            served_model=config.engine_model, key_env=config.engine_key_env,
+        )
         entry = benchmark.answer(
             policy, tokenizer, out / benchmark.result_key, prompts, bench_decoding,
             judge=judge if benchmark.judged else None, batch_size=config.batch_size, weights=weights,
-            model_id=Path(str(config.adapter or config.model)).name or "model",
+            model_id=Path(str(config.adapter or config.model)).name or "model", engine=engine,
         )
         questions_file = benchmark.find_prompts() if config.questions is None else config.questions
         entry["provenance"] = {
@@ -252,6 +210,8 @@ def evaluate(
                                installed=config.questions is None),
             "weights_sha256": weights,
         }
+        if engine is not None:  # the answers' maker; weights_sha256 is the model scored in this process
+            entry["provenance"]["engine"] = engine.identity()
         if metered:
             entry["judge_usage"] = dict(judge.usage)
         result[benchmark.result_key] = entry
@@ -338,7 +298,7 @@ def _base_scores(
             return score_pairs(policy, pairs, **score)
     base_model = load_causal_lm(config.base, dtype=config.dtype, training=False,
                                 trust_remote_code=config.trust_remote_code)
-    return score_pairs(base_model.to(_device()), pairs, **score)
+    return score_pairs(base_model.to(device()), pairs, **score)
 
 
 def _generation_checks(

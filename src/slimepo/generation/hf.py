@@ -1,7 +1,7 @@
 """The ``hf`` engine: a transformers model in this process, decoded by
-:func:`slimepo.eval.generate.generate` (left-padded batches, stop at any end-of-turn token).
+:func:`slimepo.generation.batched.generate` (left-padded batches, stop at any end-of-turn token).
 
-Sample ``i`` of every prompt in a call comes from one :func:`~slimepo.eval.generate.generate`
+Sample ``i`` of every prompt in a call comes from one :func:`~slimepo.generation.batched.generate`
 over all the call's prompts, seeded with :func:`~slimepo.generation.base.sample_seed` of
 ``decoding.seed + i`` and the call's prompt ids; a run is therefore reproducible for the same
 prompts in the same batches, and no two batches share their random draws.
@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from slimepo.eval.generate import chat_prompt_ids, end_of_turn_ids, generate
 from slimepo.fingerprint import token_ids_sha256, weights_sha256
 from slimepo.generation.base import Decoding, Message, Sample, sample_seed
+from slimepo.generation.batched import chat_prompt_ids, end_of_turn_ids, generate
 
 
 class HFEngine:
@@ -37,7 +37,7 @@ class HFEngine:
     def load(cls, model: str | os.PathLike[str], adapter: str | os.PathLike[str] | None = None, *,
              dtype: str = "auto", trust_remote_code: bool = False, batch_size: int = 8) -> HFEngine:
         """``model`` (+ PEFT ``adapter``) loaded as ``slimepo eval`` loads it (a run folder's adapter included)."""
-        from slimepo.eval.run import load_model
+        from slimepo.model import load_model
 
         policy, tokenizer, _ = load_model(model, adapter, dtype=dtype, trust_remote_code=trust_remote_code)
         return cls(policy, tokenizer, batch_size)

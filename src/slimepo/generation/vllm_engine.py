@@ -8,7 +8,7 @@ core in a spawned process, so a script that loads this engine needs an
 ``if __name__ == "__main__":`` guard.
 
 What the model sees is the ``hf`` engine's: the same tokenizer (the adapter folder's when it
-saved one), and the same prompt token ids (:func:`~slimepo.eval.generate.chat_prompt_ids`:
+saved one), and the same prompt token ids (:func:`~slimepo.generation.batched.chat_prompt_ids`:
 the chat template with the generation prompt) handed to vLLM as tokens, so the server
 never applies a template of its own. Decoding stops at the same end-of-turn ids; a
 sample's ``token_ids`` end at the first of them and its text is the tokenizer's decoding
@@ -56,7 +56,7 @@ class VLLMEngine:
     name = "vllm"
 
     def __init__(self, llm: Any, tokenizer: Any, weights_sha256: str, lora_request: Any = None) -> None:
-        from slimepo.eval.generate import end_of_turn_ids
+        from slimepo.generation.batched import end_of_turn_ids
 
         self.llm = llm
         self.tokenizer = tokenizer
@@ -79,12 +79,17 @@ class VLLMEngine:
             from vllm.lora.request import LoRARequest
         except ImportError as error:
             raise EngineUnavailable(f"{VLLM_SETUP} (import vllm: {error})") from None
-        from slimepo.eval.run import ADAPTER_CONFIG, _adapter_base
-        from slimepo.model import load_tokenizer, resolve_dtype, resolve_model_path
+        from slimepo.model import (
+            ADAPTER_CONFIG,
+            adapter_base,
+            load_tokenizer,
+            resolve_dtype,
+            resolve_model_path,
+        )
 
         model = str(model)
         if adapter is None and (Path(model) / ADAPTER_CONFIG).is_file():
-            adapter, model = model, _adapter_base(model)
+            adapter, model = model, adapter_base(model)
         model_path = resolve_model_path(model)
         torch_dtype = resolve_dtype(dtype, training=False)
         tokenizer = load_tokenizer(
@@ -108,7 +113,7 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        from slimepo.eval.generate import chat_prompt_ids
+        from slimepo.generation.batched import chat_prompt_ids
 
         decoding.check_samples(n)
         prompts = [chat_prompt_ids(self.tokenizer, conversation) for conversation in conversations]
@@ -133,7 +138,7 @@ class VLLMEngine:
 
     def prompt_digest(self, conversation: list[Message]) -> str:
         """sha256 of the prompt's token ids: text, chat template and tokenizer (the ``hf`` engine's)."""
-        from slimepo.eval.generate import chat_prompt_ids
+        from slimepo.generation.batched import chat_prompt_ids
 
         return token_ids_sha256(chat_prompt_ids(self.tokenizer, conversation))
 

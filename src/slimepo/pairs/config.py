@@ -16,10 +16,11 @@ from slimepo.config import (
     _check_choices,
     _check_finite,
     _check_whole_numbers,
+    check_engine_options,
     option,
 )
 from slimepo.endpoints import check_api_url
-from slimepo.generation import ENGINES, VLLM_SETUP, Decoding, vllm_installed
+from slimepo.generation import ENGINES, Decoding
 
 SCORERS = ("ifeval", "constraints", "reward-model", "judge")
 PAIRINGS = ("best-worst", "all")
@@ -116,17 +117,7 @@ class PairsConfig:
             raise ConfigError(f"k: {err}") from None
         if self.min_gap < 0:
             raise ConfigError(f"min_gap: must be >= 0, got {self.min_gap}")
-        if self.engine == "vllm" and not vllm_installed():
-            raise ConfigError(f"engine: {VLLM_SETUP}")
-        if self.engine == "openai":
-            if not self.engine_url:
-                raise ConfigError("engine_url: the openai engine needs it, e.g. http://localhost:8000/v1")
-            if self.adapter:
-                raise ConfigError("adapter: the openai engine answers with what the server serves; serve the adapter "
-                                  "there (vllm serve --enable-lora --lora-modules NAME=ADAPTER) and pass --engine-model NAME")
-            _check_url(self.engine_url, "engine_url")
-        elif self.engine_url or self.engine_model:
-            raise ConfigError("engine_url, engine_model: only the openai engine uses them; add --engine openai")
+        check_engine_options(self)
         if self.scorer == "reward-model" and not self.reward_model:
             raise ConfigError("reward_model: the reward-model scorer needs it")
         if self.scorer == "judge":

@@ -33,6 +33,10 @@ def summary_table(before: dict[str, Any], after: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: In every card slimepo writes, and in no README.md PEFT or transformers write.
+CARD_MARK = "Trained with [slimepo](https://pypi.org/project/slimepo/)"
+
+
 def write_model_card(out: Path, config: TrainConfig, final: dict[str, Any], steps: int, before: dict[str, Any] | None = None) -> Path:
     loss = get_loss(config.loss, **config.loss_params)
     params = "\n".join(f"| `{k}` | {v} |" for k, v in loss.hyperparameters().items()) or "| (none) | |"
@@ -50,7 +54,7 @@ tags: [slimepo, preference-optimization, {", ".join(name for name, _ in parse_lo
 ---
 # {out.name}
 
-Trained with [slimepo](https://pypi.org/project/slimepo/) using the `{config.loss}` objective
+{CARD_MARK} using the `{config.loss}` objective
 ({loss.citation}).
 
 - base model: `{config.model}`

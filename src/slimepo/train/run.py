@@ -39,7 +39,7 @@ from slimepo.model import (
 )
 from slimepo.scoring import score_pairs
 from slimepo.train import ref_cache
-from slimepo.train.card import write_model_card
+from slimepo.train.card import CARD_MARK, write_model_card
 from slimepo.train.checkpoint import (
     checkpoint_problem,
     latest_complete_checkpoint,
@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 #: Files that mark a folder as holding a run.
 RUN_MARKERS = ("config.yaml", "metrics.jsonl")
-#: Written last by a run that finished (the model card).
+#: Written last by a run that finished (the model card; PEFT writes a README.md of its own before it).
 FINISHED_MARKER = "README.md"
 #: How the run was launched (``{"processes": N}``): ``batch_size`` is per process.
 LAUNCH_FILE = "launch.json"
@@ -111,12 +111,21 @@ def check_resume(config: TrainConfig, out: Path, processes: int = 1) -> None:
             "would mix two configurations in one run: pass the saved options (its config.yaml), or train into "
             "another --output-dir"
         )
-    if (config.resume == "auto" and latest_complete_checkpoint(out) is None and (out / FINISHED_MARKER).is_file()
+    if (config.resume == "auto" and latest_complete_checkpoint(out) is None and is_finished(out)
             and not config.overwrite):
         raise OutputExistsError(
             f"resume: the run in {str(out)!r} has finished and left no checkpoint, so --resume auto would train it "
             "again from step 0 and replace it; pass --overwrite to do that"
         )
+
+
+def is_finished(out: Path) -> bool:
+    """Whether the run in ``out`` finished: slimepo's model card, written last, is there (PEFT's
+    ``save_pretrained`` writes a README.md of its own earlier, which does not count)."""
+    try:
+        return CARD_MARK in (out / FINISHED_MARKER).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def check_output_dir(config: TrainConfig) -> Path:

@@ -17,7 +17,7 @@ from slimepo.eval import alpacaeval
 from slimepo.eval.answers import BENCH_DECODING
 from slimepo.eval.benchmarks.base import Benchmark, TableRow, answer_then_judge, interval
 from slimepo.eval.judge import CompletionClient
-from slimepo.generation.base import Decoding
+from slimepo.generation.base import Decoding, Engine
 
 
 def answer_alpaca_eval(
@@ -30,6 +30,7 @@ def answer_alpaca_eval(
     decoding: Decoding = BENCH_DECODING,
     batch_size: int = 8,
     weights: str | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Answer AlpacaEval instructions (resumable, into ``out_dir/answers.jsonl``) and, with a
     ``judge``, judge them against the baseline's outputs (``out_dir/judgments.jsonl``).
@@ -44,6 +45,7 @@ def answer_alpaca_eval(
         **answer_then_judge(
             model, tokenizer, out_dir, {r["key"]: r["instruction"] for r in records}, judge_answers,
             alpacaeval.summarize_preferences, decoding, desc="alpaca-eval", batch_size=batch_size, weights=weights,
+        engine=engine,
         ),
         "length_controlled_win_rate": None,  # its GLM needs data AlpacaEval downloads (see alpacaeval)
     }
@@ -52,9 +54,10 @@ def answer_alpaca_eval(
 def _answer(
     model: torch.nn.Module, tokenizer: Any, out_dir: Path, prompts: list[dict[str, Any]], decoding: Decoding, *,
     judge: CompletionClient | None, batch_size: int, weights: str | None, model_id: str,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     return answer_alpaca_eval(model, tokenizer, out_dir, prompts, judge, decoding=decoding, batch_size=batch_size,
-                              weights=weights)
+                              weights=weights, engine=engine)
 
 
 def table_rows(result: Mapping[str, Any]) -> list[TableRow]:

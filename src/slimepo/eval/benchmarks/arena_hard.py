@@ -17,7 +17,7 @@ from slimepo.eval import arena_hard
 from slimepo.eval.answers import BENCH_DECODING
 from slimepo.eval.benchmarks.base import Benchmark, TableRow, answer_then_judge, interval
 from slimepo.eval.judge import CompletionClient
-from slimepo.generation.base import Decoding
+from slimepo.generation.base import Decoding, Engine
 
 
 def answer_arena_hard(
@@ -30,6 +30,7 @@ def answer_arena_hard(
     decoding: Decoding = BENCH_DECODING,
     batch_size: int = 8,
     weights: str | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Answer Arena-Hard questions (resumable, into ``out_dir/answers.jsonl``) and, with a
     ``judge``, judge them against the baseline (``out_dir/judgments.jsonl``).
@@ -41,15 +42,17 @@ def answer_arena_hard(
     return {"questions": len(questions), **answer_then_judge(
         model, tokenizer, out_dir, {q["uid"]: q["prompt"] for q in questions}, judge_answers,
         arena_hard.summarize_verdicts, decoding, desc="arena-hard", batch_size=batch_size, weights=weights,
+        engine=engine,
     )}
 
 
 def _answer(
     model: torch.nn.Module, tokenizer: Any, out_dir: Path, prompts: list[dict[str, Any]], decoding: Decoding, *,
     judge: CompletionClient | None, batch_size: int, weights: str | None, model_id: str,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     return answer_arena_hard(model, tokenizer, out_dir, prompts, judge, decoding=decoding, batch_size=batch_size,
-                             weights=weights)
+                             weights=weights, engine=engine)
 
 
 def table_rows(result: Mapping[str, Any]) -> list[TableRow]:

@@ -21,7 +21,7 @@ import torch
 from slimepo.eval.answers import answer_prompts
 from slimepo.eval.health import summarize_health
 from slimepo.eval.judge import CompletionClient
-from slimepo.generation.base import Decoding
+from slimepo.generation.base import Decoding, Engine
 
 #: A benchmark's prompts: records, their file, or None for the installed file.
 Prompts = Sequence[Mapping[str, Any]] | str | os.PathLike[str] | None
@@ -39,6 +39,7 @@ class Answer(Protocol):
     def __call__(
         self, model: torch.nn.Module, tokenizer: Any, out_dir: Path, prompts: list[dict[str, Any]],
         decoding: Decoding, *, judge: CompletionClient | None, batch_size: int, weights: str | None, model_id: str,
+        engine: Engine | None = None,
     ) -> dict[str, Any]: ...
 
 
@@ -74,7 +75,7 @@ def answer_then_judge(
     model: torch.nn.Module, tokenizer: Any, out_dir: str | os.PathLike[str], prompts: Mapping[str, str],
     judge_answers: Callable[[dict[str, str]], list[dict[str, Any]]] | None,
     summarize: Callable[[list[dict[str, Any]]], dict[str, Any]], decoding: Decoding, *, desc: str,
-    batch_size: int, weights: str | None,
+    batch_size: int, weights: str | None, engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Answer ``prompts`` (key -> text; resumable, into ``out_dir/answers.jsonl``), then, with
     ``judge_answers`` (key -> answer, to judgments), judge them into ``out_dir/judgments.jsonl``.
@@ -83,7 +84,7 @@ def answer_then_judge(
     """
     out = Path(out_dir)
     answers = answer_prompts(model, tokenizer, out / "answers.jsonl", dict(prompts), decoding=decoding,
-                             batch_size=batch_size, desc=desc, weights=weights)
+                             batch_size=batch_size, desc=desc, weights=weights, engine=engine)
     chosen = [answers[key] for key in prompts]
     result: dict[str, Any] = {
         "answers": str(out / "answers.jsonl"), "generation": summarize_health(a["health"] for a in chosen),

@@ -18,7 +18,7 @@ from slimepo.eval.answers import BENCH_DECODING, answer_prompts
 from slimepo.eval.benchmarks.base import Benchmark, Prompts, TableRow, records
 from slimepo.eval.health import summarize_health
 from slimepo.eval.judge import CompletionClient
-from slimepo.generation.base import Decoding
+from slimepo.generation.base import Decoding, Engine
 from slimepo.ifeval_checkers import IFBENCH_MISSING_DATA
 
 
@@ -32,6 +32,7 @@ def answer_ifeval(
     batch_size: int = 8,
     benchmark: str = "ifeval",
     weights: str | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Answer IFEval (or IFBench) prompts in batches and score them with the official checkers.
 
@@ -49,7 +50,7 @@ def answer_ifeval(
     out = Path(out_dir)
     answers = answer_prompts(
         model, tokenizer, out / ifeval.ANSWERS_FILE, {str(r["key"]): r["prompt"] for r in kept}, decoding=decoding,
-        batch_size=batch_size, desc=benchmark, weights=weights,
+        batch_size=batch_size, desc=benchmark, weights=weights, engine=engine,
     )
     responses_path = ifeval.write_responses(kept, answers, out / ifeval.RESPONSES_FILE)
     chosen = [answers[str(r["key"])] for r in kept]
@@ -70,9 +71,10 @@ def instruction_benchmark(name: str, title: str) -> Benchmark:
     def answer(
         model: torch.nn.Module, tokenizer: Any, out_dir: Path, prompts: list[dict[str, Any]], decoding: Decoding, *,
         judge: CompletionClient | None, batch_size: int, weights: str | None, model_id: str,
+        engine: Engine | None = None,
     ) -> dict[str, Any]:
         return answer_ifeval(model, tokenizer, out_dir, prompts, decoding=decoding, batch_size=batch_size,
-                             benchmark=name, weights=weights)
+                             benchmark=name, weights=weights, engine=engine)
 
     def table_rows(scores: Mapping[str, Any]) -> list[TableRow]:
         rows: list[TableRow] = [(f"{title} prompts answered", scores.get("prompts"))]

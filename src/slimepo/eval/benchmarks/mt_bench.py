@@ -21,7 +21,7 @@ from slimepo.eval.benchmarks.base import Benchmark, Prompts, TableRow, records
 from slimepo.eval.generate import chat_generator
 from slimepo.eval.judge import CompletionClient, judge_answers, summarize_scores
 from slimepo.eval.mtbench import answer_questions, find_questions, load_questions, write_answers
-from slimepo.generation.base import Decoding
+from slimepo.generation.base import Decoding, Engine, Message
 
 
 def answer_mtbench(
@@ -33,13 +33,19 @@ def answer_mtbench(
     decoding: Decoding = BENCH_DECODING,
     model_id: str = "slimepo",
     batch_size: int = 8,
+    engine: Engine | None = None,
 ) -> list[dict[str, Any]]:
     """Answer both turns of MT-Bench with ``decoding`` and write FastChat answer records to ``out_path``.
 
     ``questions``: records, a question.jsonl, or None for the installed set; ``batch_size``:
-    conversations per :func:`slimepo.eval.generate.generate` batch.
+    conversations per :func:`slimepo.generation.batched.generate` batch; ``engine``: answer with this
+    generation engine instead of ``model`` and ``tokenizer`` in this process.
     """
-    generate = chat_generator(model, tokenizer, decoding, batch_size=batch_size)
+    if engine is None:
+        generate = chat_generator(model, tokenizer, decoding, batch_size=batch_size)
+    else:
+        def generate(conversations: list[list[Message]]) -> list[str]:
+            return [sample.text for (sample,) in engine.generate(conversations, decoding, 1)]
     answers = answer_questions(records(questions, load_questions), generate, model_id, seed=decoding.seed)
     write_answers(answers, out_path)
     return answers
@@ -65,11 +71,13 @@ def judge_mtbench(
 def _answer(
     model: torch.nn.Module, tokenizer: Any, out_dir: Path, prompts: list[dict[str, Any]], decoding: Decoding, *,
     judge: CompletionClient | None, batch_size: int, weights: str | None, model_id: str,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     # FastChat's answer files record no model fingerprint (``weights``), and MT-Bench has always
     # been answered in answer_mtbench's default batches of 8, whatever --batch-size says.
     answers_path = out_dir / "answers" / f"{model_id}.jsonl"
-    answers = answer_mtbench(model, tokenizer, answers_path, prompts, decoding=decoding, model_id=model_id)
+    answers = answer_mtbench(model, tokenizer, answers_path, prompts, decoding=decoding, model_id=model_id,
+                             engine=engine)
     result: dict[str, Any] = {"questions": len(prompts), "answers": str(answers_path)}
     if judge is not None:
         result.update(judge_mtbench(prompts, answers, judge, out_dir / "judgments.jsonl"))
