@@ -14,6 +14,9 @@ from pathlib import Path
 
 LABELS = {
     "floor": "floor: bare LoRA fwd+bwd over unique tokens",
+    "floor-bf16": "floor, bf16 autocast",
+    "slimepo-dpo-precomputed": "slimepo DPO, reference precomputed (no reference pass per step)",
+    "slimepo-dpo-sft": "slimepo DPO + 0.2 SFT (weighted sum)",
     "slimepo-slime": "slimepo SLIME (default loss, default path)",
     "slimepo-simpo": "slimepo SimPO",
     "slimepo-dpo": "slimepo DPO (reference: adapters disabled)",
@@ -26,9 +29,10 @@ LABELS = {
 }
 TABLES = (  # title, model, cases: what make bench runs, in this order within each round
     ("SmolLM2-135M (vocab 49,152), fp32, no gradient checkpointing", "smollm2",
-     ("floor", "slimepo-slime", "slimepo-simpo", "slimepo-dpo", "trl-cpo-simpo", "trl-dpo")),
+     ("floor", "slimepo-slime", "slimepo-simpo", "slimepo-dpo", "slimepo-dpo-precomputed", "slimepo-dpo-sft",
+      "trl-cpo-simpo", "trl-dpo")),
     ("SmolLM2-135M, bf16 autocast (fp32 weights)", "smollm2",
-     ("slimepo-slime-bf16", "slimepo-dpo-bf16", "trl-cpo-simpo-defaults", "trl-dpo-defaults")),
+     ("floor-bf16", "slimepo-slime-bf16", "slimepo-dpo-bf16", "trl-cpo-simpo-defaults", "trl-dpo-defaults")),
     ("Qwen3-0.6B-shaped, 4 layers, vocab 151,936, random init, fp32", "bigvocab", ("slimepo-slime", "trl-cpo-simpo")),
 )
 PLAN = tuple((model, case) for _, model, cases in TABLES for case in cases)
@@ -55,6 +59,11 @@ RATIOS = (
     Ratio("slimepo DPO vs TRL DPO, pairs/s, bf16 autocast", "smollm2", "slimepo-dpo-bf16", "trl-dpo-defaults",
           "pairs_per_s", (">=", 1.6)),
     Ratio("slimepo SLIME step time / floor's, fp32", "smollm2", "slimepo-slime", "floor", "median_step_s", ("<=", 1.15)),
+    Ratio("slimepo SLIME step time / floor's, bf16 autocast", "smollm2", "slimepo-slime-bf16", "floor-bf16",
+          "median_step_s", ("<=", 1.15)),
+    Ratio("slimepo DPO, reference precomputed vs per step, pairs/s, fp32", "smollm2", "slimepo-dpo-precomputed",
+          "slimepo-dpo", "pairs_per_s"),
+    Ratio("slimepo DPO + 0.2 SFT vs DPO, step time, fp32", "smollm2", "slimepo-dpo-sft", "slimepo-dpo", "median_step_s"),
     Ratio("vocab 151,936: slimepo SLIME step memory increase / TRL CPO-SimPO's", "bigvocab", "slimepo-slime",
           "trl-cpo-simpo", "step_rss_increase_gb", ("<=", 0.6)),
     Ratio("slimepo SimPO vs TRL CPO-SimPO (same loss), pairs/s, fp32", "smollm2", "slimepo-simpo", "trl-cpo-simpo",

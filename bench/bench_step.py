@@ -41,10 +41,13 @@ SLIMEPO_CASES = {  # TrainConfig overrides of the bench's common slimepo config 
     "slimepo-naive": dict(loss="slime", layout="separate", logprob_chunk_size=0),
     "slimepo-chunked": dict(loss="slime", layout="separate"),
     "slimepo-packed-fill": dict(loss="slime", layout="packed"),  # row budget: the batch's longest pair
+    # The reference scored once before training (not timed: it is outside the optimizer steps), none per step.
+    "slimepo-dpo-precomputed": dict(loss="dpo", precompute_ref_logps=True, ref_logps_cache="off"),
+    "slimepo-dpo-sft": dict(loss="dpo,sft=0.2"),  # a weighted sum: DPO plus an NLL term on the chosen answer
 }
 BF16 = "-bf16"  # suffix: the slimepo case with bf16 autocast (fp32 weights)
 TRL_CASES = ("trl-dpo", "trl-cpo-simpo", "trl-dpo-defaults", "trl-cpo-simpo-defaults")
-CASES = (*SLIMEPO_CASES, *(case + BF16 for case in SLIMEPO_CASES), *TRL_CASES, "floor")
+CASES = (*SLIMEPO_CASES, *(case + BF16 for case in SLIMEPO_CASES), *TRL_CASES, "floor", "floor" + BF16)
 WORDS = ["time", "people", "way", "year", "day", "thing", "man", "world", "life", "hand", "part", "child", "eye", "woman", "place", "work", "week", "case", "point", "government", "company", "number", "group", "problem", "fact", "water", "money", "story", "month", "lot", "right", "study", "book", "job", "word", "business", "issue", "side", "kind", "head", "house", "service", "friend", "father", "power", "hour", "game", "line", "end", "member", "law", "car", "city"]
 
 
@@ -194,8 +197,8 @@ def run_case(case: str, shape: str, model: str, steps: int, warmup: int, profile
         run_slimepo(case, path, rows, meter, total, folder, [profiler.callback()] if profile else [])
         if profile:
             return {"case": case, "shape": shape, "model": model, "profile": profiler.table}
-    elif case == "floor":
-        run_floor(path, rows, meter, total)
+    elif case.startswith("floor"):
+        run_floor(path, rows, meter, total, bf16=case.endswith(BF16))
     else:
         run_trl(case, path, rows, meter, total, folder)
     times = meter.steps()[warmup:]
@@ -233,7 +236,7 @@ def count_tokens(path: str, rows: list[dict], case: str) -> int:
 
     tok = AutoTokenizer.from_pretrained(path)
     slimepo = SLIMEPO_CASES.get(case.removesuffix(BF16))
-    prompt_once = case == "floor" or (slimepo is not None and slimepo.get("layout") != "separate")
+    prompt_once = case.startswith("floor") or (slimepo is not None and slimepo.get("layout") != "separate")
     n = 0
     for r in rows:
         p, c, j = (len(tok(r[k], add_special_tokens=False).input_ids) for k in ("prompt", "chosen", "rejected"))
@@ -241,8 +244,9 @@ def count_tokens(path: str, rows: list[dict], case: str) -> int:
     return n
 
 
-def run_floor(path: str, rows: list[dict], meter: Meter, total: int):
-    """Bare LoRA forward+backward over each pair's unique tokens (prompt once, both responses), trivial loss."""
+def run_floor(path: str, rows: list[dict], meter: Meter, total: int, bf16: bool = False):
+    """Bare LoRA forward+backward over each pair's unique tokens (prompt once, both responses), trivial loss;
+    ``bf16``: the forward under bf16 autocast over the fp32 weights, as the bf16 cases run."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -257,8 +261,9 @@ def run_floor(path: str, rows: list[dict], meter: Meter, total: int):
         width = max(map(len, ids))
         input_ids = torch.tensor([x + [tok.eos_token_id] * (width - len(x)) for x in ids])
         attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
-        hidden = model(input_ids=input_ids, attention_mask=attention, output_hidden_states=True,
-                       logits_to_keep=1).hidden_states[-1]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            hidden = model(input_ids=input_ids, attention_mask=attention, output_hidden_states=True,
+                           logits_to_keep=1).hidden_states[-1]
         hidden.pow(2).mean().backward()
         optimizer.step()
         optimizer.zero_grad()

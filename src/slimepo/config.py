@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 import yaml
 
 from slimepo.endpoints import check_api_url
-from slimepo.generation import ENGINES
-from slimepo.generation.base import BENCH_MAX_NEW_TOKENS, Decoding
+from slimepo.generation import base as generation
+from slimepo.generation.base import BENCH_MAX_NEW_TOKENS, ENGINES, Decoding
 from slimepo.losses import LOSSES, UNPAIRED_LOSSES, get_loss, parse_loss_spec, spec_text
 
 DEMO = "demo"
@@ -504,10 +504,8 @@ COMPARE_EVAL_GROUPS = ("generation", "benchmark")
 def check_engine_options(config: Any) -> None:
     """The generation engine options of ``config`` (``engine``, ``engine_url``, ``engine_model``,
     ``adapter``), as ``slimepo pairs`` and ``slimepo eval`` take them."""
-    from slimepo.generation import VLLM_SETUP, vllm_installed
-
-    if config.engine == "vllm" and not vllm_installed():
-        raise ConfigError(f"engine: {VLLM_SETUP}")
+    if config.engine == "vllm" and not generation.vllm_installed():
+        raise ConfigError(f"engine: {generation.VLLM_SETUP}")
     if config.engine == "openai":
         if not config.engine_url:
             raise ConfigError("engine_url: the openai engine needs it, e.g. http://localhost:8000/v1")

@@ -303,6 +303,10 @@ def test_cli_merges_stage_flags_over_the_file_and_reports_loops_side_by_side(inp
         assert row[columns.index("chosen drift vs initial (nats/token)")] == f"{drift:.4g}"
         strict = result.rounds[index]["eval"]["ifeval"]["prompt_level_strict"]
         assert row[columns.index("IFEval prompt strict")] == f"{strict:.4g}"
+        answers = [json.loads(line) for line in
+                   (Path(config.out) / f"round-{index}" / "eval-ifeval" / "ifeval" / "answers.jsonl").read_text().splitlines()]
+        ended = sum(bool(a["health"]["ended"]) for a in answers) / len(answers)  # by hand from the answers
+        assert row[columns.index("IFEval answers ended")] == f"{ended:.4g}"
     assert (tmp_path / "report" / "drift.png").stat().st_size > 1000
 
 
@@ -328,3 +332,12 @@ def test_a_run_is_finished_only_by_slimepos_model_card_not_by_pefts_readme(tmp_p
     assert not is_finished(tmp_path)  # what PEFT's save_pretrained writes before slimepo's card
     (tmp_path / "README.md").write_text("# run\n\nTrained with [slimepo](https://pypi.org/project/slimepo/) using the")
     assert is_finished(tmp_path)
+
+
+def test_the_shipped_loop_config_is_valid():
+    from slimepo.config import load_yaml
+
+    root = Path(__file__).resolve().parents[2]
+    config = IterateConfig(**load_yaml(root / "configs" / "iterate-demo.yaml"))
+    config.validate()
+    assert config.benchmarks == ["ifeval"] and config.stage_configs(2, "x")[0].seed == 1

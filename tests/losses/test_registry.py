@@ -174,6 +174,8 @@ EVERY_PRESET = {
     "sft": {"reduction": "sequence"},  # each response's mean NLL, as LLaMA-Factory's pref_ftx
     "dpo": {"beta": 0.1, "label_smoothing": 0.0},  # PAPER.md's DPO baseline: sigmoid, β = 0.1
     "dpo-norm": {"beta": 5.0, "label_smoothing": 0.0},  # Tülu 3's dpo_norm: β = 5 (open-instruct dpo_8b.sh)
+    # LD-DPO: DPO's β, and α = 0.5 (a middle value: TRL leaves ld_alpha unset, the paper tunes it per model).
+    "ld-dpo": {"beta": 0.1, "label_smoothing": 0.0, "alpha": 0.5},
     "ipo": {"tau": 0.1, "length_normalized": False},
     "hinge": {"beta": 0.1},
     "simpo": {"beta": 2.0, "gamma": 1.0, "label_smoothing": 0.0},

@@ -91,7 +91,7 @@ def test_engine_options_are_refused_by_name_before_anything_loads(tmp_path, over
 
 
 def test_vllm_without_vllm_is_refused_with_how_to_install_it(monkeypatch, tmp_path):
-    monkeypatch.setattr("slimepo.generation.vllm_installed", lambda: False)
+    monkeypatch.setattr("slimepo.generation.base.vllm_installed", lambda: False)
     with pytest.raises(ConfigError, match=r"engine: the vllm engine needs vLLM.*make vllm-env"):
         EvalConfig(bench="ifeval", engine="vllm").validate()
 

@@ -195,14 +195,14 @@ def test_invalid_options_are_refused_before_anything_loads(options, message):
 
 
 def test_the_vllm_engine_is_accepted_where_vllm_is_installed(monkeypatch):
-    monkeypatch.setattr("slimepo.generation.vllm_installed", lambda: True)
+    monkeypatch.setattr("slimepo.generation.base.vllm_installed", lambda: True)
     PairsConfig(engine="vllm", adapter="runs/adapter", dtype="float32").validate()
     with pytest.raises(ConfigError, match="only the openai engine"):
         PairsConfig(engine="vllm", engine_url="http://host/v1").validate()
 
 
 def test_the_vllm_engine_without_vllm_is_refused_before_anything_loads_with_how_to_install_it(monkeypatch):
-    monkeypatch.setattr("slimepo.generation.vllm_installed", lambda: False)
+    monkeypatch.setattr("slimepo.generation.base.vllm_installed", lambda: False)
     with pytest.raises(ConfigError, match=r"engine: the vllm engine needs vLLM.*make vllm-env.*--engine openai"):
         PairsConfig(engine="vllm").validate()
 

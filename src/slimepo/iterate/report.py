@@ -38,6 +38,13 @@ EVAL_COLUMNS = (
     ("repetition", ("eval", "generation", "repetition_mean")),
     ("constraint pass rate", ("eval", "constraint_pass_rate")),
 )
+#: The health of the benchmark answers: the share that ended within the budget (1 - the share the budget
+#: cut, which differs between models) and their length.
+ANSWER_HEALTH_COLUMNS = tuple(
+    (f"{title} {what}", (key, "generation", field))
+    for key, title in (("ifeval", "IFEval"), ("ifbench", "IFBench"))
+    for what, field in (("answers ended", "ended_rate"), ("answer length (tokens)", "length_tokens_mean"))
+)
 #: (header, path) of the table of each round's pairs: its samples come from the policy the round starts from.
 PAIRS_COLUMNS = (
     ("prompts", ("pairs", "counts", "prompts")),
@@ -129,10 +136,10 @@ def write_rounds_report(loop_dirs: Sequence[Path], out_dir: Path) -> Path:
     ]
     images = [(file, title) for file, title, keys, ylabel in ROUND_CURVES
               if plot_rounds(loops, keys, title, ylabel, out_dir / file)]
-    benchmarks = [(header, ("eval", *keys)) for header, keys in BENCHMARK_COLUMNS
+    benchmarks = [(header, ("eval", *keys)) for header, keys in (*BENCHMARK_COLUMNS, *ANSWER_HEALTH_COLUMNS)
                   if any(lookup(record, ("eval", *keys)) is not None for loop in loops for record in loop.rounds.values())]
     for header, keys in benchmarks:
-        if not header.endswith(("prompts", "questions", "instructions")) and plot_rounds(loops, keys, header, "score", out_dir / _file_name(header)):
+        if not header.endswith(("prompts", "questions", "instructions", "(tokens)")) and plot_rounds(loops, keys, header, "score", out_dir / _file_name(header)):
             images.insert(0, (_file_name(header), header))
     for loop in loops:
         lines += [f"## {loop.name}", ""]

@@ -346,8 +346,11 @@ def _summary(evaluation: dict[str, Any]) -> dict[str, Any]:
     summary = {key: evaluation[key] for key in SUMMARY_KEYS if key in evaluation}
     for key in BENCHMARK_KEYS:
         if isinstance(evaluation.get(key), dict):
-            summary[key] = {name: value for name, value in evaluation[key].items()
+            entry = evaluation[key]
+            summary[key] = {name: value for name, value in entry.items()
                             if isinstance(value, (int, float)) and not isinstance(value, bool)}
+            if isinstance(entry.get("generation"), dict):  # the answers' health: cut share, length
+                summary[key]["generation"] = entry["generation"]
     return summary
 
 

@@ -32,6 +32,7 @@ from slimepo.losses.pairwise import (
     DpoNormLoss,
     HingeLoss,
     IpoLoss,
+    LdDpoLoss,
     OrpoLoss,
     SftLoss,
     SimpoLoss,
@@ -40,7 +41,8 @@ from slimepo.losses.slime import SlimeLoss
 
 _CLASSES: dict[str, type[PreferenceLoss]] = {
     cls.name: cls
-    for cls in (SlimeLoss, SftLoss, DpoLoss, DpoNormLoss, IpoLoss, HingeLoss, SimpoLoss, CpoLoss, OrpoLoss)
+    for cls in (SlimeLoss, SftLoss, DpoLoss, DpoNormLoss, LdDpoLoss, IpoLoss, HingeLoss, SimpoLoss, CpoLoss,
+                OrpoLoss)
 }
 
 #: Losses on unpaired examples (prompt, completion, label), each of its own class.
@@ -217,6 +219,7 @@ __all__ = [
     "UNPAIRED_LOSSES",
     "CompositeLoss",
     "KlTotals",
+    "LdDpoLoss",
     "KtoLoss",
     "LossOutput",
     "PreferenceLoss",

@@ -264,6 +264,22 @@ class PreferenceLoss:
         )
         return LossOutput(loss=loss, metrics=metrics)
 
+    def reference_sums(
+        self, chosen_logps: Tensor, chosen_mask: Tensor, rejected_logps: Tensor, rejected_mask: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """The reference model's per-token log-probs ``[batch, tokens]`` reduced to what ``compute``
+        takes as ``ref_chosen`` / ``ref_rejected`` ``[batch]``: their sums over each response's
+        mask (a loss that weighs tokens otherwise, as LD-DPO, overrides this and
+        :meth:`reference_key`). The trainer calls it on the reference forward of every step, and
+        ``--precompute-ref-logps`` once per pair."""
+        zero = torch.zeros((), dtype=torch.float32, device=chosen_logps.device)
+        return (torch.where(chosen_mask, chosen_logps.float(), zero).sum(-1),
+                torch.where(rejected_mask, rejected_logps.float(), zero).sum(-1))
+
+    def reference_key(self) -> dict[str, Any]:
+        """What :meth:`reference_sums` depends on beyond the log-probs (part of the reference cache's key)."""
+        return {}
+
     def compiled(self) -> PreferenceLoss:
         """This loss with its arithmetic compiled by ``torch.compile`` (same values)."""
         self.compute = torch.compile(self.compute)

@@ -67,6 +67,23 @@ class CompositeLoss(PreferenceLoss):
                 raise TypeError(f"{self.name}: term '{term}' must be a PreferenceLoss, got {type(loss).__name__}")
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight > 0):
                 raise ValueError(f"{self.name}: weight of '{term}' must be a finite number > 0, got {weight!r}")
+        keys = {str(sorted(loss.reference_key().items())) for _, loss in self.terms.values() if loss.requires_reference}
+        if len(keys) > 1:
+            raise ValueError(f"{self.name}: its terms reduce the reference log-probs differently (e.g. ld-dpo with "
+                             "dpo); one reference value per response serves them all only when they agree")
+
+    def _reference_term(self) -> PreferenceLoss | None:
+        return next((loss for _, loss in self.terms.values() if loss.requires_reference), None)
+
+    def reference_sums(self, chosen_logps, chosen_mask, rejected_logps, rejected_mask):
+        term = self._reference_term()
+        if term is None:
+            return super().reference_sums(chosen_logps, chosen_mask, rejected_logps, rejected_mask)
+        return term.reference_sums(chosen_logps, chosen_mask, rejected_logps, rejected_mask)
+
+    def reference_key(self) -> dict[str, Any]:
+        term = self._reference_term()
+        return {} if term is None else term.reference_key()
 
     def compute(self, chosen, rejected, ref_chosen, ref_rejected):
         total = 0.0

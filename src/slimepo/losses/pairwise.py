@@ -8,6 +8,7 @@ Notation: ``π(y) = Σ_t ℓ_t`` the summed log-likelihood of a response under t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +126,64 @@ class DpoNormLoss(DpoLoss):
     def log_ratios(self, chosen, rejected, ref_chosen, ref_rejected):
         """``(r(y_w) − π_ref(y_w)/|y_w|, r(y_l) − π_ref(y_l)/|y_l|)``, each ``[batch]``."""
         return chosen.mean - ref_chosen / chosen.length, rejected.mean - ref_rejected / rejected.length
+
+
+def length_desensitized_sums(
+    chosen_logps: Tensor, chosen_mask: Tensor, rejected_logps: Tensor, rejected_mask: Tensor, alpha: float,
+) -> tuple[Tensor, Tensor]:
+    """LD-DPO's log-likelihoods of a pair ``([batch], [batch])``: the tokens of each response up to
+    the shorter response's length ``l_p = min(|y_w|, |y_l|)`` count fully, the tokens past it
+    weigh ``alpha``: ``Σ_{t ≤ l_p} ℓ_t + α Σ_{t > l_p} ℓ_t``. Positions count the response's own
+    tokens in order (its mask), in any layout; masked-out positions may hold anything."""
+    shared = torch.minimum(chosen_mask.sum(-1), rejected_mask.sum(-1))[:, None]
+    zero = torch.zeros((), dtype=torch.float32, device=chosen_logps.device)
+
+    def weighted(logps: Tensor, mask: Tensor) -> Tensor:
+        rank = mask.long().cumsum(-1)  # 1 at the response's first token
+        weight = torch.where(rank <= shared, torch.ones((), device=logps.device), torch.full((), float(alpha)))
+        return torch.where(mask, logps.float() * weight, zero).sum(-1)
+
+    return weighted(chosen_logps, chosen_mask), weighted(rejected_logps, rejected_mask)
+
+
+@dataclass
+class LdDpoLoss(DpoLoss):
+    """LD-DPO: DPO on length-desensitized log-likelihoods.
+
+    Liu et al., "Length Desensitization in Direct Preference Optimization", arXiv:2409.06411
+    (2024); TRL's ``ld_alpha``.
+
+    With ``l_p = min(|y_w|, |y_l|)`` and ``π̂(y) = Σ_{t ≤ l_p} log π(y_t|·) + α Σ_{t > l_p} log π(y_t|·)``
+    (the same for the reference, ``π̂_ref``):
+    ``h = β [(π̂(y_w) − π̂_ref(y_w)) − (π̂(y_l) − π̂_ref(y_l))]``, ``L = −(1−ε) log σ(h) − ε log σ(−h)``.
+    Rewards: ``β (π̂(y) − π̂_ref(y))``. ``α = 1`` is DPO; ``α → 0`` keeps only the shared-length
+    prefix, so the longer response's surplus tokens cannot carry the margin. The reference's
+    π̂ comes from :meth:`reference_sums` (per-token reference log-probs reduced the same way),
+    once per step or once per pair with ``--precompute-ref-logps``. TRL leaves ``ld_alpha`` unset
+    (plain DPO); 0.5 here is a middle value, not the paper's: tune it per model.
+    """
+
+    name = "ld-dpo"
+    citation = "Liu et al., arXiv:2409.06411 (2024)"
+
+    alpha: float = param(0.5, "α in [0, 1], weight of the tokens past the shorter response's length (1: DPO)")
+
+    def validate(self) -> None:
+        super().validate()
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
+            raise ValueError(f"{self.name}: alpha must be a number in [0, 1], got {self.alpha!r}")
+
+    def log_ratios(self, chosen, rejected, ref_chosen, ref_rejected):
+        """``(π̂(y_w) − π̂_ref(y_w), π̂(y_l) − π̂_ref(y_l))``, each ``[batch]``."""
+        policy_chosen, policy_rejected = length_desensitized_sums(
+            chosen.logps, chosen.mask, rejected.logps, rejected.mask, self.alpha)
+        return policy_chosen - ref_chosen, policy_rejected - ref_rejected
+
+    def reference_sums(self, chosen_logps, chosen_mask, rejected_logps, rejected_mask):
+        return length_desensitized_sums(chosen_logps, chosen_mask, rejected_logps, rejected_mask, self.alpha)
+
+    def reference_key(self) -> dict[str, Any]:
+        return {"length_desensitized_alpha": float(self.alpha)}
 
 
 @dataclass

@@ -385,8 +385,8 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
             precompute_reference(ref_model or trainer.model, train_pairs, score, ref_cache_root(config), {
                 "max_length": config.max_length, "max_prompt_length": config.max_prompt_length,
                 "mixed_precision": resolve_mixed_precision(config.dtype, config.mixed_precision),
-                "attn_implementation": config.attn_implementation,
-            })
+                "attn_implementation": config.attn_implementation, **loss_fn.reference_key(),
+            }, reduce=loss_fn.reference_sums)
     trainer.train(resume_from_checkpoint=resume_point(config, out, is_main=args.process_index == 0))
 
     before: dict[str, Any] = {}
@@ -410,9 +410,12 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
 
 
 def precompute_reference(
-    reference, pairs: list, score: dict[str, Any], cache: Path | None = None, settings: dict[str, Any] | None = None
+    reference, pairs: list, score: dict[str, Any], cache: Path | None = None, settings: dict[str, Any] | None = None,
+    reduce=None,
 ) -> None:
-    """Attach summed reference log-probs to every training pair, in place.
+    """Attach the reference log-probs of every training pair, in place: per-response sums, or what
+    ``reduce`` (the loss's :meth:`~slimepo.losses.base.PreferenceLoss.reference_sums`) makes of
+    the per-token log-probs.
 
     Called before training, while the policy still holds its initial weights (zero LoRA
     update), unless a separate reference model is given. With a ``cache`` folder the sums
@@ -431,8 +434,12 @@ def precompute_reference(
             _attach_reference(pairs, *cached)
             return
     scores = score_pairs(reference, pairs, **score)
-    chosen = [float(x) for x in scores.chosen_logps.sum(-1)]
-    rejected = [float(x) for x in scores.rejected_logps.sum(-1)]
+    if reduce is None:
+        chosen_sums, rejected_sums = scores.chosen_logps.sum(-1), scores.rejected_logps.sum(-1)
+    else:
+        chosen_sums, rejected_sums = reduce(*scores.as_tuple())
+    chosen = [float(x) for x in chosen_sums]
+    rejected = [float(x) for x in rejected_sums]
     _attach_reference(pairs, chosen, rejected)
     if identity is not None and PartialState().is_main_process:
         entry = ref_cache.store(cache, identity, chosen, rejected)

@@ -100,7 +100,8 @@ class PreferenceTrainer(Trainer):
 
     @torch.no_grad()
     def reference_logps(self, model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor] | tuple[None, None]:
-        """Per-sequence summed reference log-probs ``([B], [B])``, when the loss needs them."""
+        """Per-sequence reference log-probs ``([B], [B])`` as the loss reduces them (sums, unless
+        :meth:`~slimepo.losses.base.PreferenceLoss.reference_sums` says otherwise), when it needs them."""
         if not self.loss_fn.requires_reference:
             return None, None
         if "ref_chosen_logps" in batch:  # precomputed before training
@@ -113,7 +114,10 @@ class PreferenceTrainer(Trainer):
             peft_model = self.accelerator.unwrap_model(model)
             with peft_model.disable_adapter():
                 chosen, rejected = self.token_logps(model, batch)
-        return chosen.sum(-1), rejected.sum(-1)
+        reduce = getattr(self.loss_fn, "reference_sums", None)  # pair losses; unpaired ones take sums
+        if reduce is None:
+            return chosen.sum(-1), rejected.sum(-1)
+        return reduce(chosen, batch["chosen_mask"], rejected, batch["rejected_mask"])
 
     def _get_num_items_in_batch(self, batch_samples: list[dict[str, Tensor]], device) -> StepTotals | None:
         """The counts of one optimizer step: pairs and response tokens of all its micro-batches, all processes.
