@@ -14,7 +14,6 @@ again when it has none.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,11 +44,9 @@ def run_configs(losses: Sequence[str], base_config: TrainConfig, out_root: Path)
 
 def is_finished(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds an evaluation written by ``evaluate`` (not only training's)."""
-    try:
-        evaluation = json.loads((run_dir / EVALUATION_DIR / "eval.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(evaluation, dict) and "settings" in evaluation
+    from slimepo.eval.run import finished_evaluation
+
+    return finished_evaluation(run_dir / EVALUATION_DIR) is not None
 
 
 def held_out_source(config: TrainConfig) -> tuple[str, str]:

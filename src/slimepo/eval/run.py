@@ -224,6 +224,16 @@ def evaluate(
     return result
 
 
+def finished_evaluation(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``eval.json`` :func:`evaluate` wrote in ``out_dir`` (it has ``settings``, which training's
+    own eval.json has not), or None when there is none or it cannot be read."""
+    try:
+        evaluation = json.loads((Path(out_dir) / "eval.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return evaluation if isinstance(evaluation, dict) and "settings" in evaluation else None
+
+
 def judge_client(config: EvalConfig) -> JudgeClient | None:
     """The judge ``config`` names (``judge_url``, ``judge_model``, ``judge_key_env``); None without one."""
     if not config.judge_url:

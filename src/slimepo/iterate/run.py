@@ -295,15 +295,12 @@ def _train_summary(out: Path) -> dict[str, Any]:
 def _eval_stage(config: EvalConfig, log: _RoundLog, stage: str = "eval") -> dict[str, Any]:
     """``slimepo eval`` of the round's policy into ``round-r/eval/``: done when its eval.json (with
     ``settings``) exists; else run, resuming benchmark answers already written."""
-    from slimepo.eval.run import evaluate
+    from slimepo.eval.run import evaluate, finished_evaluation
 
     out = Path(config.out)
-    try:
-        evaluation = json.loads((out / "eval.json").read_text(encoding="utf-8"))
-        if isinstance(evaluation, dict) and "settings" in evaluation:
-            return evaluation
-    except (OSError, ValueError):
-        pass
+    evaluation = finished_evaluation(out)
+    if evaluation is not None:
+        return evaluation
     if out.is_dir() and any(out.iterdir()):
         log.append(stage)
     log.ran(stage)
