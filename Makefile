@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast test-floors lint demo bench study study-report clean vllm-env vllm-check
+.PHONY: install test test-fast test-floors lint demo bench study study-report loop-study clean vllm-env vllm-check
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ bench: $(STAMP)
 # report. Hours on 2 cores; stop it any time, rerun to continue. MINUTES=110 stops starting runs after that.
 study: $(STAMP)
 	$(PY) scripts/study.py run $(if $(MINUTES),--max-minutes $(MINUTES))
+
+# The study on the loop (issue 26): SLIME, DPO and SimPO through 3 rounds of slimepo iterate, 3 seeds each, then
+# the page. About an hour per loop on 2 cores; MINUTES=110 starts no loop after that; rerun to continue.
+loop-study: $(STAMP)
+	$(PY) scripts/loop_study.py run $(if $(MINUTES),--max-minutes $(MINUTES))
+	$(PY) scripts/study.py report
 
 study-report: $(STAMP)
 	$(PY) scripts/study.py report

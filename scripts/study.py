@@ -136,6 +136,8 @@ IFEVAL_RUNS = ROOT / "runs" / "study-ifeval"
 #: whose checkers need no external data, same budget, dtype and batches as IFEval.
 IFBENCH_RESULTS = ROOT / "results" / "study-ifbench"
 IFBENCH_RUNS = ROOT / "runs" / "study-ifbench"
+#: The study on the loop (``slimepo iterate``, scripts/loop_study.py): its own runner, its section of the page.
+LOOP_RESULTS = ROOT / "results" / "study-loop"
 #: The losses both parts compare; SimPO also at the SimPO authors' β and γ (the outside review's
 #: point, as in the constraint study).
 BENCH_LOSSES = ("slime", "dpo", "simpo", "simpo-paper")
@@ -956,7 +958,7 @@ def training_note(results: Path, runs: Sequence[RunResult], study_results: Path,
 
 
 def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RESULTS,
-           ifbench_results: Path = IFBENCH_RESULTS) -> Path:
+           ifbench_results: Path = IFBENCH_RESULTS, loop_results: Path = LOOP_RESULTS) -> Path:
     runs = load_results(results)
     groups = main_groups(runs, table_rates(results, runs))
     lines = [
@@ -994,6 +996,7 @@ def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RE
     lines += grid_section(results, runs)
     lines += ifeval_section(ifeval_results, results)
     lines += ifeval_section(ifbench_results, results, "ifbench", ifeval_results)
+    lines += loop_section(loop_results)
     plots = make_plots(groups, img)
     if plots:
         lines += ["## Plots", ""] + [f"![{title}]({os.path.relpath(path, doc.parent)})" for title, path in plots] + [""]
@@ -1009,6 +1012,14 @@ def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RE
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return doc
+
+
+def loop_section(loop_results: Path) -> list[str]:
+    """The study on the loop (scripts/loop_study.py), from its archived loops."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from loop_study import section
+
+    return section(loop_results)
 
 
 def remaining_cost(runs: Sequence[RunResult], jobs: Sequence[Job], results: Path) -> list[str]:

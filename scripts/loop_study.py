@@ -1,0 +1,367 @@
+"""The study on the loop (issue 26): SLIME, DPO and SimPO trained round after round on the model's own answers.
+
+Every loop is ``slimepo iterate`` on the embedded SmolLM2-135M-Instruct with one budget, only the loss,
+its learning rate (the single-pass study's grid choice) and the seed varying:
+
+- **prompts**: ``slimepo make-prompts --per-request 3`` (the demo's 124 requests, each with 1-3 of IFEval's
+  instructions drawn with seed 0; requests found in IFEval's or IFBench's prompts are left out), written once
+  to ``results/study-loop/prompts.jsonl``; round r samples rows (r-1)·96+1 … r·96, the same rows in every loop;
+- **pairs**: 4 answers per prompt from the round's starting policy (T 0.9, top-p 0.95, at most 256 new
+  tokens, bf16 generation), scored by IFEval's official checkers (share of the prompt's instructions
+  followed, strict), best against worst, ties dropped; sampling seed 10·seed + r − 1;
+- **train**: the single-pass study's budget (LoRA 16/32/0.05, batch 4, 1 epoch, cosine, warm-up 0.1,
+  float32 without autocast), merged into the next round's weights; DPO's reference is the round's start
+  (``--reference previous``, iterative DPO's rolling reference);
+- **eval** after every round (round 0: the initial model, evaluated once and copied into every loop, since it
+  depends on neither loss nor seed): the 45 on-policy test pairs of ``data/onpolicy/`` for drift against the
+  initial model, unlearning and collapse, with greedy answers to their prompts (96 tokens) for length,
+  end-of-turn and repetition; then IFEval's 541 prompts and IFBench's 282 scorable ones, greedy, bf16, at
+  most 256 new tokens (the cut share per model is in each evaluation).
+
+A loop is archived into ``results/study-loop/loops/<loss>-seed<seed>/`` (tracked in git: records, pairs,
+samples, answers; no weights) when its last round is done; its working folder is ``runs/study-loop/``.
+Merged weights are not kept in git, so a loop is resumed only where its working folder still exists; the
+runner starts no loop after ``--max-minutes`` and a killed loop resumes on the next ``run``.
+
+    python scripts/loop_study.py run --max-minutes 110   # one part of at most about 2 hours
+    python scripts/loop_study.py plan                    # what is left
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # study.py's statistics
+
+from slimepo.report import lookup  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Paths relative to the repository root (the runner works there), so the loops' saved options read the same anywhere.
+RESULTS = Path("results/study-loop")
+RUNS = Path("runs/study-loop")
+TEST_PAIRS = Path("data/onpolicy/test.jsonl.gz")
+PROMPTS = "prompts.jsonl"
+
+#: The learning rate of each loss: what the single-pass study's grid chose on validation (docs/results.md).
+LOSSES = {"slime": 1e-3, "dpo": 3e-4, "simpo": 1e-3}
+SEEDS = (0, 1, 2)
+ROUNDS = 3
+PROMPTS_PER_ROUND = 96
+PER_REQUEST = 3
+BENCHMARKS = ("ifeval", "ifbench")
+#: Answer budget of the benchmarks, as in the single-pass IFEval/IFBench parts (the cut share is reported).
+BENCH_MAX_NEW_TOKENS = 256
+GENERATION_DTYPE = "bfloat16"  # 2.4x faster generation than float32 on an AVX512-BF16 CPU (docs/benchmarks.md)
+
+PAIRS_OPTIONS: dict[str, Any] = {
+    "scorer": "ifeval", "k": 4, "max_new_tokens": 256, "sample": True, "temperature": 0.9, "top_p": 0.95,
+    "batch_size": 16, "dtype": GENERATION_DTYPE,
+}
+TRAIN_OPTIONS: dict[str, Any] = {
+    "batch_size": 4, "num_epochs": 1.0, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
+    "lr_scheduler": "cosine", "warmup_ratio": 0.1, "logging_steps": 1, "save_steps": 5, "monitor_steps": 0,
+    "mixed_precision": "no",
+}
+EVAL_OPTIONS: dict[str, Any] = {
+    "dataset": str(TEST_PAIRS), "split": "train", "max_new_tokens": 96, "batch_size": 64,
+    "dtype": GENERATION_DTYPE, "bench_max_new_tokens": BENCH_MAX_NEW_TOKENS,
+}
+
+logger = logging.getLogger("loop_study")
+
+
+@dataclass(frozen=True)
+class Loop:
+    loss: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.loss}-seed{self.seed}"
+
+
+def plan() -> list[Loop]:
+    """Every loop, in order of priority: one seed of each loss before the next seed."""
+    return [Loop(loss, seed) for seed in SEEDS for loss in LOSSES]
+
+
+def loop_config(loop: Loop, runs: Path, prompts: Path):
+    from slimepo.iterate.config import IterateConfig
+
+    return IterateConfig(
+        model="default", rounds=ROUNDS, out=str(runs / loop.name), reference="previous",
+        prompts_per_round=PROMPTS_PER_ROUND, benchmarks=list(BENCHMARKS), evaluate_initial=True,
+        pairs={**PAIRS_OPTIONS, "prompts": str(prompts), "seed": 10 * loop.seed},
+        train={**TRAIN_OPTIONS, "loss": loop.loss, "learning_rate": LOSSES[loop.loss], "seed": loop.seed},
+        eval=dict(EVAL_OPTIONS),
+    )
+
+
+def archived(results: Path, loop: Loop) -> Path:
+    return results / "loops" / loop.name
+
+
+def pending(results: Path) -> list[Loop]:
+    return [loop for loop in plan() if not (archived(results, loop) / "loop.json").is_file()]
+
+
+def make_prompts(results: Path) -> Path:
+    """The study's prompt set, made once (and kept in git: every loop and round reads the same rows)."""
+    from slimepo.pairs.compose import make_prompts as compose
+    from slimepo.pairs.config import MakePromptsConfig
+
+    path = results / PROMPTS
+    if not path.is_file():
+        compose(MakePromptsConfig(per_request=PER_REQUEST, seed=0, out=str(path)))
+    return path
+
+
+def seed_round_zero(config: Any, donor: Path | None) -> None:
+    """Round 0 (the initial model evaluated) depends on neither loss nor seed: a new loop folder gets the
+    first finished loop's copy instead of evaluating it again (about 11 minutes)."""
+    out = Path(config.out)
+    if donor is None or out.exists() or not (donor / "round-0" / "round.json").is_file():
+        return
+    out.mkdir(parents=True)
+    (out / "iterate.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    shutil.copytree(donor / "round-0", out / "round-0")
+
+
+#: What a loop keeps in git, relative to its folder: everything small that a report or a check reads.
+KEPT = ("iterate.yaml", "round-*/round.json", "round-*/stages.json", "round-*/pairs/pairs.jsonl",
+        "round-*/pairs/provenance.json", "round-*/pairs/samples.jsonl", "round-*/eval/eval.json",
+        "round-*/eval/generations.jsonl", "round-*/eval-*/eval.json", "round-*/eval-*/*/answers.jsonl",
+        "round-*/train/metrics.jsonl", "round-*/train/eval.json", "round-*/train/config.yaml")
+
+
+def archive(work: Path, target: Path, info: dict[str, Any]) -> None:
+    """Copy the loop's kept files (JSONL gzipped) into ``target``; ``loop.json`` last, so a kill leaves no
+    loop taken for archived."""
+    if target.exists():
+        shutil.rmtree(target)
+    for pattern in KEPT:
+        for source in sorted(work.glob(pattern)):
+            dest = target / source.relative_to(work)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if source.suffix == ".jsonl":
+                with source.open("rb") as src, dest.with_name(dest.name + ".gz").open("wb") as raw, \
+                        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as dst:  # the same bytes on every copy
+                    shutil.copyfileobj(src, dst)
+            else:
+                shutil.copyfile(source, dest)
+    (target / "loop.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+
+
+def run(results: Path, runs: Path, max_minutes: float | None, max_loops: int | None) -> list[str]:
+    from slimepo.iterate import iterate
+    from slimepo.model import machine
+
+    started = time.perf_counter()
+    prompts = make_prompts(results)
+    done = []
+    for loop in pending(results):
+        if max_loops is not None and len(done) >= max_loops:
+            break
+        if max_minutes is not None and (time.perf_counter() - started) / 60 > max_minutes:
+            logger.info("stopping: %.0f minutes spent", (time.perf_counter() - started) / 60)
+            break
+        config = loop_config(loop, runs, prompts)
+        donors = [runs / other.name for other in plan() if other != loop]
+        seed_round_zero(config, next((d for d in donors if (d / "round-0" / "round.json").is_file()), None))
+        logger.info("%s: running (%s)", loop.name, config.out)
+        loop_started = time.perf_counter()
+        iterate(config)
+        archive(Path(config.out), archived(results, loop), {
+            "loss": loop.loss, "seed": loop.seed, "learning_rate": LOSSES[loop.loss], "rounds": ROUNDS,
+            "wall_seconds_last_attempt": round(time.perf_counter() - loop_started, 1), "machine": machine(),
+        })
+        done.append(loop.name)
+    return done
+
+
+#: (header, path into a round record, format) of the per-round table, mean ± std over a loss's seeds.
+ROUND_COLUMNS = (
+    ("IFEval prompt strict", ("eval", "ifeval", "prompt_level_strict"), ".3f"),
+    ("IFBench prompt strict", ("eval", "ifbench", "prompt_level_strict"), ".3f"),
+    ("IFEval answers cut", ("eval", "ifeval", "generation", "cut_rate"), ".2f"),
+    ("IFBench answers cut", ("eval", "ifbench", "generation", "cut_rate"), ".2f"),
+    ("IFEval answer length", ("eval", "ifeval", "generation", "length_tokens_mean"), ".0f"),
+    ("chosen drift vs initial (nats/token)", ("eval", "drift", "chosen_drift_mean"), "+.3f"),
+    ("unlearning rate", ("eval", "drift", "unlearning_rate"), ".2f"),
+    ("rejected p<1e-4", ("eval", "collapse", "rejected_p_lt_1e-4"), ".3f"),
+    ("held-out answers ended", ("eval", "generation", "ended_rate"), ".2f"),
+    ("degenerate", ("eval", "generation", "degenerate_rate"), ".2f"),
+    ("pairs made", ("pairs", "counts", "pairs"), ".0f"),
+)
+#: The loss comparisons of the difference tables, each (a, b): a minus b; "initial" is round 0.
+COMPARISONS = (("slime", "dpo"), ("slime", "simpo"), ("dpo", "simpo"),
+               ("slime", "initial"), ("dpo", "initial"), ("simpo", "initial"))
+LABELS = {"slime": "SLIME", "dpo": "DPO", "simpo": "SimPO", "initial": "initial"}
+
+
+@dataclass
+class LoopResult:
+    loss: str
+    seed: int
+    rounds: dict[int, dict[str, Any]]
+    folder: Path
+
+    def passes(self, round_index: int, bench: str) -> dict[str, float] | None:
+        """Prompt-level strict pass (1.0 / 0.0) of each benchmark prompt in round ``round_index``."""
+        path = self.folder / f"round-{round_index}" / f"eval-{bench}" / "eval.json"
+        try:
+            per_prompt = json.loads(path.read_text(encoding="utf-8"))[bench]["per_prompt"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return {key: float(all(flags["strict"])) for key, flags in per_prompt.items()}
+
+
+def load_loops(results: Path) -> list[LoopResult]:
+    """Every archived loop (its ``loop.json`` written), in plan order."""
+    from slimepo.iterate.report import read_loop
+
+    found = []
+    for loop in plan():
+        folder = archived(results, loop)
+        if (folder / "loop.json").is_file():
+            found.append(LoopResult(loop.loss, loop.seed, read_loop(folder).rounds, folder))
+    return found
+
+
+def cut_rate(record: dict[str, Any], bench: str) -> float | None:
+    generation = lookup(record, ("eval", bench, "generation")) or {}
+    ended = generation.get("ended_rate")
+    return None if ended is None else 1 - ended
+
+
+def cell(records: Sequence[dict[str, Any]], path: tuple[str, ...], spec: str) -> str:
+    if path[-1] == "cut_rate":
+        values = [cut_rate(r, path[1]) for r in records]
+    else:
+        values = [lookup(r, path) for r in records]
+    values = [float(v) for v in values if isinstance(v, (int, float))]
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:{spec}}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:{spec}} ± {std:{spec.lstrip('+')}}"
+
+
+def round_table(loops: Sequence[LoopResult]) -> list[str]:
+    from slimepo.report import markdown_table
+
+    rows = []
+    initial = [lp.rounds[0] for lp in loops[:1] if 0 in lp.rounds]
+    if initial:
+        rows.append(["initial model (round 0)", "—", *(cell(initial, path, spec) for _, path, spec in ROUND_COLUMNS)])
+    for loss in LOSSES:
+        members = [lp for lp in loops if lp.loss == loss]
+        for index in range(1, ROUNDS + 1):
+            records = [lp.rounds[index] for lp in members if index in lp.rounds]
+            if records:
+                rows.append([f"{LABELS[loss]}, round {index}", f"{len(records)}",
+                             *(cell(records, path, spec) for _, path, spec in ROUND_COLUMNS)])
+    return markdown_table(["loop, round", "seeds", *(header for header, _, _ in ROUND_COLUMNS)], rows)
+
+
+def difference_table(loops: Sequence[LoopResult], bench: str) -> tuple[list[str], int]:
+    """Each comparison of :data:`COMPARISONS` in every round, paired by prompt (two-level bootstrap over
+    prompts and seeds, scripts/study.py's), with Holm's adjustment over the table."""
+    from study import corrected_cells, paired_bootstrap
+
+    from slimepo.report import markdown_table
+
+    def side(name: str, index: int) -> list[dict[str, float]]:
+        if name == "initial":
+            return [p for p in (lp.passes(0, bench) for lp in loops[:1]) if p is not None]
+        return [p for p in (lp.passes(index, bench) for lp in loops if lp.loss == name) if p is not None]
+
+    table = [[paired_bootstrap(side(a, index), side(b, index)) for a, b in COMPARISONS]
+             for index in range(1, ROUNDS + 1)]
+    cells, m = corrected_cells(table)
+    headers = ["round", *(f"{LABELS[a]} − {LABELS[b]}" for a, b in COMPARISONS)]
+    return markdown_table(headers, [[f"round {i + 1}", *row] for i, row in enumerate(cells)]), m
+
+
+def section(results: Path = RESULTS) -> list[str]:
+    """The iterative study's section of docs/results.md, from the archived loops."""
+    from study import correction_note
+
+    loops = load_loops(results)
+    lines = ["## The study on the loop: rounds of training on the model's own answers (`slimepo iterate`)", ""]
+    reading = results / "reading.md"
+    if reading.is_file():
+        lines += [reading.read_text(encoding="utf-8").strip(), ""]
+    lines += [f"Made by `python scripts/loop_study.py run` (setup: its docstring and below); {len(loops)} of "
+              f"{len(plan())} loops done ({', '.join(lp.folder.name for lp in loops) or 'none'}).", ""]
+    if loops:
+        lines += ["### Per round (mean ± std over seeds)", ""] + round_table(loops) + [""]
+        lines += ["Round 0 is the initial model, evaluated once. Benchmarks: greedy answers, bf16, at most "
+                  f"{BENCH_MAX_NEW_TOKENS} new tokens; \"answers cut\" is the share that reached that budget "
+                  "without ending (each model its own). Drift, unlearning and collapse: the 45 on-policy test pairs "
+                  "of data/onpolicy/, against the initial model; \"held-out answers ended\" and \"degenerate\": "
+                  "greedy answers (96 tokens) to their prompts; \"pairs made\": pairs from the round's 96 prompts.",
+                  ""]
+        for bench, title in (("ifeval", "IFEval (541 prompts)"), ("ifbench", "IFBench (282 scorable prompts)")):
+            table, m = difference_table(loops, bench)
+            if not m:
+                continue
+            lines += [f"### Paired differences, {title}, prompt-level strict", ""] + table + [""]
+            lines += ["Each cell: difference [95% interval], paired by prompt; a two-level bootstrap over prompts "
+                      "and each side's seeds (10,000 draws). " + correction_note(m), ""]
+    lines += ["### Setup and cost", ""]
+    lines += [f"- Loss and learning rate: {', '.join(f'{LABELS[k]} {v:g}' for k, v in LOSSES.items())} (the "
+              f"single-pass grid's choices); seeds {', '.join(map(str, SEEDS))}; {ROUNDS} rounds of "
+              f"{PROMPTS_PER_ROUND} fresh prompts each.",
+              f"- Pairs: {PAIRS_OPTIONS['k']} answers per prompt (T {PAIRS_OPTIONS['temperature']}, top-p "
+              f"{PAIRS_OPTIONS['top_p']}, at most {PAIRS_OPTIONS['max_new_tokens']} tokens, bf16), IFEval's "
+              "checkers (share of instructions followed), best against worst, ties dropped.",
+              "- Training: LoRA 16/32/0.05, batch 4, 1 epoch, cosine with 10% warm-up, float32; each round's "
+              "adapter merged into the next round's weights; DPO's reference is the round's starting policy."]
+    minutes = [sum((r.get("seconds") or {}).values()) / 60 for lp in loops for i, r in lp.rounds.items() if i > 0]
+    if minutes:
+        machines = sorted({json.loads((lp.folder / "loop.json").read_text())["machine"]["cpu"] for lp in loops})
+        lines += [f"- Cost: {len(minutes)} rounds, median {sorted(minutes)[len(minutes) // 2]:.0f} min each "
+                  f"(pairs + training + evaluation; {', '.join(machines)}, 2 cores)."]
+    todo = [loop.name for loop in pending(results)]
+    lines += ["", "Not run yet: " + (", ".join(todo) if todo else "none") + ".", ""]
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("run", "plan", "section"))
+    parser.add_argument("--max-minutes", type=float, default=None, help="start no loop after this many minutes")
+    parser.add_argument("--max-loops", type=int, default=None)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--runs", type=Path, default=RUNS)
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.command == "plan":
+        for loop in pending(args.results):
+            print(loop.name)
+        return 0
+    if args.command == "section":
+        print("\n".join(section(args.results)))
+        return 0
+    for name in run(args.results, args.runs, args.max_minutes, args.max_loops):
+        print(f"{name}: archived")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

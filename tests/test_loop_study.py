@@ -1,0 +1,132 @@
+"""scripts/loop_study.py: the loops' plan and options, round 0 shared, the archive, and the report section."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+@pytest.fixture
+def loop_study(load_script):
+    load_script("study")
+    return load_script("loop_study")
+
+
+def test_the_plan_runs_one_seed_of_every_loss_before_the_next_seed(loop_study):
+    names = [loop.name for loop in loop_study.plan()]
+    assert names[:4] == ["slime-seed0", "dpo-seed0", "simpo-seed0", "slime-seed1"]
+    assert len(names) == 9
+
+
+def test_only_loss_rate_and_seed_differ_between_loops(loop_study, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    configs = {loop.name: loop_study.loop_config(loop, tmp_path / "runs", prompts) for loop in loop_study.plan()}
+    slime, dpo = configs["slime-seed1"], configs["dpo-seed2"]
+    assert (slime.train["loss"], slime.train["learning_rate"], slime.train["seed"]) == ("slime", 1e-3, 1)
+    assert (dpo.train["loss"], dpo.train["learning_rate"], dpo.train["seed"]) == ("dpo", 3e-4, 2)
+    assert (slime.pairs["seed"], dpo.pairs["seed"]) == (10, 20)  # round r samples under seed + r - 1: no overlap
+    assert slime.eval == dpo.eval and slime.benchmarks == dpo.benchmarks == ["ifeval", "ifbench"]
+    strip = ("loss", "learning_rate", "seed")
+    assert {k: v for k, v in slime.train.items() if k not in strip} == {k: v for k, v in dpo.train.items()
+                                                                         if k not in strip}
+    assert slime.out != dpo.out and slime.pairs["prompts"] == dpo.pairs["prompts"] == str(prompts)
+    # round 1 of a loop is a valid slimepo pairs / train / eval run
+    pairs, train, evaluation = slime.stage_configs(1, "default")
+    assert (pairs.seed, train.loss, train.learning_rate, evaluation.dtype) == (10, "slime", 1e-3, "bfloat16")
+
+
+def test_a_new_loop_gets_round_zero_of_a_finished_one_and_iterate_accepts_the_folder(loop_study, tmp_path):
+    from slimepo.iterate.run import check_loop_dir
+
+    donor = tmp_path / "runs" / "slime-seed0"
+    (donor / "round-0" / "eval").mkdir(parents=True)
+    (donor / "round-0" / "round.json").write_text('{"round": 0}')
+    (donor / "round-0" / "eval" / "eval.json").write_text("{}")
+    config = loop_study.loop_config(loop_study.Loop("dpo", 0), tmp_path / "runs", tmp_path / "p.jsonl")
+    loop_study.seed_round_zero(config, donor)
+    out = Path(config.out)
+    assert (out / "round-0" / "round.json").read_text() == '{"round": 0}'
+    assert (out / "round-0" / "eval" / "eval.json").is_file()
+    check_loop_dir(config, out)  # its iterate.yaml is the loop's own: no refusal
+    assert yaml.safe_load((out / "iterate.yaml").read_text())["train"]["loss"] == "dpo"
+    # an existing folder is never touched, and a donor without a finished round 0 gives nothing
+    (out / "round-0" / "round.json").write_text("kept")
+    loop_study.seed_round_zero(config, donor)
+    assert (out / "round-0" / "round.json").read_text() == "kept"
+    other = loop_study.loop_config(loop_study.Loop("simpo", 0), tmp_path / "runs", tmp_path / "p.jsonl")
+    loop_study.seed_round_zero(other, tmp_path / "nowhere")
+    assert not Path(other.out).exists()
+
+
+def test_the_archive_keeps_records_and_answers_gzipped_and_no_weights(loop_study, tmp_path):
+    work = tmp_path / "work"
+    files = {
+        "iterate.yaml": "x", "round-1/round.json": "{}", "round-1/pairs/pairs.jsonl": '{"a": 1}\n',
+        "round-1/eval-ifeval/ifeval/answers.jsonl": '{"b": 2}\n', "round-1/train/merged/model.safetensors": "w",
+        "round-1/train/adapter_model.safetensors": "w", "round-1/train/checkpoint-5/optimizer.pt": "o",
+        "round-1/train/metrics.jsonl": "{}\n",
+    }
+    for name, text in files.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(text)
+    target = tmp_path / "kept"
+    loop_study.archive(work, target, {"loss": "slime"})
+    kept = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    assert kept == ["iterate.yaml", "loop.json", "round-1/eval-ifeval/ifeval/answers.jsonl.gz",
+                    "round-1/pairs/pairs.jsonl.gz", "round-1/round.json", "round-1/train/metrics.jsonl.gz"]
+    with gzip.open(target / "round-1/pairs/pairs.jsonl.gz", "rt") as f:
+        assert f.read() == '{"a": 1}\n'
+    assert json.loads((target / "loop.json").read_text()) == {"loss": "slime"}
+
+
+def fake_loop(loop_study, results: Path, loss: str, seed: int, drift: list[float], passes: list[list[int]]) -> None:
+    """An archived loop: round r's chosen drift ``drift[r]`` and IFEval strict passes ``passes[r]`` (one per prompt)."""
+    folder = loop_study.archived(results, loop_study.Loop(loss, seed))
+    (folder).mkdir(parents=True)
+    (folder / "iterate.yaml").write_text(yaml.safe_dump({"train": {"loss": loss}}))
+    for index in range(loop_study.ROUNDS + 1):
+        passed = passes[index]
+        record = {"round": index, "seconds": {"pairs": 60.0, "train": 60.0, "eval": 60.0} if index else {},
+                  "eval": {"drift": {"chosen_drift_mean": drift[index]},
+                           "ifeval": {"prompt_level_strict": sum(passed) / len(passed),
+                                      "generation": {"ended_rate": 0.75}}}}
+        round_dir = folder / f"round-{index}"
+        (round_dir / "eval-ifeval").mkdir(parents=True)
+        (round_dir / "round.json").write_text(json.dumps(record))
+        per_prompt = {f"p{i}": {"strict": [bool(p)], "loose": [bool(p)]} for i, p in enumerate(passed)}
+        (round_dir / "eval-ifeval" / "eval.json").write_text(json.dumps({"ifeval": {"per_prompt": per_prompt}}))
+    (folder / "loop.json").write_text(json.dumps({"machine": {"cpu": "AMD EPYC"}}))
+
+
+def test_the_section_reads_the_archived_loops(loop_study, tmp_path):
+    initial = [0, 0, 1, 0]
+    fake_loop(loop_study, tmp_path, "slime", 0, [0.0, -0.1, -0.2, -0.3], [initial, [1, 0, 1, 0], [1, 1, 1, 0],
+                                                                          [1, 1, 1, 1]])
+    fake_loop(loop_study, tmp_path, "slime", 1, [0.0, -0.3, -0.4, -0.5], [initial, [1, 0, 1, 0], [1, 1, 1, 0],
+                                                                          [1, 1, 1, 0]])
+    fake_loop(loop_study, tmp_path, "dpo", 0, [0.0, -0.2, -0.4, -0.8], [initial, [0, 0, 1, 0], [0, 0, 1, 0],
+                                                                        [0, 0, 1, 1]])
+    text = "\n".join(loop_study.section(tmp_path))
+    assert "3 of 9 loops done (slime-seed0, dpo-seed0, slime-seed1)" in text
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ")}
+    headers = rows["loop, round"]
+    drift = headers.index("chosen drift vs initial (nats/token)")
+    ifeval = headers.index("IFEval prompt strict")
+    cut = headers.index("IFEval answers cut")
+    # by hand: SLIME round 1 drift −0.1 and −0.3: mean −0.200, sample std 0.141
+    assert rows["SLIME, round 1"][drift] == "-0.200 ± 0.141"
+    assert rows["SLIME, round 3"][ifeval] == "0.875 ± 0.177"  # 1.0 and 0.75
+    assert rows["DPO, round 3"][ifeval] == "0.500" and rows["DPO, round 3"][0] == "1"
+    assert rows["initial model (round 0)"][ifeval] == "0.250" and rows["SLIME, round 2"][cut] == "0.25 ± 0.00"
+    assert "SimPO, round 1" not in rows
+    # paired differences: round 1, SLIME − DPO = 0.5 − 0.25; DPO − initial = 0.25 − 0.25; SimPO has none
+    assert rows["round 1"][0].startswith("+0.250 [")
+    assert rows["round 1"][4].startswith("+0.000 [")
+    assert rows["round 1"][1] == "—" and rows["round 1"][5] == "—"
+    assert "m = 9 comparisons" in text  # 3 comparisons with both sides (no SimPO loop), 3 rounds: IFEval only
+    assert "Not run yet: simpo-seed0, dpo-seed1, simpo-seed1, slime-seed2, dpo-seed2, simpo-seed2." in text
