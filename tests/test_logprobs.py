@@ -1,8 +1,13 @@
 """Chunked log-probs equal exact ones, values and gradients, for every chunking."""
 
+import importlib.util
+import math
+from pathlib import Path
+
 import pytest
 import torch
 
+from slimepo import logprobs
 from slimepo.logprobs import chunked_token_logps, token_logps
 
 
@@ -32,8 +37,6 @@ def test_token_logps_matches_log_softmax_by_hand():
     logits = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]])
     labels = torch.tensor([[2, 1]])
     mask = torch.tensor([[True, True]])
-    import math
-
     z = math.log(math.exp(1) + math.exp(2) + math.exp(3))
     expected = torch.tensor([[3.0 - z, -math.log(3.0)]])
     torch.testing.assert_close(token_logps(logits, labels, mask), expected)
@@ -90,3 +93,93 @@ def test_chunked_rejects_nonpositive_chunk_size():
     h, w, b, labels, mask = setup_case()
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         chunked_token_logps(h, w, labels, mask, b, chunk_size=0)
+
+
+# --- log Σ_v π(v)² (WPO's normalizer), computed by the chunked head on request ---
+
+
+def full_log_sum_sq(h, w, b, mask, softcap=None):
+    """``log Σ_v π(v)²`` from the full logits with torch.logsumexp: logsumexp(2z) − 2·logsumexp(z)."""
+    logits = (h @ w.t() + (b if b is not None else 0)).detach()
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    stat = torch.logsumexp(2 * logits, -1) - 2 * torch.logsumexp(logits, -1)
+    return torch.where(mask, stat, torch.zeros_like(stat))
+
+
+# Each check takes the module, so the mutants of logprobs.py below run through the same checks.
+
+def check_log_sum_sq_equals_the_full_logits_for_every_chunking(module):
+    # Chunks are rows of scored tokens (23 here, so every size but 1 leaves a shorter last chunk); each
+    # chunk reduces the whole vocabulary (37).
+    h, w, b, labels, mask = setup_case()
+    assert int(mask.sum()) == 23
+    for chunk_size in (1, 4, 7, 22, 1000):
+        for softcap in (None, 2.0):
+            _, got = module.chunked_token_logps(h, w, labels, mask, b, chunk_size=chunk_size, softcap=softcap,
+                                                log_sum_sq=True)
+            torch.testing.assert_close(got, full_log_sum_sq(h, w, b, mask, softcap), rtol=1e-5, atol=1e-5)
+
+
+def check_log_sum_sq_by_hand(module):
+    # z = (log 3, 0): π = (3/4, 1/4), Σ π² = 10/16;  z = (0, 0): π = (1/2, 1/2), Σ π² = 1/2
+    h = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    w = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]])
+    logps, got = module.chunked_token_logps(h, w, torch.tensor([[0, 1]]), torch.tensor([[True, True]]), chunk_size=1,
+                                            log_sum_sq=True)
+    assert got.tolist()[0] == pytest.approx([math.log(0.625), math.log(0.5)], rel=1e-6)
+    assert logps.tolist()[0] == pytest.approx([math.log(0.75), math.log(0.5)], rel=1e-6)
+
+
+CHECKS = [check_log_sum_sq_equals_the_full_logits_for_every_chunking, check_log_sum_sq_by_hand]
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
+def test_log_sum_sq_of_the_chunked_head(check):
+    check(logprobs)
+
+
+def test_asking_for_log_sum_sq_leaves_the_log_probs_and_their_gradients_as_they_were():
+    h, w, b, labels, mask = setup_case()
+    upstream = torch.randn(mask.shape, generator=torch.Generator().manual_seed(1))
+    plain = chunked_token_logps(h, w, labels, mask, b, chunk_size=5)
+    logps, stat = chunked_token_logps(h, w, labels, mask, b, chunk_size=5, log_sum_sq=True)
+    assert torch.equal(logps, plain) and not stat.requires_grad
+    assert torch.equal(stat[~mask], torch.zeros_like(stat[~mask]))
+    for g_plain, g_both in zip(grads(plain, upstream, (h, w, b)), grads(logps, upstream, (h, w, b))):
+        assert torch.equal(g_both, g_plain)
+
+
+SOURCE = Path(logprobs.__file__)
+#: (what it breaks, text in logprobs.py, replacement)
+MUTANTS = [
+    ("log Σ π (= 0) instead of log Σ π²", "torch.logsumexp((z - lse.unsqueeze(-1)).mul_(2), dim=-1)",
+     "torch.logsumexp(z - lse.unsqueeze(-1), dim=-1)"),
+    ("logsumexp(2z) − logsumexp(z)", "(z - lse.unsqueeze(-1)).mul_(2)", "(2 * z - lse.unsqueeze(-1))"),
+    ("logsumexp(2z) alone", "(z - lse.unsqueeze(-1)).mul_(2)", "z.mul(2)"),
+    ("the log-probs returned as the statistic", "torch.zeros_like(out).masked_scatter(mask, sums)",
+     "torch.zeros_like(out).masked_scatter(mask, logps)"),
+]
+
+
+def mutant_module(source: str, index: int):
+    name = f"slimepo_logprobs_mutant_{index}"
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))
+    exec(compile(source, f"<logprobs mutant {index}>", "exec"), module.__dict__)
+    return module
+
+
+@pytest.mark.parametrize(("label", "old", "new"), MUTANTS, ids=[m[0] for m in MUTANTS])
+def test_every_mutant_of_the_statistic_fails_a_check(label, old, new):
+    original = SOURCE.read_text(encoding="utf-8")
+    assert original.count(old) == 1, f"{old!r} occurs {original.count(old)} times in {SOURCE}"
+    for check in CHECKS:  # the unmutated source passes
+        check(mutant_module(original, -1))
+    module = mutant_module(original.replace(old, new), abs(hash(label)))
+    failed = []
+    for check in CHECKS:
+        try:
+            check(module)
+        except Exception:
+            failed.append(check.__name__)
+    assert failed, f"mutant '{label}' passes every check"

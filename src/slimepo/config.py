@@ -26,7 +26,16 @@ import yaml
 from slimepo.endpoints import check_api_url
 from slimepo.generation import base as generation
 from slimepo.generation.base import BENCH_MAX_NEW_TOKENS, ENGINES, Decoding
-from slimepo.losses import LOSSES, UNPAIRED_LOSSES, get_loss, parse_loss_spec, spec_text
+from slimepo.losses import (
+    LOSSES,
+    UNPAIRED_LOSSES,
+    PreferenceLoss,
+    UnpairedLoss,
+    WpoWeighted,
+    get_loss,
+    parse_loss_spec,
+    spec_text,
+)
 
 DEMO = "demo"
 DEFAULT_MODEL = "default"
@@ -136,6 +145,12 @@ class TrainConfig:
     loss_params: dict[str, Any] = option(
         {}, "overrides of the loss's hyperparameters, e.g. {anchor_weight: 0.2}; for a weighted sum, per loss: "
         "{dpo: {beta: 0.2}}", group="objective",
+    )
+    wpo: bool = option(
+        False, "WPO weighting (Zhou et al., arXiv:2406.11827; TRL's use_weighting): every term of each pair's loss "
+        "multiplied by min(1, w(y_w)·w(y_l)), w(y) the response's length-normalized probability under the current "
+        "policy, each token's divided by the sum of squared probabilities of its position; detached "
+        "(docs/losses.md). Pair losses only", group="objective",
     )
 
     # optimization
@@ -320,6 +335,14 @@ class TrainConfig:
         if self.weight_column is not None and parse_loss_spec(self.loss)[0][0] in UNPAIRED_LOSSES:
             raise ConfigError(f"weight_column: {self.loss} trains on unpaired examples, whose loss takes no per-pair "
                               "weights; drop --weight-column or train on pairs with a pair loss")
+        if self.wpo and parse_loss_spec(self.loss)[0][0] in UNPAIRED_LOSSES:
+            raise ConfigError(f"wpo: {self.loss} trains on unpaired examples; WPO weighs preference pairs: drop --wpo "
+                              "or train on pairs with a pair loss")
+
+    def loss_fn(self) -> PreferenceLoss | UnpairedLoss:
+        """The objective these options name: ``--loss`` with ``--loss-params``, WPO-weighted under ``--wpo``."""
+        loss = get_loss(self.loss, **self.loss_params)
+        return WpoWeighted(loss) if self.wpo else loss
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch.distributed.tensor import DTensor
 
+from slimepo import zero3
+
 
 def weights_sha256(model: torch.nn.Module, skip: Callable[[str], bool] | None = None) -> str:
     """sha256 over every parameter and buffer of ``model`` as loaded: names, dtypes, shapes, bytes.
@@ -24,15 +26,16 @@ def weights_sha256(model: torch.nn.Module, skip: Callable[[str], bool] | None = 
     ``skip``: names left out.
     """
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict(keep_vars=False).items()):
-        if skip is not None and skip(name):
-            continue
-        tensor = tensor.detach()
-        if isinstance(tensor, DTensor):  # sharded (FSDP2): every process gathers the same whole tensor
-            tensor = tensor.full_tensor()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        if tensor.numel():
-            digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    with zero3.gathered(model.parameters()):  # DeepSpeed ZeRO-3 leaves each process an empty partition
+        for name, tensor in sorted(model.state_dict(keep_vars=False).items()):
+            if skip is not None and skip(name):
+                continue
+            tensor = tensor.detach()
+            if isinstance(tensor, DTensor):  # sharded (FSDP2): every process gathers the same whole tensor
+                tensor = tensor.full_tensor()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+            if tensor.numel():
+                digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

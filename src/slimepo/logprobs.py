@@ -13,6 +13,11 @@ For a token with hidden state ``h`` and label ``y``: ``z = W h + b`` (optionally
 soft-capped, ``z ← c·tanh(z/c)``), ``ℓ = z_y − logsumexp(z)``, and
 ``∂ℓ/∂z = onehot(y) − softmax(z)``.
 
+On request (``log_sum_sq=True``) both ways also return, per token and without gradient,
+``log Σ_v π(v)² = logsumexp(2·(z − logsumexp(z)))``, the log of the probability that two
+draws from the token's distribution agree (WPO's normalizer, :mod:`slimepo.losses.wpo`):
+one more reduction over the vocabulary of each chunk's logits, in the forward only.
+
 This module knows nothing about losses. Masked-out positions come back as 0.
 """
 
@@ -23,7 +28,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from slimepo import attention
+from slimepo import attention, zero3
 
 DEFAULT_CHUNK_SIZE = 512
 
@@ -62,20 +67,27 @@ class _ChunkedLogps(torch.autograd.Function):
     # Autocast is off inside: the projection runs in the weights' dtype (fp32 master weights stay fp32),
     # and forward and backward recompute the same logits.
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk_size, softcap):
+    def forward(ctx, hidden, weight, bias, labels, chunk_size, softcap, log_sum_sq=False):
         out = torch.empty(hidden.shape[0], dtype=_accumulation_dtype(hidden), device=hidden.device)
+        sums = torch.empty_like(out) if log_sum_sq else None
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk_size):
                 stop = start + chunk_size
                 z, _ = _chunk_logits(hidden[start:stop], weight, bias, softcap)
                 picked = z.gather(-1, labels[start:stop].unsqueeze(-1)).squeeze(-1)
-                out[start:stop] = picked - torch.logsumexp(z, dim=-1)
+                lse = torch.logsumexp(z, dim=-1)
+                out[start:stop] = picked - lse
+                if log_sum_sq:
+                    sums[start:stop] = torch.logsumexp((z - lse.unsqueeze(-1)).mul_(2), dim=-1)
         ctx.save_for_backward(hidden, weight, bias, labels)
         ctx.chunk_size, ctx.softcap = chunk_size, softcap
-        return out
+        if not log_sum_sq:
+            return out
+        ctx.mark_non_differentiable(sums)
+        return out, sums
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, *_):  # no gradient flows through log Σ_v π(v)²
         with torch.autocast(grad_out.device.type, enabled=False):
             return _ChunkedLogps._backward(ctx, grad_out)
 
@@ -107,7 +119,7 @@ class _ChunkedLogps(torch.autograd.Function):
             grad_weight = grad_weight.to(weight.dtype)
         if need_bias:
             grad_bias = grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
 def chunked_token_logps(
@@ -119,7 +131,8 @@ def chunked_token_logps(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     softcap: float | None = None,
-) -> Tensor:
+    log_sum_sq: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Per-token log-probs ``[batch, tokens]`` (fp32) without materializing all logits.
 
     ``hidden``: ``[batch, tokens, hidden]`` final hidden states aligned with ``labels``
@@ -127,14 +140,19 @@ def chunked_token_logps(
     ``bias``: ``[vocab]`` or None; ``mask``: bool ``[batch, tokens]``, only True
     positions are projected; ``softcap``: final logit soft-capping (Gemma-2/3).
     Values and gradients equal :func:`token_logps` on ``hidden @ weight.T + bias``.
+    With ``log_sum_sq``: ``(logps, log_sum_sq_probs)``, the second ``[batch, tokens]`` fp32
+    ``log Σ_v π(v)²`` of each position's distribution, detached, 0 where masked.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     out = torch.zeros(mask.shape, dtype=_accumulation_dtype(hidden), device=hidden.device)
     if not bool(mask.any()):
-        return out
-    selected = _ChunkedLogps.apply(hidden[mask], weight, bias, labels[mask], chunk_size, softcap)
-    return out.masked_scatter(mask, selected)
+        return (out, out.clone()) if log_sum_sq else out
+    selected = _ChunkedLogps.apply(hidden[mask], weight, bias, labels[mask], chunk_size, softcap, log_sum_sq)
+    if not log_sum_sq:
+        return out.masked_scatter(mask, selected)
+    logps, sums = selected
+    return out.masked_scatter(mask, logps), torch.zeros_like(out).masked_scatter(mask, sums)
 
 
 def output_projection(model: nn.Module) -> tuple[Tensor, Tensor | None] | None:
@@ -233,13 +251,16 @@ def final_logit_softcap(model: nn.Module) -> float | None:
 
 
 def pair_token_logps(
-    model: nn.Module, batch: dict[str, Tensor], *, chunk_size: int | None = DEFAULT_CHUNK_SIZE
-) -> tuple[Tensor, Tensor]:
+    model: nn.Module, batch: dict[str, Tensor], *, chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    log_sum_sq: bool = False,
+) -> tuple[Tensor, ...]:
     """Per-token log-probs of each pair's chosen and rejected responses.
 
     ``batch`` comes from :class:`slimepo.data.collate.PairCollator` (any layout). Returns
     ``(chosen_logps [B, Lc], rejected_logps [B, Lr])``, fp32, 0 where
-    ``batch["chosen_mask"]``/``batch["rejected_mask"]`` are False.
+    ``batch["chosen_mask"]``/``batch["rejected_mask"]`` are False. With ``log_sum_sq``, also
+    ``(chosen_log_sum_sq [B, Lc], rejected_log_sum_sq [B, Lr])``: ``log Σ_v π(v)²`` at each
+    response token's position, detached, from the same forward.
 
     The model is always called through its own ``forward`` (so DDP and FSDP wrappers see
     the call). With ``chunk_size``, it is asked for the final hidden states and for the
@@ -257,18 +278,29 @@ def pair_token_logps(
         "position_ids": batch.get("position_ids"),
         "use_cache": False,
     }
+    sums = None  # log Σ_v π(v)² of each scored token, when asked for
     if not chunk_size or output_projection(model) is None:
         logits = model(**inputs).logits
         selected = logits.reshape(-1, logits.shape[-1])[source]
-        logps = torch.log_softmax(selected.to(_accumulation_dtype(selected)), -1).gather(-1, labels[:, None])[:, 0]
+        all_logps = torch.log_softmax(selected.to(_accumulation_dtype(selected)), -1)
+        logps = all_logps.gather(-1, labels[:, None])[:, 0]
+        if log_sum_sq:
+            sums = torch.logsumexp(2 * all_logps.detach(), -1)
     else:
         hidden = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
         # Read after the forward: FSDP2 gathers the root module's weights (the head among them) in
         # its forward and keeps them unsharded until backward, which then reduce-scatters their gradient.
-        weight, bias = output_projection(model)
+        # DeepSpeed ZeRO-3 partitions them again as the head's forward ends: a whole copy is gathered.
+        weight, bias = zero3.whole_copies(*output_projection(model))
         selected = hidden.reshape(-1, hidden.shape[-1])[source]
-        logps = _ChunkedLogps.apply(selected, weight, bias, labels, chunk_size, final_logit_softcap(model))
+        logps = _ChunkedLogps.apply(selected, weight, bias, labels, chunk_size, final_logit_softcap(model), log_sum_sq)
+        if log_sum_sq:
+            logps, sums = logps
     n_chosen = int(chosen_mask.sum())
-    chosen = torch.zeros(chosen_mask.shape, dtype=logps.dtype, device=logps.device)
-    rejected = torch.zeros(rejected_mask.shape, dtype=logps.dtype, device=logps.device)
-    return chosen.masked_scatter(chosen_mask, logps[:n_chosen]), rejected.masked_scatter(rejected_mask, logps[n_chosen:])
+
+    def by_side(flat: Tensor) -> tuple[Tensor, Tensor]:
+        chosen = torch.zeros(chosen_mask.shape, dtype=flat.dtype, device=flat.device)
+        rejected = torch.zeros(rejected_mask.shape, dtype=flat.dtype, device=flat.device)
+        return chosen.masked_scatter(chosen_mask, flat[:n_chosen]), rejected.masked_scatter(rejected_mask, flat[n_chosen:])
+
+    return by_side(logps) if sums is None else (*by_side(logps), *by_side(sums))

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.data import BatchSampler
 
 from slimepo.data import DataError, Origin, Row, prepare_pairs, tokenize_pairs
 from slimepo.data.formats import PreferencePair
 from slimepo.data.unpaired import (
+    KlExample,
+    KlExamples,
+    StepRotation,
     TokenizedExample,
     UnpairedCollator,
     UnpairedExample,
@@ -158,3 +162,36 @@ def test_a_batch_of_one_has_no_mismatched_pair_and_long_mismatches_are_cut():
     # example 1 (prompt 1) gets [10, 11, 12]: each cut to 4 − len(prompt) tokens.
     assert cut["rejected_mask"].sum(-1).tolist() == [2, 3, 1]
     assert torch.equal(cut["chosen_mask"], UnpairedCollator(0)(EXAMPLES)["chosen_mask"])
+
+
+def step_pairs(examples: int, batch: int, processes: int, accumulation: int) -> list[list[tuple[int, int | None]]]:
+    return list(StepRotation(BatchSampler(range(examples), batch, drop_last=False), processes, accumulation))
+
+
+def test_a_steps_mismatched_pairs_do_not_depend_on_how_it_is_split():
+    """7 examples in one optimizer step: each takes the completion of the one dealt before it in the
+    step (the last's for the first), whether the step is 1 batch of 8, 4 + 3 accumulated, 4 | 3 on
+    2 processes or (2 + 2) | (2 + 1)."""
+    whole = [(0, 6), (1, 0), (2, 1), (3, 2), (4, 3), (5, 4), (6, 5)]
+    assert step_pairs(7, 8, 1, 1) == [whole]
+    for batch, processes, accumulation in ((4, 1, 2), (4, 2, 1), (2, 2, 2)):
+        split = step_pairs(7, batch, processes, accumulation)
+        assert [pair for part in split for pair in part] == whole
+    assert step_pairs(7, 2, 2, 2) == [whole[0:2], whole[2:4], whole[4:6], whole[6:]]
+
+
+def test_each_step_rotates_its_own_examples_and_a_lone_example_has_no_pair():
+    """9 examples at batch 2 on 2 processes: steps [0..3], [4..7], then 8 with an empty batch to end the round."""
+    assert step_pairs(9, 2, 2, 1) == [
+        [(0, 3), (1, 0)], [(2, 1), (3, 2)], [(4, 7), (5, 4)], [(6, 5), (7, 6)], [(8, None)], [],
+    ]
+
+
+def test_examples_dealt_with_their_step_partner_are_batched_with_its_completion():
+    items = [KlExamples(EXAMPLES)[index] for index in [(0, 2), (1, None)]]
+    assert items[0] == KlExample(EXAMPLES[0], EXAMPLES[2].completion_ids)
+    batch = UnpairedCollator(0)(items)
+    flat = batch["input_ids"].reshape(-1)
+    rejected = [flat[batch["rejected_target"][i][batch["rejected_mask"][i]]].tolist() for i in range(2)]
+    assert rejected == [[30, 31], [20]]  # example 2's completion; example 1's own, a placeholder
+    assert batch["kl_mask"].tolist() == [True, False]

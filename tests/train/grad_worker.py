@@ -1,9 +1,11 @@
-"""Run by test_invariance.py: one optimizer step per loss, saving the gradients the optimizer receives.
+"""Run by test_invariance.py and test_distributed.py: one optimizer step per loss, saving the gradients
+the optimizer receives.
 
-``grad_worker.py MODEL DATA_DIR OUT BATCH ACCUMULATION LOSS[,LOSS...]``; under torchrun each
-process takes BATCH pairs per micro-batch. Process 0 writes ``OUT/<loss>.pt``.
+``grad_worker.py MODEL DATA_DIR OUT BATCH ACCUMULATION LOSS[,LOSS...] [JSON of TrainConfig overrides]``;
+under torchrun each process takes BATCH pairs per micro-batch. Process 0 writes ``OUT/<loss>.pt``.
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -30,14 +32,16 @@ class SaveGradients(TrainerCallback):
 def main() -> None:
     model, data, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     batch, accumulation, losses = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6].split(",")
+    overrides = json.loads(sys.argv[7]) if len(sys.argv) > 7 else {}
     out.mkdir(parents=True, exist_ok=True)
     for loss in losses:
-        config = TrainConfig(
+        options = dict(
             model=model, dataset=str(data / "train.jsonl"), eval_dataset=str(data / "eval.jsonl"), eval_split="train",
             output_dir=str(out / f"run-{loss}"), max_steps=1, batch_size=batch, gradient_accumulation_steps=accumulation,
             learning_rate=1e-3, max_grad_norm=0.0, warmup_ratio=0.0, logging_steps=1, save_steps=0, monitor_steps=0,
             use_lora=False, seed=0, loss=loss, dtype="float32",  # fp32 throughout: the comparison is at 1e-5
         )
+        config = TrainConfig(**{**options, **overrides})
         train(config, callbacks=[SaveGradients(out / f"{loss}.pt")])
     if dist.is_initialized():
         dist.destroy_process_group()

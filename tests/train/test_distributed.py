@@ -165,6 +165,82 @@ def test_a_short_last_step_on_two_processes_has_the_loss_and_gradient_of_one_pro
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
 
 
+def unpaired_data(folder: Path, examples: int) -> Path:
+    """``examples`` unpaired rows from test_invariance's pairs (completions of 1 to 15 words), the chosen
+    response desirable and the rejected one undesirable in turn (train.jsonl); 2 held out."""
+    folder.mkdir(parents=True)
+    lines = [{"prompt": r["prompt"], "completion": r["chosen"] if i % 2 == 0 else r["rejected"], "label": i % 2 == 0}
+             for i, r in enumerate(rows())]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines[:examples]))
+    (folder / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines[:2]))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def kto_one_process(tiny_model_dir, tmp_path_factory):
+    """KTO's plain reference: one process takes each data set's one optimizer step whole, at batch 8.
+
+    LoRA, with ``--ref-model`` the tiny model with a 3 times sharper output head: a reference unlike
+    the policy at the first step, so the mismatched log-ratios, and z_0, are far from 0 (with the
+    adapters' zero update every log-ratio would be 0); β = 1, so that z_0 moves the loss and the
+    gradient visibly. Returns ``run(examples, world, batch,
+    accumulation) -> (gradients, the step's train line)``, the 1-process runs made once."""
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("kto-split")
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        reference.lm_head.weight.mul_(3.0)
+    reference.save_pretrained(root / "sharp-reference")
+    options = json.dumps({"use_lora": True, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+                          "ref_model": str(root / "sharp-reference"), "loss_params": {"beta": 1.0}})
+    grad_worker = str(WORKER.with_name("grad_worker.py"))
+    done = {}
+
+    def run_split(examples: int, world: int, batch: int, accumulation: int):
+        key = (examples, world, batch, accumulation)
+        if key not in done:
+            data = root / f"data-{examples}"
+            if not data.exists():
+                unpaired_data(data, examples)
+            out = root / "-".join(map(str, key))
+            launch = [sys.executable] if world == 1 else [TORCHRUN, "--nproc_per_node", "2", "--master_port", free_port()]
+            result = subprocess.run([*launch, grad_worker, str(tiny_model_dir), str(data), str(out), str(batch),
+                                     str(accumulation), "kto", options], env=ENV, capture_output=True, text=True,
+                                    timeout=600)
+            assert result.returncode == 0, result.stderr[-4000:]
+            (line,) = train_lines(out / "run-kto")
+            done[key] = torch.load(out / "kto.pt"), line
+        return done[key]
+
+    return run_split
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("examples", "world", "batch", "accumulation"), [
+    (7, 1, 4, 2),  # 4 + 3 on one process: the step's pairs scored before its first micro-batch
+    (7, 2, 4, 1),  # 4 | 3: each process's forward scores its part, summed over the two
+    (7, 2, 2, 2),  # (2 + 2) | (2 + 1)
+    (5, 2, 2, 2),  # (2 + 1) | (2 + an empty batch, a stand-in weighted 0)
+])
+def test_kto_reference_point_loss_and_lora_gradient_are_the_steps_however_it_is_split(
+    examples, world, batch, accumulation, kto_one_process
+):
+    """One optimizer step of KTO on 7 (or 5) examples, split over processes and micro-batches, against
+    one process taking it whole at batch 8: the same mismatched pairs (the step's examples rotated by
+    one, StepRotation), the same z_0, loss and LoRA gradient.
+
+    Before, with the pairs rotated within each micro-batch and z_0 estimated per micro-batch, z_0 was
+    0.9851 (4 + 3), 1.0004 (4 | 3) and 0.9540 ((2 + 2) | (2 + 1)) against 0.9988 at batch 8, and the
+    gradient 9.4e-4 (4 | 3) to 0.18 (5 examples) relative off; now z_0 is within 2e-6 relative and the
+    gradient within 1.6e-6."""
+    (expected, one), (got, split) = kto_one_process(examples, 1, 8, 1), kto_one_process(examples, world, batch, accumulation)
+    assert one["reference_point"] > 0.1  # z_0 is in play: the clamp at 0 does not hide it
+    for key in ("reference_point", "kl", "loss", "loss/desirable", "loss/undesirable"):
+        assert split[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), key
+    assert relative_difference(expected, got) < 1e-5
+
+
 @pytest.mark.slow
 def test_a_process_left_with_no_pair_in_the_last_step_trains_and_logs_as_one_process(tiny_model_dir, tmp_path):
     """5 pairs, 2 processes x 2: step 1 is 2 | 2, step 2 is 1 | nothing; one process x 4 takes 4, then 1.

@@ -4,6 +4,8 @@ The reference is computed by hand: each response scored from the model's own log
 ``[prompt + response]`` alone, one sequence at a time, with ``log_softmax``.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -65,6 +67,61 @@ def test_every_layout_and_head_path_gives_the_unshared_log_probs(kind, layout, c
         torch.testing.assert_close(chosen[i, : len(p.chosen_ids)], reference["chosen"][i], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(rejected[i, : len(p.rejected_ids)], reference["rejected"][i], rtol=1e-5, atol=1e-5)
     assert torch.equal(chosen[~batch["chosen_mask"]], torch.zeros_like(chosen[~batch["chosen_mask"]]))
+
+
+def log_sum_sq_by_hand(model, pairs):
+    """``log Σ_v π(v)²`` at each response token's position from the full logits (torch.logsumexp),
+    one unpadded sequence at a time."""
+    out = {"chosen": [], "rejected": []}
+    with torch.no_grad():
+        for p in pairs:
+            for side in out:
+                response = getattr(p, f"{side}_ids")
+                logits = model(input_ids=torch.tensor([p.prompt_ids + response])).logits[0].float()
+                stat = torch.logsumexp(2 * logits, -1) - 2 * torch.logsumexp(logits, -1)
+                n = len(p.prompt_ids)
+                out[side].append(stat[n - 1 : n - 1 + len(response)])
+    return out
+
+
+def check_log_sum_sq_in_every_layout_and_head_path(pair_token_logps, model, reference):
+    for layout in LAYOUTS:
+        for chunk_size in (None, 3):
+            batch = PairCollator(pad_token_id=0, layout=layout, pack_tokens=24)(PAIRS)
+            chosen, rejected, chosen_stat, rejected_stat = pair_token_logps(
+                model, batch, chunk_size=chunk_size, log_sum_sq=True)
+            for i, p in enumerate(PAIRS):
+                torch.testing.assert_close(chosen_stat[i, : len(p.chosen_ids)], reference["chosen"][i], rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(rejected_stat[i, : len(p.rejected_ids)], reference["rejected"][i], rtol=1e-5,
+                                           atol=1e-5)
+            assert not chosen_stat.requires_grad and not chosen_stat[~batch["chosen_mask"]].any()
+            for a, b in zip((chosen, rejected), pair_token_logps(model, batch, chunk_size=chunk_size)):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", TINY_MODEL_KINDS)
+def test_every_layout_and_head_path_gives_the_log_sum_sq_of_the_full_logits(kind):
+    model = tiny_model(kind)
+    check_log_sum_sq_in_every_layout_and_head_path(pair_token_logps, model, log_sum_sq_by_hand(model, PAIRS))
+
+
+@pytest.mark.parametrize(("label", "old", "new"), [
+    ("full logits: log Σ π", "torch.logsumexp(2 * all_logps.detach(), -1)", "torch.logsumexp(all_logps.detach(), -1)"),
+    ("full logits: logsumexp(2z) alone", "torch.logsumexp(2 * all_logps.detach(), -1)", "torch.logsumexp(2 * selected.detach(), -1)"),
+    ("sides of the statistic swapped", "(*by_side(logps), *by_side(sums))", "(*by_side(logps), *reversed(by_side(sums)))"),
+])
+def test_every_mutant_of_the_statistic_in_pair_token_logps_fails(label, old, new):
+    import importlib.util
+
+    import slimepo.logprobs
+
+    source = Path(slimepo.logprobs.__file__).read_text(encoding="utf-8")
+    assert source.count(old) == 1, f"{old!r} occurs {source.count(old)} times"
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("slimepo_logprobs_mutant", loader=None))
+    exec(compile(source.replace(old, new), "<logprobs mutant>", "exec"), module.__dict__)
+    model = tiny_model("llama")
+    with pytest.raises(AssertionError):
+        check_log_sum_sq_in_every_layout_and_head_path(module.pair_token_logps, model, log_sum_sq_by_hand(model, PAIRS))
 
 
 @pytest.mark.parametrize("kind", TINY_MODEL_KINDS)

@@ -53,7 +53,7 @@ def read_metrics(out):
 
 
 def test_kto_lowers_its_loss_and_lifts_desirable_above_undesirable(tiny_model_dir, unpaired_data, tmp_path):
-    # 2 micro-batches per step: the loss divides by the step's examples (StepTotals), z_0 per micro-batch.
+    # 2 micro-batches per step: the loss divides by the step's examples (StepTotals), z_0 is the step's.
     result = train(kto_config(tiny_model_dir, unpaired_data, tmp_path / "run", gradient_accumulation_steps=2,
                               eval_steps=10))
     records = read_metrics(result.output_dir)
@@ -69,7 +69,7 @@ def test_kto_lowers_its_loss_and_lifts_desirable_above_undesirable(tiny_model_di
                 "unlearning_rate/desirable", "grad_norm", "tokens_per_second"):
         assert key in logs[-1], key
     assert logs[-1]["rewards/desirable"] > logs[-1]["rewards/undesirable"]
-    # z_0 = max(0, KL estimate) per micro-batch, so its logged mean is >= 0 and >= the mean estimate.
+    # z_0 = max(0, KL estimate) per step, so its logged mean is >= 0 and >= the mean estimate.
     assert all(r["reference_point"] >= max(0.0, r["kl"]) - 1e-6 for r in logs)
     evals = [r for r in records if r["split"] == "eval"]
     assert evals and "rewards/desirable" in evals[-1] and math.isfinite(evals[-1]["loss"])

@@ -14,20 +14,22 @@ reason, row-numbered, and ``max_bad_fraction`` applies as for pairs.
     tokens   = tokenize_examples(examples, tokenizer, ...)  # as a pair's response is tokenized
 
 :func:`prepare_examples` runs all three. :class:`UnpairedCollator` makes the batches, with
-the mismatched completions that KTO's reference point is estimated on.
+the mismatched completions that KTO's reference point is estimated on; in training
+:class:`StepRotation` chooses them over each optimizer step's examples.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from slimepo.data.batching import WholeRounds
 from slimepo.data.collate import PairCollator
 from slimepo.data.formats import (
     Messages,
@@ -161,37 +163,109 @@ def prepare_examples(
 
 def example_tokens(example: TokenizedExample) -> int:
     """Tokens an example costs in a shared row: prompt, completion and a mismatched completion
-    (another example's; about as long when batches are bucketed by length)."""
+    (another example's of the step; about as long when batches are bucketed by length, but for the
+    first of each batch, which takes the previous batch's last completion: :class:`StepRotation`)."""
     return len(example.prompt_ids) + 2 * len(example.completion_ids)
+
+
+def previous_in_order(count: int) -> list[int | None]:
+    """Where each of ``count`` examples of a KL batch, in order, takes its mismatched completion:
+    from the example before it (the last, for the first), the completions rotated by one as TRL
+    makes its KL batch. ``[None]`` for a lone example: no other completion, no mismatched pair."""
+    return [None] if count == 1 else [(k - 1) % count for k in range(count)]
+
+
+@dataclass(frozen=True)
+class KlExample:
+    """An example and the completion its KL batch gives its prompt (None: no mismatched pair)."""
+
+    example: TokenizedExample
+    mismatched_ids: list[int] | None
+
+
+class StepRotation(WholeRounds):
+    """:class:`WholeRounds` for KTO: each example index comes with the index of the example whose
+    completion its prompt is paired with, over a whole optimizer step.
+
+    A step is ``accumulation`` rounds, ``accumulation × processes`` consecutive batches (fewer at
+    the end of an epoch, as the Trainer groups them). Its examples, in the order the batches are
+    dealt, are its KL batch: :func:`previous_in_order` over all of them. That order is the
+    sampler's, the same however the step is split into processes and micro-batches, so the
+    mismatched pairs, and KTO's reference point on them, are the step's: 1 process at batch 8,
+    1 at batch 4 accumulating 2, and 2 at batch 4 make the same pairs. With one batch on one
+    process, they are the batch's own rotation (:class:`UnpairedCollator`).
+
+    Yields lists of ``(index, mismatched index or None)``, read by :class:`KlExamples`.
+    """
+
+    def __init__(self, batch_sampler, processes: int, accumulation: int):
+        super().__init__(batch_sampler, processes)
+        self.accumulation = accumulation
+
+    def __iter__(self) -> Iterator[list[tuple[int, int | None]]]:
+        step: list[list[int]] = []
+        for batch in super().__iter__():
+            step.append(batch)
+            if len(step) == self.processes * self.accumulation:
+                yield from self._paired(step)
+                step = []
+        yield from self._paired(step)
+
+    @staticmethod
+    def _paired(step: list[list[int]]) -> Iterator[list[tuple[int, int | None]]]:
+        order = [index for batch in step for index in batch]
+        partners = iter(previous_in_order(len(order)))
+        for batch in step:
+            yield [(index, None if (k := next(partners)) is None else order[k]) for index in batch]
+
+
+@dataclass(frozen=True)
+class KlExamples:
+    """``examples`` read by the ``(index, mismatched index or None)`` that :class:`StepRotation` deals."""
+
+    examples: Sequence[TokenizedExample]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: tuple[int, int | None]) -> KlExample:
+        own, partner = index
+        return KlExample(self.examples[own], None if partner is None else self.examples[partner].completion_ids)
 
 
 @dataclass
 class UnpairedCollator(PairCollator):
     """Batches of :class:`TokenizedExample`, each with a mismatched completion for the KL batch.
 
-    Example ``i`` of a batch of B gets the completion of example ``i − 1`` (of ``B − 1`` for
-    ``i = 0``): the completions rotated by one within the batch, as TRL makes its KL batch,
-    so the mismatched completions are the batch's own completions, each under another prompt.
-    That mismatched completion is cut to ``max_length − len(prompt_i)`` tokens when
-    ``max_length`` is set.
+    Given plain examples, the batch is its own KL batch: example ``i`` of a batch of B gets the
+    completion of example ``i − 1`` (of ``B − 1`` for ``i = 0``), :func:`previous_in_order`, so
+    the mismatched completions are the batch's own completions, each under another prompt (held-out
+    batches). Given :class:`KlExample` items, each takes the completion it carries (training: its
+    optimizer step's rotation, :class:`StepRotation`). That mismatched completion is cut to
+    ``max_length − len(prompt_i)`` tokens when ``max_length`` is set.
 
     The batch is :class:`PairCollator`'s (any layout) for the pairs ``(x_i, y_i, y'_i)``: its
     ``chosen_*`` keys describe each example's own completion ``y_i``, its ``rejected_*`` keys
     the mismatched one ``y'_i``, so one forward scores both. Added: ``desirable`` ``[B]``
-    bool, and ``kl_mask`` ``[B]`` bool, all False for a batch of one example (its only
-    completion is its own: no mismatched pair).
+    bool, and ``kl_mask`` ``[B]`` bool, False where an example has no mismatched pair (a batch, or
+    step, of one example: its own completion fills the slot, scored for nothing).
     """
 
     max_length: int | None = None
 
-    def __call__(self, examples: Sequence[TokenizedExample]) -> dict[str, Tensor]:
+    def __call__(self, examples: Sequence[TokenizedExample | KlExample]) -> dict[str, Tensor]:
+        if examples and not isinstance(examples[0], KlExample):
+            examples = [KlExample(e, None if k is None else examples[k].completion_ids)
+                        for e, k in zip(examples, previous_in_order(len(examples)))]
         rows = []
-        for i, example in enumerate(examples):
-            mismatched = examples[i - 1].completion_ids
+        for item in examples:
+            example, mismatched = item.example, item.mismatched_ids
+            if mismatched is None:  # a placeholder, left out by kl_mask
+                mismatched = example.completion_ids
             if self.max_length is not None:
                 mismatched = mismatched[: max(1, self.max_length - len(example.prompt_ids))]
             rows.append(TokenizedPair(example.prompt_ids, example.completion_ids, mismatched, example.origin))
         batch = super().__call__(rows)
-        batch["desirable"] = torch.tensor([e.desirable for e in examples], dtype=torch.bool)
-        batch["kl_mask"] = torch.full((len(examples),), len(examples) > 1, dtype=torch.bool)
+        batch["desirable"] = torch.tensor([item.example.desirable for item in examples], dtype=torch.bool)
+        batch["kl_mask"] = torch.tensor([item.mismatched_ids is not None for item in examples], dtype=torch.bool)
         return batch

@@ -8,6 +8,8 @@
 A weighted sum of losses is a spec, ``get_loss("dpo,sft=0.2", dpo={"beta": 0.2})``: see
 :func:`parse_loss_spec` and :class:`CompositeLoss`. ``get_loss("kto")`` is a loss on unpaired
 examples (:class:`UnpairedLoss`, its own inputs), which stands alone in a spec.
+``WpoWeighted(get_loss("dpo"))`` weighs any loss on pairs by WPO's per-pair weights
+(:mod:`slimepo.losses.wpo`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from slimepo.losses.pairwise import (
     SimpoLoss,
 )
 from slimepo.losses.slime import SlimeLoss
+from slimepo.losses.wpo import WpoWeighted, wpo_pair_weights
 
 _CLASSES: dict[str, type[PreferenceLoss]] = {
     cls.name: cls
@@ -226,10 +229,12 @@ __all__ = [
     "SequenceStats",
     "StepTotals",
     "UnpairedLoss",
+    "WpoWeighted",
     "get_loss",
     "is_unpaired",
     "loss_class",
     "parse_loss_spec",
     "spec_text",
     "sequence_stats",
+    "wpo_pair_weights",
 ]

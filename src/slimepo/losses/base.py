@@ -19,6 +19,11 @@ one, the counts weighted alike::
 so a pair of weight 2 counts exactly as the same pair twice, one of weight 0 as no pair,
 and all weights 1 give the unweighted means. A batch (or step) whose weights are all 0
 has loss 0.
+
+Per-pair factors ``c_i >= 0`` (``pair_factors``, ``[batch]``) scale each pair's
+terms without entering the counts, ``Σ_i w_i·c_i·v_i / Σ_i w_i``: WPO's weights
+(:mod:`slimepo.losses.wpo`), which make a pair the policy finds unlikely count for less
+rather than the others for more.
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ class SequenceStats:
     ``[batch]`` |y|; ``mean``: ``[batch]`` r(y) = sum / length. ``num_pairs`` and
     ``num_tokens``: what :meth:`pair_mean` and :meth:`token_mean` divide by (this batch's
     counts, or the step's, see :class:`StepTotals`). ``weights``: ``[batch]`` fp32 w_i >= 0
-    of each pair, or None (every w_i = 1).
+    of each pair (times its factor c_i under ``pair_factors``), or None (every w_i = 1).
     """
 
     logps: Tensor
@@ -167,11 +172,15 @@ class PreferenceLoss:
 
     Subclasses set ``name``, ``citation``, ``requires_reference`` and implement
     ``compute(chosen, rejected, ref_chosen, ref_rejected)`` on :class:`SequenceStats`.
+    ``requires_log_sum_sq``: the loss takes, besides the log-probs, each response token's
+    ``log Σ_v π(v)²`` under the policy (``chosen_log_sum_sq`` / ``rejected_log_sum_sq``), which
+    the log-prob head computes only for such a loss (:class:`~slimepo.losses.wpo.WpoWeighted`).
     """
 
     name: ClassVar[str]
     citation: ClassVar[str]
     requires_reference: ClassVar[bool] = False
+    requires_log_sum_sq: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self._warned_unused_reference = False
@@ -202,6 +211,7 @@ class PreferenceLoss:
         ref_rejected_logps: Tensor | None = None,
         step_totals: StepTotals | None = None,
         weights: Tensor | None = None,
+        pair_factors: Tensor | None = None,
     ) -> LossOutput:
         """The loss of one batch and its metrics.
 
@@ -214,6 +224,11 @@ class PreferenceLoss:
         ``step_totals`` those are the step's weighted counts. The ``loss/<term>`` metrics are
         weighted like the loss; ``rewards/*``, ``margin``, ``accuracy`` and ``logps/*`` stay
         plain means over the batch's pairs.
+
+        ``pair_factors``: ``[batch]`` factors c_i >= 0 multiplying every term of pair i, its
+        tokens' in token means too, while the counts stay those of ``weights``: each mean becomes
+        ``Σ_i w_i·c_i·v_i / Σ_i w_i`` (see the module docstring). Used as given: a factor meant
+        as a constant comes detached.
         """
         chosen = sequence_stats(chosen_logps, chosen_mask, "chosen", weights=weights)
         rejected = sequence_stats(rejected_logps, rejected_mask, "rejected", weights=weights)
@@ -221,6 +236,13 @@ class PreferenceLoss:
             raise ValueError(
                 f"chosen and rejected batch sizes differ: {chosen.sum.shape[0]} vs {rejected.sum.shape[0]}"
             )
+        if pair_factors is not None:
+            if pair_factors.shape != chosen.sum.shape:
+                raise ValueError(f"pair_factors must be [batch]={tuple(chosen.sum.shape)}, got {tuple(pair_factors.shape)}")
+            # Not checked for NaN: a non-finite policy makes a non-finite loss, a step the trainer skips.
+            factors = pair_factors.to(torch.float32)
+            scaled = factors if weights is None else chosen.weights * factors
+            chosen, rejected = dataclasses.replace(chosen, weights=scaled), dataclasses.replace(rejected, weights=scaled)
         given_reference = ref_chosen_logps is not None or ref_rejected_logps is not None
         if self.requires_reference:
             if ref_chosen_logps is None or ref_rejected_logps is None:

@@ -12,6 +12,19 @@ The reference point ``z_0`` is an estimate of ``KL(π_θ ‖ π_ref)``: the mean
 *KL batch*, mismatched pairs ``(x_j, y'_j)`` made by giving each prompt of the batch another
 example's completion. It is detached (no gradient flows through it), as in the paper and
 TRL.
+
+Which batch: the optimizer step's. Its examples e_0 … e_{N−1}, in the order they are dealt,
+each prompt with the completion of the example before it (the last's for e_0): TRL's rotation
+by one, over the whole step's global batch instead of each process's micro-batch. The paper
+estimates z_0 on the batch a step is taken on; a step split over processes or micro-batches is
+meant to be that same step (every batch mean of slimepo's losses divides by the step's counts),
+and pairs and means per micro-batch would make z_0, and through it the loss and the gradient,
+depend on the split (TRL averages per-process means at each micro-step). With the step's KL
+batch, one process taking the step whole, one accumulating micro-batches and several processes
+give the same z_0, loss and gradient; a step that is one batch on one process keeps that batch's
+own rotation. This module takes the KL batch as given: ``kl_logratios`` when a batch is its own
+KL batch, ``kl_totals`` when the step's spans several micro-batches or processes (the trainer:
+``StepRotation`` makes the pairs, ``PreferenceTrainer.unpaired_step`` sums them).
 """
 
 from __future__ import annotations
@@ -31,10 +44,10 @@ LABELS = ("desirable", "undesirable")
 
 @dataclass(frozen=True)
 class KlTotals:
-    """The KL batch when it spans more than this batch (every process's micro-batch of one step).
+    """The KL batch when it spans more than this batch: every micro-batch of one optimizer step, on every process.
 
     ``sum``: Σ_j r_θ(x_j, y'_j) over its mismatched pairs; ``count``: their number. 0-d tensors,
-    summed over the processes.
+    summed over the micro-batches and processes.
     """
 
     sum: Tensor
@@ -60,8 +73,8 @@ class UnpairedLoss:
     - ``ref_completion_logps`` ``[B]``: ``π_ref(y_i)``, summed (when ``requires_reference``);
     - ``kl_logratios`` ``[B]``: ``r_θ(x_i, y'_i)`` of the KL batch, each prompt with a
       mismatched completion; ``kl_mask`` ``[B]`` bool, False where a row has no mismatched
-      completion (a batch of one example). Or ``kl_totals``: that batch's sum and count over
-      every process, which then replace this batch's.
+      completion (a batch of one example). Or ``kl_totals``: the sum and count of the KL batch
+      of this batch's whole optimizer step, which then replace this batch's.
 
     The loss is ``Σ_i L_i / num_examples``: a mean over the examples (the batch's count by
     default, or the whole optimizer step's when this batch is one part of it).

@@ -7,7 +7,7 @@ from typing import Any
 
 from slimepo.atomic_io import write_text
 from slimepo.config import TrainConfig
-from slimepo.losses import get_loss, parse_loss_spec
+from slimepo.losses import parse_loss_spec
 from slimepo.report import lookup
 
 SUMMARY_ROWS = (
@@ -38,7 +38,7 @@ CARD_MARK = "Trained with [slimepo](https://pypi.org/project/slimepo/)"
 
 
 def write_model_card(out: Path, config: TrainConfig, final: dict[str, Any], steps: int, before: dict[str, Any] | None = None) -> Path:
-    loss = get_loss(config.loss, **config.loss_params)
+    loss = config.loss_fn()
     params = "\n".join(f"| `{k}` | {v} |" for k, v in loss.hyperparameters().items()) or "| (none) | |"
     method = "LoRA" if config.use_lora else "full fine-tuning"
     if config.use_lora:

@@ -19,6 +19,7 @@ import yaml
 from accelerate import PartialState
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
+from slimepo import zero3
 from slimepo.atomic_io import write_json, write_text
 from slimepo.config import DEMO, ConfigError, TrainConfig
 from slimepo.data import demo_file, prepare_pairs
@@ -27,7 +28,7 @@ from slimepo.data.tokenize import template_text
 from slimepo.data.unpaired import UnpairedCollator, prepare_examples
 from slimepo.diagnostics import preference_metrics
 from slimepo.logprobs import uses_flex_attention
-from slimepo.losses import get_loss, is_unpaired
+from slimepo.losses import is_unpaired
 from slimepo.metrics_log import append_record
 from slimepo.model import (
     cache_dir,
@@ -162,9 +163,10 @@ def resume_point(config: TrainConfig, out: Path, is_main: bool) -> str | None:
 
 def check_unpaired(config: TrainConfig) -> None:
     """Refuse the options a loss on unpaired examples (kto) cannot take."""
-    if config.batch_size < 2 and not config.max_tokens_per_batch:
+    if config.batch_size * config.gradient_accumulation_steps < 2 and not config.max_tokens_per_batch:
         raise ConfigError(f"batch_size: {config.loss} estimates its reference point on mismatched pairs made "
-                          f"within a batch (each prompt with another example's completion): needs >= 2, got {config.batch_size}")
+                          "within an optimizer step (each prompt with another example's completion): needs "
+                          f"batch_size x gradient_accumulation_steps >= 2, got {config.batch_size}")
     if config.precompute_ref_logps:
         raise ConfigError(f"precompute_ref_logps: {config.loss}'s mismatched pairs are known only once a batch is "
                           "made, so the reference scores every step; drop --precompute-ref-logps")
@@ -328,6 +330,12 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
             f"fsdp: accelerate {accelerate.__version__} shards with its FSDP plugin only on GPUs (and XPU/NPU/...); "
             "on CPU it would train DDP instead, unannounced. Drop the accelerate FSDP config and pass --fsdp"
         )
+    if not config.use_lora and zero3.saves_no_whole_model():
+        raise ConfigError(
+            "use_lora: under DeepSpeed ZeRO-3 a fully fine-tuned model is saved as DeepSpeed's partitioned checkpoint, "
+            "not model.safetensors, unless its weights are gathered to be saved: pass --zero3_save_16bit_model true "
+            "to accelerate launch (stage3_gather_16bit_weights_on_model_save in a DeepSpeed config file)"
+        )
     check_resume(config, out, args.world_size)  # on every process: none may wait for one that stopped
     if args.process_index == 0:
         check_output_dir(config)
@@ -335,7 +343,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     train_pairs, held_out = load_data(config, tokenizer)
-    loss_fn = get_loss(config.loss, **config.loss_params)
+    loss_fn = config.loss_fn()
     if config.compile_loss:
         loss_fn = loss_fn.compiled()
     if config.frozen_dtype == "bfloat16" and not args.bf16:
@@ -376,7 +384,11 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     score = dict(pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, chunk_size=chunk, layout=config.layout)
     # Under the autocast the trained model's forward will carry, so "before" and "after" compare alike.
     # Each process scores its share of the batches, process 0 receives them all (the others None).
-    with trainer.accelerator.autocast():
+    # Under DeepSpeed ZeRO-3 the weights were partitioned at load, and the engine that gathers them
+    # module by module is made by train(): until then the whole model is gathered on every process
+    # (the reference too, for --precompute-ref-logps).
+    loaded = [*trainer.model.parameters(), *(ref_model.parameters() if ref_model is not None else ())]
+    with trainer.accelerator.autocast(), zero3.gathered(loaded):
         if unpaired:
             before_scores = trainer.score_examples(held_out, config.batch_size) if held_out else None
         else:

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,10 +21,11 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader
 from transformers import Trainer
 
+from slimepo import zero3
 from slimepo.data.batching import StandInCollator, TokenBudgetBatchSampler, WholeRounds, pair_tokens
-from slimepo.data.unpaired import example_tokens
+from slimepo.data.unpaired import KlExamples, StepRotation, example_tokens
 from slimepo.diagnostics import collapse_metrics, drift_stats
-from slimepo.logprobs import pair_token_logps
+from slimepo.logprobs import output_projection, pair_token_logps
 from slimepo.losses import KlTotals, PreferenceLoss, StepTotals, UnpairedLoss
 from slimepo.losses.kto import LABELS, label_means
 from slimepo.scoring import release_gathered_weights
@@ -31,6 +33,15 @@ from slimepo.train.checkpoint import read_run_state, rotate, staged_checkpoint, 
 from slimepo.train.faults import NonFiniteStepGuard
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UnpairedStepTotals(StepTotals):
+    """A KTO step's counts (``pairs`` counts examples) and the totals of its KL batch when they were
+    scored before its first micro-batch (:meth:`PreferenceTrainer.step_kl_totals`); None when each
+    process has one micro-batch, whose forward scores its part (:meth:`PreferenceTrainer.unpaired_step`)."""
+
+    kl: KlTotals | None = None
 
 class PreferenceTrainer(Trainer):
     """``transformers.Trainer`` whose loss is any :mod:`slimepo.losses` objective.
@@ -57,9 +68,16 @@ class PreferenceTrainer(Trainer):
         self._checkpoint_root: str | None = None
         self.loss_fn = loss_fn
         self.ref_model = ref_model
-        if ref_model is not None:
+        if ref_model is not None and zero3.partitioned(ref_model.parameters()):
+            # Partitioned at load (DeepSpeed ZeRO-3) like the policy, whose engine train() makes: one of its own.
+            self.ref_model = zero3.inference_engine(ref_model, self.accelerator.state.deepspeed_plugin.deepspeed_config)
+        elif ref_model is not None:
             self.ref_model = ref_model.to(self.args.device)
         self.chunk_size = logprob_chunk_size or None
+        if self.chunk_size and zero3.trains_partitioned(output_projection(self.model) or ()):
+            logger.warning("DeepSpeed ZeRO-3 partitions the output head this run trains, and the chunked log-prob head "
+                           "cannot pass it a gradient: the full logits are materialized instead (--logprob-chunk-size 0)")
+            self.chunk_size = None
         # Training losses divide by the whole step's counts (step_totals): the Trainer must not rescale them.
         self.loss_is_scaled_for_ga = True
         # Per split and metric, each micro-batch's value and its weight: 1, the number of examples a
@@ -78,7 +96,11 @@ class PreferenceTrainer(Trainer):
         else:
             batches = BatchSampler(self._get_train_sampler(), self._train_batch_size, self.args.dataloader_drop_last)
         stand_in = min(self.train_dataset, key=self.example_tokens)  # the cheapest pair to run for nothing
-        loader = DataLoader(self.train_dataset, batch_sampler=WholeRounds(batches, self.accelerator.num_processes),
+        dataset, rounds = self.train_dataset, WholeRounds(batches, self.accelerator.num_processes)
+        if self.unpaired:  # KTO's mismatched pairs, made over each optimizer step's examples
+            dataset = KlExamples(self.train_dataset)
+            rounds = StepRotation(batches, self.accelerator.num_processes, self.args.gradient_accumulation_steps)
+        loader = DataLoader(dataset, batch_sampler=rounds,
                             collate_fn=StandInCollator(self.data_collator, stand_in),
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
         # Whole rounds leave accelerate nothing to even out; accelerate < 1.4 refuses a sampler
@@ -90,13 +112,14 @@ class PreferenceTrainer(Trainer):
         finally:
             self.accelerator.even_batches = even_batches
 
-    def token_logps(self, model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """``(chosen_logps [B, Lc], rejected_logps [B, Lr])``, 0 where masked."""
+    def token_logps(self, model, batch: dict[str, Tensor], log_sum_sq: bool = False) -> tuple[Tensor, ...]:
+        """``(chosen_logps [B, Lc], rejected_logps [B, Lr])``, 0 where masked; with ``log_sum_sq`` also
+        each response token's ``log Σ_v π(v)²`` (:func:`~slimepo.logprobs.pair_token_logps`)."""
         # FSDP2 keeps the root's (the head's) weights gathered from forward to backward, so the chunked
         # projection can use them; FSDP1's flat parameters are not checked here: materialized logits.
         fsdp1 = self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 1
         chunk = None if fsdp1 else self.chunk_size
-        return pair_token_logps(model, batch, chunk_size=chunk)
+        return pair_token_logps(model, batch, chunk_size=chunk, log_sum_sq=log_sum_sq)
 
     @torch.no_grad()
     def reference_logps(self, model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor] | tuple[None, None]:
@@ -133,6 +156,9 @@ class PreferenceTrainer(Trainer):
             torch.zeros(3, device=device),
         )  # on the device: no host sync per micro-batch; a process with only stand-ins still joins the reduce
         counts = self.accelerator.reduce(counts, reduction="sum")
+        if self.unpaired:  # KTO's reference point is the step's too
+            kl = self.step_kl_totals(batch_samples) if len(batch_samples) > 1 else None
+            return UnpairedStepTotals(pairs=counts[0], chosen_tokens=counts[1], rejected_tokens=counts[2], kl=kl)
         return StepTotals(pairs=counts[0], chosen_tokens=counts[1], rejected_tokens=counts[2])
 
     @staticmethod
@@ -167,11 +193,13 @@ class PreferenceTrainer(Trainer):
 
     def pair_step(self, model, inputs, step_totals: StepTotals | None, counted: bool):
         """Loss, metrics and metric weights of a batch of preference pairs."""
-        chosen, rejected = self.token_logps(model, inputs)
+        wpo = self.loss_fn.requires_log_sum_sq  # WPO: the head also reduces each position's logits to log Σ_v π(v)²
+        chosen, rejected, *log_sum_sq = self.token_logps(model, inputs, log_sum_sq=wpo)
         chosen_mask, rejected_mask = inputs["chosen_mask"], inputs["rejected_mask"]
         ref_chosen, ref_rejected = self.reference_logps(model, inputs)
+        extra = dict(zip(("chosen_log_sum_sq", "rejected_log_sum_sq"), log_sum_sq))
         out = self.loss_fn(chosen, chosen_mask, rejected, rejected_mask, ref_chosen, ref_rejected,
-                           step_totals=step_totals, weights=inputs.get("weights"))
+                           step_totals=step_totals, weights=inputs.get("weights"), **extra)
         metrics = dict(out.metrics)
         metrics["logps/chosen_sum"] = chosen.detach().sum(-1).mean()
         metrics["logps/rejected_sum"] = rejected.detach().sum(-1).mean()
@@ -183,18 +211,20 @@ class PreferenceTrainer(Trainer):
 
         :class:`~slimepo.data.unpaired.UnpairedCollator` puts each example's completion y_i in the
         chosen slot and its mismatched completion y'_i in the rejected slot: one forward scores both.
-        The loss divides by the step's examples; the reference point z_0 is estimated per micro-batch,
-        on the KL batch of every process at this micro-batch (TRL gathers it the same way).
+        The loss divides by the step's examples, and the reference point z_0 is the step's: its KL
+        batch is every micro-batch of every process (:class:`~slimepo.data.unpaired.StepRotation`).
+        With one micro-batch per process that is this micro-batch's pairs summed over the processes;
+        with several, :meth:`step_kl_totals` scored them before the step. Held out, each batch
+        (over the processes) is its own KL batch.
         """
         completion, mismatched = self.token_logps(model, inputs)
         ref_completion, ref_mismatched = self.reference_logps(model, inputs)
         completion_mask, desirable = inputs["chosen_mask"], inputs["desirable"]
-        kl_logratios = mismatched.detach().sum(-1) - ref_mismatched
-        kl_mask = inputs["kl_mask"] if counted else torch.zeros_like(inputs["kl_mask"])
-        local = torch.stack([torch.where(kl_mask, kl_logratios, 0.0).sum(), kl_mask.sum().to(kl_logratios.dtype)])
-        kl_sum, kl_count = self.accelerator.reduce(local, reduction="sum")
-        out = self.loss_fn(completion, completion_mask, desirable, ref_completion,
-                           kl_totals=KlTotals(kl_sum, kl_count),
+        kl_totals = getattr(step_totals, "kl", None)
+        if kl_totals is None:
+            local = self.kl_sums(mismatched, ref_mismatched, inputs["kl_mask"] & counted)
+            kl_totals = KlTotals(*self.accelerator.reduce(local, reduction="sum"))
+        out = self.loss_fn(completion, completion_mask, desirable, ref_completion, kl_totals=kl_totals,
                            num_examples=None if step_totals is None else step_totals.pairs)  # pairs: examples here
         metrics = dict(out.metrics)
         # Drift of each completion's log-lik from the reference's (the initial weights unless --ref-model), nats/token.
@@ -203,8 +233,37 @@ class PreferenceTrainer(Trainer):
         metrics["unlearning_rate/desirable"] = label_means((drift < 0).float(), desirable)["desirable"]
         counts = {"desirable": desirable.sum(), "undesirable": (~desirable).sum()}
         weights: dict[str, Any] = {key: counts[key.rpartition("/")[2]] for key in metrics if key.rpartition("/")[2] in LABELS}
-        weights["kl"] = weights["reference_point"] = (kl_count > 0).float()  # no mismatched pair: no estimate
+        weights["kl"] = weights["reference_point"] = (kl_totals.count > 0).float()  # no mismatched pair: no estimate
         return out, metrics, weights
+
+    @staticmethod
+    def kl_sums(mismatched: Tensor, ref_mismatched: Tensor, kl_mask: Tensor) -> Tensor:
+        """``[Σ_j r_θ(x_j, y'_j), count]`` over a micro-batch's mismatched pairs (``kl_mask`` ``[B]``), fp32."""
+        logratios = mismatched.detach().sum(-1).float() - ref_mismatched.float()
+        return torch.stack([torch.where(kl_mask, logratios, 0.0).sum(), kl_mask.sum().float()])
+
+    @torch.no_grad()
+    def step_kl_totals(self, batch_samples: list[dict[str, Tensor]]) -> KlTotals:
+        """The KL batch of an optimizer step of several micro-batches per process, scored before the first.
+
+        z_0 enters every micro-batch's loss, so it must be known before the first is backpropagated;
+        the policy does not change within a step, so a forward without gradient scores the pairs as
+        the step's own forwards would (in train mode, as they run). Every micro-batch of every
+        process, summed: the KL batch of 1 process taking the step whole. Each micro-batch keeps the
+        reference log-probs scored here (``ref_*_logps``), so the step does not run the reference twice.
+        """
+        model = self.model_wrapped
+        model.train()
+        local = torch.zeros(2, device=self.args.device)
+        with self.compute_loss_context_manager():
+            for batch in batch_samples:
+                inputs = self._prepare_inputs(batch)
+                _, mismatched = self.token_logps(model, inputs)
+                batch["ref_chosen_logps"], batch["ref_rejected_logps"] = self.reference_logps(model, inputs)
+                kl_mask = inputs["kl_mask"] & ("stand_in" not in inputs)
+                local += self.kl_sums(mismatched, batch["ref_rejected_logps"], kl_mask)
+        release_gathered_weights(model)  # no backward follows to reshard what FSDP2 keeps gathered
+        return KlTotals(*self.accelerator.reduce(local, reduction="sum"))
 
     @torch.no_grad()
     def score_examples(self, examples: list, batch_size: int) -> tuple[Tensor, Tensor]:
