@@ -23,6 +23,10 @@ samples, answers; no weights) when its last round is done; its working folder is
 Merged weights are not kept in git, so a loop is resumed only where its working folder still exists; the
 runner starts no loop after ``--max-minutes`` and a killed loop resumes on the next ``run``.
 
+Run it alone on the machine: beside other torch jobs on 2 cores, its threads oversubscribe the cores and a
+loop slows far more than twofold (on 2026-12-06, 0 of IFEval's first 64 answers in 20 minutes, against about
+6 minutes for all 541 on an idle machine).
+
     python scripts/loop_study.py run --max-minutes 110   # one part of at most about 2 hours
     python scripts/loop_study.py plan                    # what is left
 """

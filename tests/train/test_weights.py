@@ -101,7 +101,7 @@ def test_step_counts_are_weighted_and_leave_stand_ins_out():
                 **({} if weights is None else {"weights": torch.tensor(weights)}), **extra}
 
     trainer = SimpleNamespace(accelerator=SimpleNamespace(reduce=lambda t, reduction: t),
-                              _step_counts=PreferenceTrainer._step_counts)
+                              _step_counts=PreferenceTrainer._step_counts, unpaired=False)
     parts = [batch([2.0, 0.5], [3, 1], [2, 4]), batch([0.0], [5], [5]),
              batch([9.0], [5], [5], stand_in=True)]
     totals = PreferenceTrainer._get_num_items_in_batch(trainer, parts, "cpu")
