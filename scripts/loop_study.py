@@ -41,7 +41,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,19 +194,32 @@ def run(results: Path, runs: Path, max_minutes: float | None, max_loops: int | N
     return done
 
 
-#: (header, path into a round record, format) of the per-round table, mean ± std over a loss's seeds.
+def at(*path: str) -> Callable[[dict[str, Any]], Any]:
+    """The value at ``path`` in a round record (None where absent)."""
+    return lambda record: lookup(record, path)
+
+
+def cut_share(bench: str) -> Callable[[dict[str, Any]], float | None]:
+    """Share of a benchmark's answers the token budget cut: 1 - the share that ended."""
+    def value(record: dict[str, Any]) -> float | None:
+        ended = lookup(record, ("eval", bench, "generation", "ended_rate"))
+        return None if not isinstance(ended, (int, float)) else 1 - ended
+    return value
+
+
+#: (header, value of a round record, format) of the per-round table, mean ± std over a loss's seeds.
 ROUND_COLUMNS = (
-    ("IFEval prompt strict", ("eval", "ifeval", "prompt_level_strict"), ".3f"),
-    ("IFBench prompt strict", ("eval", "ifbench", "prompt_level_strict"), ".3f"),
-    ("IFEval answers cut", ("eval", "ifeval", "generation", "cut_rate"), ".2f"),
-    ("IFBench answers cut", ("eval", "ifbench", "generation", "cut_rate"), ".2f"),
-    ("IFEval answer length", ("eval", "ifeval", "generation", "length_tokens_mean"), ".0f"),
-    ("chosen drift vs initial (nats/token)", ("eval", "drift", "chosen_drift_mean"), "+.3f"),
-    ("unlearning rate", ("eval", "drift", "unlearning_rate"), ".2f"),
-    ("rejected p<1e-4", ("eval", "collapse", "rejected_p_lt_1e-4"), ".3f"),
-    ("held-out answers ended", ("eval", "generation", "ended_rate"), ".2f"),
-    ("degenerate", ("eval", "generation", "degenerate_rate"), ".2f"),
-    ("pairs made", ("pairs", "counts", "pairs"), ".0f"),
+    ("IFEval prompt strict", at("eval", "ifeval", "prompt_level_strict"), ".3f"),
+    ("IFBench prompt strict", at("eval", "ifbench", "prompt_level_strict"), ".3f"),
+    ("IFEval answers cut", cut_share("ifeval"), ".2f"),
+    ("IFBench answers cut", cut_share("ifbench"), ".2f"),
+    ("IFEval answer length", at("eval", "ifeval", "generation", "length_tokens_mean"), ".0f"),
+    ("chosen drift vs initial (nats/token)", at("eval", "drift", "chosen_drift_mean"), "+.3f"),
+    ("unlearning rate", at("eval", "drift", "unlearning_rate"), ".2f"),
+    ("rejected p<1e-4", at("eval", "collapse", "rejected_p_lt_1e-4"), ".3f"),
+    ("held-out answers ended", at("eval", "generation", "ended_rate"), ".2f"),
+    ("degenerate", at("eval", "generation", "degenerate_rate"), ".2f"),
+    ("pairs made", at("pairs", "counts", "pairs"), ".0f"),
 )
 #: The loss comparisons of the difference tables, each (a, b): a minus b; "initial" is round 0.
 COMPARISONS = (("slime", "dpo"), ("slime", "simpo"), ("dpo", "simpo"),
@@ -243,18 +256,8 @@ def load_loops(results: Path) -> list[LoopResult]:
     return found
 
 
-def cut_rate(record: dict[str, Any], bench: str) -> float | None:
-    generation = lookup(record, ("eval", bench, "generation")) or {}
-    ended = generation.get("ended_rate")
-    return None if ended is None else 1 - ended
-
-
-def cell(records: Sequence[dict[str, Any]], path: tuple[str, ...], spec: str) -> str:
-    if path[-1] == "cut_rate":
-        values = [cut_rate(r, path[1]) for r in records]
-    else:
-        values = [lookup(r, path) for r in records]
-    values = [float(v) for v in values if isinstance(v, (int, float))]
+def cell(records: Sequence[dict[str, Any]], value: Callable[[dict[str, Any]], Any], spec: str) -> str:
+    values = [float(v) for v in map(value, records) if isinstance(v, (int, float))]
     if not values:
         return "—"
     mean = sum(values) / len(values)
@@ -270,14 +273,14 @@ def round_table(loops: Sequence[LoopResult]) -> list[str]:
     rows = []
     initial = [lp.rounds[0] for lp in loops[:1] if 0 in lp.rounds]
     if initial:
-        rows.append(["initial model (round 0)", "—", *(cell(initial, path, spec) for _, path, spec in ROUND_COLUMNS)])
+        rows.append(["initial model (round 0)", "—", *(cell(initial, value, spec) for _, value, spec in ROUND_COLUMNS)])
     for loss in LOSSES:
         members = [lp for lp in loops if lp.loss == loss]
         for index in range(1, ROUNDS + 1):
             records = [lp.rounds[index] for lp in members if index in lp.rounds]
             if records:
                 rows.append([f"{LABELS[loss]}, round {index}", f"{len(records)}",
-                             *(cell(records, path, spec) for _, path, spec in ROUND_COLUMNS)])
+                             *(cell(records, value, spec) for _, value, spec in ROUND_COLUMNS)])
     return markdown_table(["loop, round", "seeds", *(header for header, _, _ in ROUND_COLUMNS)], rows)
 
 

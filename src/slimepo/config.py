@@ -152,6 +152,10 @@ class TrainConfig:
         "policy, each token's divided by the sum of squared probabilities of its position; detached "
         "(docs/losses.md). Pair losses only", group="objective",
     )
+    wpo_clamp: bool = option(
+        True, "clamp WPO's pair weight at 1, as the paper's code and TRL 0.12-0.28 do; --no-wpo-clamp: the "
+        "product unclamped, as TRL 0.29 and later. Only with --wpo", group="objective",
+    )
 
     # optimization
     output_dir: str = option("runs/slime-demo", "where the adapter/model, metrics and checkpoints go", group="training")
@@ -338,11 +342,13 @@ class TrainConfig:
         if self.wpo and parse_loss_spec(self.loss)[0][0] in UNPAIRED_LOSSES:
             raise ConfigError(f"wpo: {self.loss} trains on unpaired examples; WPO weighs preference pairs: drop --wpo "
                               "or train on pairs with a pair loss")
+        if not self.wpo_clamp and not self.wpo:
+            raise ConfigError("wpo_clamp: false applies to WPO's weights; add --wpo or drop --no-wpo-clamp")
 
     def loss_fn(self) -> PreferenceLoss | UnpairedLoss:
         """The objective these options name: ``--loss`` with ``--loss-params``, WPO-weighted under ``--wpo``."""
         loss = get_loss(self.loss, **self.loss_params)
-        return WpoWeighted(loss) if self.wpo else loss
+        return WpoWeighted(loss, clamp=self.wpo_clamp) if self.wpo else loss
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

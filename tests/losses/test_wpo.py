@@ -35,6 +35,7 @@ PAIRS = [
 # Pair 0: w_w = (0.3/0.38 · 0.6/0.44 · 0.1/0.66)^(1/3) = 0.5463833193, w_l = (0.5/0.375 · 0.1/0.54)^(1/2)
 # = 0.4969039950, ω = 0.2715000542. Pair 2: w_w = 1, w_l = (0.1/0.42 · 0.2/0.44 · 0.4/0.34)^(1/3) = 0.5030792070.
 OMEGA = (0.2715000541510423, 1.0, 0.5030792070214002)
+OMEGA_UNCLAMPED = (0.2715000541510423, 1.5090682948, 0.5030792070214002)  # TRL >= 0.29
 REF_W, REF_L = (-4.5, -0.5, -1.0), (-2.5, -0.3, -5.0)
 BETA = 0.5
 PAD = math.nan  # masked positions hold NaN: any use of them shows
@@ -76,14 +77,14 @@ def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
 
-def run(wpo, rows=range(3), requires_grad=False, **kwargs):
+def run(wpo, rows=range(3), requires_grad=False, clamp=True, **kwargs):
     """WPO-weighted DPO (built from the module ``wpo``) on the rows ``rows`` of the batch."""
     (cl, cm, cs), (rl, rm, rs) = batch(0, rows), batch(1, rows)
     cl.requires_grad_(requires_grad)
     rl.requires_grad_(requires_grad)
     ref_chosen = torch.tensor([REF_W[i] for i in rows], dtype=torch.float64)
     ref_rejected = torch.tensor([REF_L[i] for i in rows], dtype=torch.float64)
-    out = wpo.WpoWeighted(get_loss("dpo", beta=BETA))(cl, cm, rl, rm, ref_chosen, ref_rejected,
+    out = wpo.WpoWeighted(get_loss("dpo", beta=BETA), clamp=clamp)(cl, cm, rl, rm, ref_chosen, ref_rejected,
                                                       chosen_log_sum_sq=cs, rejected_log_sum_sq=rs, **kwargs)
     return out, cl, rl
 
@@ -93,6 +94,8 @@ def test_hand_numbers_follow_from_the_formula_in_plain_floats():
         assert min(1.0, response_weight(chosen) * response_weight(rejected)) == pytest.approx(omega, rel=1e-12)
     assert response_weight(PAIRS[1][0]) * response_weight(PAIRS[1][1]) > 1.2  # the clamp is exercised
     assert response_weight(PAIRS[2][0]) == pytest.approx(1.0, rel=1e-12)
+    for (chosen, rejected), omega in zip(PAIRS, OMEGA_UNCLAMPED):
+        assert response_weight(chosen) * response_weight(rejected) == pytest.approx(omega, rel=1e-10)
 
 
 # Each check takes the module, so the mutants below run through the same checks.
@@ -149,7 +152,16 @@ def check_micro_batches_add_up_to_the_step(wpo):
     assert parts.item() == pytest.approx(whole.item(), rel=1e-6)
 
 
-CHECKS = [check_the_pair_weights_by_hand, check_weighted_dpo_is_the_mean_of_omega_times_each_pairs_loss,
+def check_unclamped_weights_exceed_one_and_scale_the_loss(wpo):
+    (cl, cm, cs), (rl, rm, rs) = batch(0), batch(1)
+    assert wpo.wpo_pair_weights(cl, cm, cs, rl, rm, rs, clamp=False).tolist() == pytest.approx(OMEGA_UNCLAMPED, rel=1e-6)
+    out = run(wpo, clamp=False)[0]
+    expected = sum(w * minus_logsigmoid(dpo_h(i)) for i, w in enumerate(OMEGA_UNCLAMPED)) / 3
+    assert out.loss.item() == pytest.approx(expected, rel=1e-6)
+    assert out.metrics["wpo/weight"].item() == pytest.approx(sum(OMEGA_UNCLAMPED) / 3, rel=1e-6)
+
+
+CHECKS = [check_the_pair_weights_by_hand, check_unclamped_weights_exceed_one_and_scale_the_loss, check_weighted_dpo_is_the_mean_of_omega_times_each_pairs_loss,
           check_data_weights_count_and_omega_only_scales, check_a_token_mean_weighs_each_pairs_tokens_by_omega,
           check_no_gradient_flows_through_the_weights, check_micro_batches_add_up_to_the_step]
 
@@ -162,7 +174,9 @@ def test_wpo_by_hand(check):
 SOURCE = Path(wpo_module.__file__)
 #: (what it breaks, text in wpo.py, replacement)
 MUTANTS = [
-    ("no clamp at 1", "torch.exp(log_weight).clamp(max=1.0)", "torch.exp(log_weight)"),
+    ("no clamp at 1", "weight.clamp(max=1.0) if clamp", "weight if clamp"),
+    ("clamped whatever the option", "if clamp else weight", "if clamp else weight.clamp(max=1.0)"),
+    ("option not passed on", "rejected_log_sum_sq, clamp=self.clamp)", "rejected_log_sum_sq)"),
     ("sum over tokens, not mean", "return aligned.sum(-1) / mask.sum(-1)", "return aligned.sum(-1)"),
     ("chosen weight only", "log_weight = log_policy_weight(chosen_logps, chosen_mask, chosen_log_sum_sq) + log_policy_weight(\n"
      "        rejected_logps, rejected_mask, rejected_log_sum_sq)",
@@ -172,7 +186,7 @@ MUTANTS = [
     ("normalizer added", "logps.float() - log_sum_sq.float()", "logps.float() + log_sum_sq.float()"),
     ("masked positions counted", "torch.where(mask, logps.float() - log_sum_sq.float(), torch.zeros((), device=logps.device))",
      "logps.float() - log_sum_sq.float()"),
-    ("geometric mean of the two sides", "torch.exp(log_weight).clamp", "torch.exp(log_weight / 2).clamp"),
+    ("geometric mean of the two sides", "weight = torch.exp(log_weight)", "weight = torch.exp(log_weight / 2)"),
     ("weights renormalized (ω in the counts)", "weights=weights, pair_factors=omega",
      "weights=omega if weights is None else weights * omega"),
 ]
@@ -239,6 +253,10 @@ def test_a_weighted_composition_keeps_its_reference_its_hyperparameters_and_cite
 
 def test_the_wpo_option_builds_the_weighted_loss_and_is_refused_for_unpaired_losses(tmp_path):
     assert isinstance(TrainConfig(loss="dpo", wpo=True).loss_fn(), WpoWeighted)
+    assert TrainConfig(loss="dpo", wpo=True).loss_fn().clamp is True
+    assert TrainConfig(loss="dpo", wpo=True, wpo_clamp=False).loss_fn().hyperparameters()["wpo_clamp"] is False
+    with pytest.raises(ConfigError, match="wpo_clamp: false applies to WPO's weights; add --wpo"):
+        TrainConfig(loss="dpo", wpo_clamp=False, output_dir=str(tmp_path / "plain")).validate()
     assert not isinstance(TrainConfig(loss="dpo").loss_fn(), WpoWeighted)
     config = TrainConfig(loss="kto", wpo=True, output_dir=str(tmp_path / "out"))
     with pytest.raises(ConfigError, match="wpo: kto trains on unpaired examples"):

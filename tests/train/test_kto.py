@@ -108,6 +108,8 @@ def test_kto_trains_from_the_cli_with_a_yaml_file(tiny_model_dir, unpaired_data,
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"batch_size": 1}, "batch_size: kto estimates its reference point on mismatched pairs"),
+    ({"batch_size": 1, "gradient_accumulation_steps": 1}, r"needs batch_size x gradient_accumulation_steps >= 2, "
+                                                          r"got 1 x 1"),
     ({"precompute_ref_logps": True}, "precompute_ref_logps: kto's mismatched pairs are known only once a batch"),
     ({"loss_params": {"beta": 0.0}}, "kto: beta must be a number > 0"),
     ({"loss": "kto,sft=0.1"}, "'kto' trains on unpaired examples"),

@@ -24,7 +24,7 @@ batch, one process taking the step whole, one accumulating micro-batches and sev
 give the same z_0, loss and gradient; a step that is one batch on one process keeps that batch's
 own rotation. This module takes the KL batch as given: ``kl_logratios`` when a batch is its own
 KL batch, ``kl_totals`` when the step's spans several micro-batches or processes (the trainer:
-``StepRotation`` makes the pairs, ``PreferenceTrainer.unpaired_step`` sums them).
+``StepRotation`` makes the pairs, ``slimepo.train.unpaired.UnpairedSteps.unpaired_step`` sums them).
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ Dividing each token's probability by ``Σ_v π(v)² = E_{v∼π} π(v)`` (the ch
 samples of the position agree) is the paper's "sampled alignment": over tokens the policy
 samples itself the ratio has mean 1, whatever the entropy of the position, so on-policy
 pairs weigh about alike. The clamp at 1 is the authors' code's (github.com/wzhouad/WPO,
-``scripts/run_wpo.py``) and TRL's from 0.12 to 0.28; TRL 0.29 and later do not clamp.
+``scripts/run_wpo.py``) and TRL's from 0.12 to 0.28; TRL 0.29 and later do not clamp
+(``WpoWeighted(loss, clamp=False)``, ``--no-wpo-clamp``).
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ def log_policy_weight(logps: Tensor, mask: Tensor, log_sum_sq: Tensor) -> Tensor
 
 def wpo_pair_weights(
     chosen_logps: Tensor, chosen_mask: Tensor, chosen_log_sum_sq: Tensor,
-    rejected_logps: Tensor, rejected_mask: Tensor, rejected_log_sum_sq: Tensor,
+    rejected_logps: Tensor, rejected_mask: Tensor, rejected_log_sum_sq: Tensor, clamp: bool = True,
 ) -> Tensor:
-    """``ω_i = min(1, w(x_i, y_w,i)·w(x_i, y_l,i))`` of each pair, ``[batch]`` fp32, detached."""
+    """``ω_i = min(1, w(x_i, y_w,i)·w(x_i, y_l,i))`` of each pair, ``[batch]`` fp32, detached;
+    without ``clamp``, the product itself (TRL 0.29 and later)."""
     log_weight = log_policy_weight(chosen_logps, chosen_mask, chosen_log_sum_sq) + log_policy_weight(
         rejected_logps, rejected_mask, rejected_log_sum_sq)
-    return torch.exp(log_weight).clamp(max=1.0)
+    weight = torch.exp(log_weight)
+    return weight.clamp(max=1.0) if clamp else weight
 
 
 class WpoWeighted(PreferenceLoss):
@@ -64,15 +67,16 @@ class WpoWeighted(PreferenceLoss):
     ``[batch, tokens]``: ``log Σ_v π(v)²`` at each response position under the policy (the
     trainer asks the log-prob head for it, ``requires_log_sum_sq``). Reports the wrapped
     loss's metrics, whose ``loss/<term>`` are WPO-weighted like the loss, and ``wpo/weight``,
-    the batch's mean ω.
+    the batch's mean ω. ``clamp=False`` leaves ω = w(y_w)·w(y_l) unclamped (TRL 0.29 and later).
     """
 
     requires_log_sum_sq = True
 
-    def __init__(self, loss: PreferenceLoss) -> None:
+    def __init__(self, loss: PreferenceLoss, clamp: bool = True) -> None:
         if not isinstance(loss, PreferenceLoss) or isinstance(loss, WpoWeighted):
             raise TypeError(f"WPO weighs a loss on preference pairs once; got {type(loss).__name__}")
         self.loss = loss
+        self.clamp = clamp
         self.name = f"{loss.name}+wpo"
         self.citation = f"{loss.citation}; {CITATION}"
         self.requires_reference = loss.requires_reference
@@ -96,7 +100,7 @@ class WpoWeighted(PreferenceLoss):
             raise ValueError(f"loss '{self.name}' needs chosen_log_sum_sq and rejected_log_sum_sq: log Σ_v π(v)² at "
                              "each response token ([batch, tokens]), from pair_token_logps(..., log_sum_sq=True)")
         omega = wpo_pair_weights(chosen_logps, chosen_mask, chosen_log_sum_sq,
-                                 rejected_logps, rejected_mask, rejected_log_sum_sq)
+                                 rejected_logps, rejected_mask, rejected_log_sum_sq, clamp=self.clamp)
         out = self.loss(chosen_logps, chosen_mask, rejected_logps, rejected_mask, ref_chosen_logps, ref_rejected_logps,
                         step_totals=step_totals, weights=weights, pair_factors=omega)
         out.metrics["wpo/weight"] = omega.mean()
@@ -118,4 +122,4 @@ class WpoWeighted(PreferenceLoss):
         return {}
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {**self.loss.hyperparameters(), "wpo": True}
+        return {**self.loss.hyperparameters(), "wpo": True, "wpo_clamp": self.clamp}

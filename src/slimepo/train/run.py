@@ -49,7 +49,8 @@ from slimepo.train.checkpoint import (
 )
 from slimepo.train.dry_run import dry_run_config
 from slimepo.train.monitor import StabilityMonitor
-from slimepo.train.trainer import PreferenceTrainer, unpaired_metrics
+from slimepo.train.trainer import PreferenceTrainer
+from slimepo.train.unpaired import unpaired_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +167,8 @@ def check_unpaired(config: TrainConfig) -> None:
     if config.batch_size * config.gradient_accumulation_steps < 2 and not config.max_tokens_per_batch:
         raise ConfigError(f"batch_size: {config.loss} estimates its reference point on mismatched pairs made "
                           "within an optimizer step (each prompt with another example's completion): needs "
-                          f"batch_size x gradient_accumulation_steps >= 2, got {config.batch_size}")
+                          f"batch_size x gradient_accumulation_steps >= 2, got {config.batch_size} x "
+                          f"{config.gradient_accumulation_steps}")
     if config.precompute_ref_logps:
         raise ConfigError(f"precompute_ref_logps: {config.loss}'s mismatched pairs are known only once a batch is "
                           "made, so the reference scores every step; drop --precompute-ref-logps")
