@@ -325,9 +325,7 @@ def _bench_stages(config: IterateConfig, round_dir: Path, model: str, evaluation
 
 
 def _reference(config: TrainConfig, start: str) -> str | None:
-    from slimepo.losses import get_loss
-
-    if not get_loss(config.loss, **config.loss_params).requires_reference:
+    if not config.loss_fn().requires_reference:
         return None
     return config.ref_model or start
 
