@@ -17,7 +17,9 @@ from safetensors.torch import load_file
 from .test_distributed import (
     ENV,
     assert_same_losses,
+    assert_same_objective,
     free_port,
+    objective_case,
     parameter_reports,
     run,
     train_lines,
@@ -111,3 +113,15 @@ def test_zero3_full_fine_tuning_with_a_separate_reference_trains_as_one_process(
     for key in expected:
         assert (got[key] - expected[key]).abs().max() < 5e-4, key
 
+
+
+@pytest.mark.parametrize("objective", ["wpo", "kto"])
+def test_wpo_and_kto_under_zero3_log_the_numbers_of_one_process(objective, tiny_model_dir, toy_data, tmp_path):
+    """LoRA under ZeRO-3 on 2 processes against 1 process, 3 steps of global batch 4: WPO's log Σ π² from
+    the gathered head copy; KTO's z_0 over both processes' mismatched pairs, with its separate reference
+    (``--ref-model``) in an engine of its own."""
+    data, overrides, keys = objective_case(objective, tiny_model_dir, toy_data, tmp_path)
+    single = run(1, tiny_model_dir, data, tmp_path / "one", **overrides)
+    launch(3, tiny_model_dir, data, tmp_path / "zero3", **overrides)
+    assert [r["zero3_partitioned"] > 0 for r in parameter_reports(tmp_path / "zero3", 2)] == [True, True]
+    assert_same_objective(objective, single, train_lines(tmp_path / "zero3"), keys)
