@@ -217,11 +217,12 @@ ROUND_COLUMNS = (
     ("IFEval answers cut", cut_share("ifeval"), ".2f"),
     ("IFBench answers cut", cut_share("ifbench"), ".2f"),
     ("IFEval answer length", at("eval", "ifeval", "generation", "length_tokens_mean"), ".0f"),
+    ("IFEval degenerate", at("eval", "ifeval", "generation", "degenerate_rate"), ".2f"),
     ("chosen drift vs initial (nats/token)", at("eval", "drift", "chosen_drift_mean"), "+.3f"),
     ("unlearning rate", at("eval", "drift", "unlearning_rate"), ".2f"),
     ("rejected p<1e-4", at("eval", "collapse", "rejected_p_lt_1e-4"), ".3f"),
     ("held-out answers ended", at("eval", "generation", "ended_rate"), ".2f"),
-    ("degenerate", at("eval", "generation", "degenerate_rate"), ".2f"),
+    ("held-out degenerate", at("eval", "generation", "degenerate_rate"), ".2f"),
     ("pairs made", at("pairs", "counts", "pairs"), ".0f"),
 )
 #: The loss comparisons of the difference tables, each (a, b): a minus b; "initial" is round 0.
@@ -321,8 +322,9 @@ def section(results: Path = RESULTS) -> list[str]:
         lines += ["### Per round (mean ± std over seeds)", ""] + round_table(loops) + [""]
         lines += ["Round 0 is the initial model, evaluated once. Benchmarks: greedy answers, bf16, at most "
                   f"{BENCH_MAX_NEW_TOKENS} new tokens; \"answers cut\" is the share that reached that budget "
-                  "without ending (each model its own). Drift, unlearning and collapse: the 45 on-policy test pairs "
-                  "of data/onpolicy/, against the initial model; \"held-out answers ended\" and \"degenerate\": "
+                  "without ending (each model its own); \"degenerate\": the share whose word 3-grams repeat more than half "
+                  "the time (1 − unique/total > 0.5, slimepo.eval.health). Drift, unlearning and collapse: the 45 on-policy test pairs "
+                  "of data/onpolicy/, against the initial model; \"held-out answers ended\" and \"held-out degenerate\": "
                   "greedy answers (96 tokens) to their prompts; \"pairs made\": pairs from the round's 96 prompts.",
                   ""]
         for bench, title in (("ifeval", "IFEval (541 prompts)"), ("ifbench", "IFBench (282 scorable prompts)")):
