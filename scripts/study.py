@@ -958,7 +958,8 @@ def training_note(results: Path, runs: Sequence[RunResult], study_results: Path,
 
 
 def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RESULTS,
-           ifbench_results: Path = IFBENCH_RESULTS, loop_results: Path = LOOP_RESULTS) -> Path:
+           ifbench_results: Path = IFBENCH_RESULTS, loop_results: Path | None = None) -> Path:
+    """docs/results.md from the results folders; ``loop_results``: the loop study's (None: ``LOOP_RESULTS``)."""
     runs = load_results(results)
     groups = main_groups(runs, table_rates(results, runs))
     lines = [
@@ -996,7 +997,7 @@ def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RE
     lines += grid_section(results, runs)
     lines += ifeval_section(ifeval_results, results)
     lines += ifeval_section(ifbench_results, results, "ifbench", ifeval_results)
-    lines += loop_section(loop_results)
+    lines += loop_section(LOOP_RESULTS if loop_results is None else loop_results)
     plots = make_plots(groups, img)
     if plots:
         lines += ["## Plots", ""] + [f"![{title}]({os.path.relpath(path, doc.parent)})" for title, path in plots] + [""]
