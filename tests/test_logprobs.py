@@ -1,6 +1,5 @@
 """Chunked log-probs equal exact ones, values and gradients, for every chunking."""
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import torch
 
 from slimepo import logprobs
 from slimepo.logprobs import chunked_token_logps, token_logps
+from slimepo.testing import failing_checks, module_from_source, mutated
 
 
 def setup_case(dtype=torch.float32, bias=True, seed=0, batch=3, tokens=11, hidden=16, vocab=37):
@@ -162,24 +162,10 @@ MUTANTS = [
 ]
 
 
-def mutant_module(source: str, index: int):
-    name = f"slimepo_logprobs_mutant_{index}"
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))
-    exec(compile(source, f"<logprobs mutant {index}>", "exec"), module.__dict__)
-    return module
-
-
 @pytest.mark.parametrize(("label", "old", "new"), MUTANTS, ids=[m[0] for m in MUTANTS])
 def test_every_mutant_of_the_statistic_fails_a_check(label, old, new):
     original = SOURCE.read_text(encoding="utf-8")
-    assert original.count(old) == 1, f"{old!r} occurs {original.count(old)} times in {SOURCE}"
     for check in CHECKS:  # the unmutated source passes
-        check(mutant_module(original, -1))
-    module = mutant_module(original.replace(old, new), abs(hash(label)))
-    failed = []
-    for check in CHECKS:
-        try:
-            check(module)
-        except Exception:
-            failed.append(check.__name__)
-    assert failed, f"mutant '{label}' passes every check"
+        check(module_from_source(original, "slimepo_logprobs_copy"))
+    module = module_from_source(mutated(original, old, new, SOURCE), "slimepo_logprobs_mutant")
+    assert failing_checks(CHECKS, module), f"mutant '{label}' passes every check"

@@ -184,3 +184,43 @@ class FixedJudge:
     def complete(self, messages: list[dict[str, str]]) -> str:
         self.requests.append(messages)
         return self.reply
+
+
+# --- mutation checks ----------------------------------------------------------------------
+
+
+def mutated(source: str, old: str, new: str, where: str = "the source") -> str:
+    """``source`` with ``old``, which must occur exactly once, replaced by ``new``."""
+    count = source.count(old)
+    if count != 1:
+        raise ValueError(f"{old!r} occurs {count} times in {where}, not once")
+    return source.replace(old, new)
+
+
+def module_from_source(source: str, name: str):
+    """Run ``source`` (a loss module's text, usually mutated) as a fresh module called ``name``.
+
+    The module is in ``sys.modules`` while its code runs, as dataclasses look their module up
+    there, and is taken out afterwards so that mutants never shadow one another.
+    """
+    import sys
+    import types
+
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    try:
+        exec(compile(source, f"<{name}>", "exec"), module.__dict__)
+    finally:
+        del sys.modules[name]
+    return module
+
+
+def failing_checks(checks, subject) -> list[str]:
+    """The names of ``checks`` that fail on ``subject``: by an assertion, or by not running at all."""
+    failed = []
+    for check in checks:
+        try:
+            check(subject)
+        except Exception:
+            failed.append(check.__name__)
+    return failed

@@ -9,14 +9,16 @@ exits 1 naming every mutant that all tests let through. ``test_mutations.py`` ru
 
 from __future__ import annotations
 
+import functools
 import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
 
-from mutate_slime import mutant_module, tests_pass
+from mutate_slime import mutant_source, preset_changed, run_mutants
 
 import slimepo.losses as losses
+from slimepo.testing import module_from_source
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "slimepo" / "losses"
@@ -112,33 +114,13 @@ def forget_test_modules() -> None:
 
 
 def main() -> int:
-    if not tests_pass(TESTS):
-        raise SystemExit("the tests fail on the unmutated code: fix them first")
     sources = {file: (PACKAGE / file).read_text(encoding="utf-8") for file in ("pairwise.py", "composite.py")}
-    survivors = []
+    mutants = []
     for index, (label, file, old, new) in enumerate(SOURCE_MUTANTS):
-        if sources[file].count(old) != 1:
-            raise SystemExit(f"mutant {label!r}: {old!r} occurs {sources[file].count(old)} times in {file}, not once")
-        mutant = mutant_module(sources[file].replace(old, new), 1000 + index)
-        undo = install(f"slimepo.losses.{file.removesuffix('.py')}", mutant)
-        try:
-            if tests_pass(TESTS):
-                survivors.append(label)
-        finally:
-            undo()
-    for label, preset, value in PRESET_MUTANTS:
-        kept = losses.PRESETS[preset]
-        losses.PRESETS[preset] = value
-        try:
-            if tests_pass(TESTS):
-                survivors.append(label)
-        finally:
-            losses.PRESETS[preset] = kept
-    total = len(SOURCE_MUTANTS) + len(PRESET_MUTANTS)
-    print(f"\n{total - len(survivors)} of {total} mutants of the compositions fail a test")
-    for label in survivors:
-        print(f"SURVIVED: {label}")
-    return 1 if survivors else 0
+        mutant = module_from_source(mutant_source(sources[file], label, old, new, file), f"slimepo_mutant_{1000 + index}")
+        mutants.append((label, functools.partial(install, f"slimepo.losses.{file.removesuffix('.py')}", mutant)))
+    mutants += [(label, preset_changed(preset, value)) for label, preset, value in PRESET_MUTANTS]
+    return run_mutants("the compositions", mutants, TESTS)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,14 @@ all tests let through. ``test_mutations.py`` runs it in CI.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import slimepo.losses as losses
+from slimepo.testing import module_from_source, mutated
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "src" / "slimepo" / "losses" / "slime.py"
@@ -78,51 +78,70 @@ PRESET_MUTANTS = [
 ]
 
 
-def mutant_module(source: str, index: int) -> types.ModuleType:
-    """A fresh module run from ``source`` (a mutated copy of a loss module)."""
-    name = f"slimepo_mutant_{index}"
-    spec = importlib.util.spec_from_loader(name, loader=None)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    exec(compile(source, f"<mutant {index}>", "exec"), module.__dict__)
-    return module
-
-
 def mutant_class(source: str, index: int) -> type:
-    return mutant_module(source, index).SlimeLoss
+    return module_from_source(source, f"slimepo_mutant_{index}").SlimeLoss
 
 
 def tests_pass(tests: list[str] = TESTS) -> bool:
     return pytest.main(["-q", "-x", "--tb=no", "--no-header", "-p", "no:cacheprovider", *tests]) == 0
 
 
-def main() -> int:
-    original = SOURCE.read_text(encoding="utf-8")
-    if not tests_pass():
+Installer = Callable[[], Callable[[], None]]
+
+
+def mutant_source(text: str, label: str, old: str, new: str, where: object) -> str:
+    try:
+        return mutated(text, old, new, str(where))
+    except ValueError as error:
+        raise SystemExit(f"mutant {label!r}: {error}") from None
+
+
+def preset_changed(name: str, value: tuple) -> Installer:
+    """Put ``value`` in place of the preset ``name``; the returned undo puts the kept one back."""
+
+    def install() -> Callable[[], None]:
+        kept = losses.PRESETS[name]
+        losses.PRESETS[name] = value
+        return lambda: losses.PRESETS.__setitem__(name, kept)
+
+    return install
+
+
+def run_mutants(what: str, mutants: list[tuple[str, Installer]], tests: list[str]) -> int:
+    """Run ``tests`` with each mutant installed (after checking they pass unmutated); print the
+    count and every mutant all tests let through; 1 if any did."""
+    if not tests_pass(tests):
         raise SystemExit("the tests fail on the unmutated code: fix them first")
     survivors = []
-    for index, (label, old, new) in enumerate(SOURCE_MUTANTS):
-        if original.count(old) != 1:
-            raise SystemExit(f"mutant {label!r}: {old!r} occurs {original.count(old)} times in {SOURCE}, not once")
-        losses._CLASSES["slime"] = mutant_class(original.replace(old, new), index)
+    for label, install in mutants:
+        undo = install()
         try:
-            if tests_pass():
+            if tests_pass(tests):
                 survivors.append(label)
         finally:
-            losses._CLASSES["slime"] = losses.SlimeLoss
-    for label, preset, parameter, value in PRESET_MUTANTS:
-        kept = losses.PRESETS[preset]
-        losses.PRESETS[preset] = (kept[0], {**kept[1], parameter: value})
-        try:
-            if tests_pass():
-                survivors.append(label)
-        finally:
-            losses.PRESETS[preset] = kept
-    total = len(SOURCE_MUTANTS) + len(PRESET_MUTANTS)
-    print(f"\n{total - len(survivors)} of {total} mutants of SLIME fail a test")
+            undo()
+    print(f"\n{len(mutants) - len(survivors)} of {len(mutants)} mutants of {what} fail a test")
     for label in survivors:
         print(f"SURVIVED: {label}")
     return 1 if survivors else 0
+
+
+def slime_class(cls: type) -> Installer:
+    def install() -> Callable[[], None]:
+        losses._CLASSES["slime"] = cls
+        return lambda: losses._CLASSES.__setitem__("slime", losses.SlimeLoss)
+
+    return install
+
+
+def main() -> int:
+    original = SOURCE.read_text(encoding="utf-8")
+    mutants = [(label, slime_class(mutant_class(mutant_source(original, label, old, new, SOURCE), index)))
+               for index, (label, old, new) in enumerate(SOURCE_MUTANTS)]
+    for label, preset, parameter, value in PRESET_MUTANTS:
+        kept = losses.PRESETS[preset]
+        mutants.append((label, preset_changed(preset, (kept[0], {**kept[1], parameter: value}))))
+    return run_mutants("SLIME", mutants, TESTS)
 
 
 if __name__ == "__main__":

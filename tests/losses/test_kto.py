@@ -1,8 +1,6 @@
 """KTO on unpaired examples: values and gradients by hand, the reference point, the registry, and mutants."""
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from slimepo.losses import (
     is_unpaired,
     parse_loss_spec,
 )
+from slimepo.testing import failing_checks, module_from_source, mutated
 
 
 def completion_batch(rows, pad=-9.0):
@@ -218,35 +217,17 @@ MUTANTS = [
 ]
 
 
-def mutant_class(source: str, index: int) -> type:
-    name = f"slimepo_kto_mutant_{index}"
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    try:
-        exec(compile(source, f"<kto mutant {index}>", "exec"), module.__dict__)
-    finally:
-        del sys.modules[name]
-    return module.KtoLoss
-
-
 def test_the_checks_pass_on_a_fresh_copy_of_the_unmutated_source():
-    cls = mutant_class(SOURCE.read_text(encoding="utf-8"), -1)
+    cls = module_from_source(SOURCE.read_text(encoding="utf-8"), "slimepo_kto_copy").KtoLoss
     for check in CHECKS:
         check(cls)
 
 
 @pytest.mark.parametrize(("label", "old", "new"), MUTANTS, ids=[m[0] for m in MUTANTS])
 def test_every_mutant_of_kto_fails_a_check(label, old, new):
-    original = SOURCE.read_text(encoding="utf-8")
-    assert original.count(old) == 1, f"{old!r} occurs {original.count(old)} times in {SOURCE}"
-    cls = mutant_class(original.replace(old, new), abs(hash(label)))
-    failed = []
-    for check in CHECKS:
-        try:
-            check(cls)
-        except Exception:  # an assertion, or a mutant that cannot even run
-            failed.append(check.__name__)
-    assert failed, f"mutant '{label}' passes every check"
+    source = mutated(SOURCE.read_text(encoding="utf-8"), old, new, SOURCE)
+    cls = module_from_source(source, "slimepo_kto_mutant").KtoLoss
+    assert failing_checks(CHECKS, cls), f"mutant '{label}' passes every check"
 
 
 def test_hand_numbers_follow_from_the_formula_in_plain_floats():

@@ -1,10 +1,8 @@
 """WPO weighting (Zhou et al., arXiv:2406.11827) against its formula by hand, on any pair loss, its
 mutants, the option that turns it on, and a tiny-model training run."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import torch
 import slimepo.losses.wpo as wpo_module
 from slimepo.config import ConfigError, TrainConfig
 from slimepo.losses import StepTotals, WpoWeighted, get_loss
+from slimepo.testing import failing_checks, module_from_source, mutated
 
 # Each response token as (its position's distribution over a vocabulary of 3, the token): the
 # test derives ℓ_t = log p[y_t] and log Σ_v p_v² from them with math only.
@@ -192,35 +191,16 @@ MUTANTS = [
 ]
 
 
-def mutant_module(source: str, index: int):
-    name = f"slimepo_wpo_mutant_{index}"
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))
-    sys.modules[name] = module
-    try:
-        exec(compile(source, f"<wpo mutant {index}>", "exec"), module.__dict__)
-    finally:
-        del sys.modules[name]
-    return module
-
-
 def test_the_checks_pass_on_a_fresh_copy_of_the_unmutated_source():
-    module = mutant_module(SOURCE.read_text(encoding="utf-8"), -1)
+    module = module_from_source(SOURCE.read_text(encoding="utf-8"), "slimepo_wpo_copy")
     for check in CHECKS:
         check(module)
 
 
 @pytest.mark.parametrize(("label", "old", "new"), MUTANTS, ids=[m[0] for m in MUTANTS])
 def test_every_mutant_of_wpo_fails_a_check(label, old, new):
-    original = SOURCE.read_text(encoding="utf-8")
-    assert original.count(old) == 1, f"{old!r} occurs {original.count(old)} times in {SOURCE}"
-    module = mutant_module(original.replace(old, new), abs(hash(label)))
-    failed = []
-    for check in CHECKS:
-        try:
-            check(module)
-        except Exception:  # an assertion, or a mutant that cannot even run
-            failed.append(check.__name__)
-    assert failed, f"mutant '{label}' passes every check"
+    source = mutated(SOURCE.read_text(encoding="utf-8"), old, new, SOURCE)
+    assert failing_checks(CHECKS, module_from_source(source, "slimepo_wpo_mutant")), f"mutant '{label}' passes every check"
 
 
 def test_when_every_token_is_as_likely_as_the_policys_own_samples_the_loss_is_the_unweighted_loss():

@@ -14,7 +14,7 @@ from slimepo.attention import flex_block_mask
 from slimepo.data.collate import LAYOUTS, PairCollator
 from slimepo.logprobs import output_projection, pair_token_logps
 from slimepo.scoring import score_pairs
-from slimepo.testing import TINY_MODEL_KINDS, tiny_model
+from slimepo.testing import TINY_MODEL_KINDS, module_from_source, mutated, tiny_model
 
 
 class Pair:
@@ -111,14 +111,10 @@ def test_every_layout_and_head_path_gives_the_log_sum_sq_of_the_full_logits(kind
     ("sides of the statistic swapped", "(*by_side(logps), *by_side(sums))", "(*by_side(logps), *reversed(by_side(sums)))"),
 ])
 def test_every_mutant_of_the_statistic_in_pair_token_logps_fails(label, old, new):
-    import importlib.util
-
     import slimepo.logprobs
 
-    source = Path(slimepo.logprobs.__file__).read_text(encoding="utf-8")
-    assert source.count(old) == 1, f"{old!r} occurs {source.count(old)} times"
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("slimepo_logprobs_mutant", loader=None))
-    exec(compile(source.replace(old, new), "<logprobs mutant>", "exec"), module.__dict__)
+    path = Path(slimepo.logprobs.__file__)
+    module = module_from_source(mutated(path.read_text(encoding="utf-8"), old, new, path), "slimepo_logprobs_mutant")
     model = tiny_model("llama")
     with pytest.raises(AssertionError):
         check_log_sum_sq_in_every_layout_and_head_path(module.pair_token_logps, model, log_sum_sq_by_hand(model, PAIRS))
