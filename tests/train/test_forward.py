@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from slimepo.attention import flex_block_mask
-from slimepo.data.collate import LAYOUTS, PairCollator
+from slimepo.data.collate import LAYOUTS, PairCollator, without_rejected
 from slimepo.logprobs import output_projection, pair_token_logps
 from slimepo.scoring import score_pairs
 from slimepo.testing import TINY_MODEL_KINDS, module_from_source, mutated, tiny_model
@@ -259,6 +259,45 @@ def test_chunked_path_with_lora_and_trained_head_matches_exact(modules_to_save):
     for a, b in zip(disabled_chunked, disabled_exact):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(disabled_exact[0], exact[0])
+
+
+@pytest.mark.parametrize("kind", TINY_MODEL_KINDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_batch_without_its_rejected_responses_scores_the_chosen_ones_as_unshared(kind, layout):
+    """KTO's gradient forward after the step's KL batch is scored: the chosen side alone, by hand."""
+    model = tiny_model(kind)
+    reference = by_hand(model, PAIRS)
+    full = PairCollator(pad_token_id=0, layout=layout, pack_tokens=24)(PAIRS)
+    batch = without_rejected(full)
+    for chunk_size in (None, 3):
+        chosen, rejected = pair_token_logps(model, batch, chunk_size=chunk_size)
+        assert rejected.shape == (len(PAIRS), 0)
+        for i, p in enumerate(PAIRS):
+            torch.testing.assert_close(chosen[i, : len(p.chosen_ids)], reference["chosen"][i], rtol=1e-5, atol=1e-5)
+    expected = grads_of(model, weighted_sum(pair_token_logps(model, full, chunk_size=None)[0], torch.zeros(0)))
+    got = grads_of(model, weighted_sum(pair_token_logps(model, batch, chunk_size=3)[0], torch.zeros(0)))
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6)
+
+
+def test_taking_the_rejected_responses_out_leaves_each_row_its_prompts_and_chosen_tokens_in_order():
+    separate = without_rejected(PairCollator(0, layout="separate")(PAIRS))
+    # the rejected rows gone, and the padding they needed (pair 2's row of 9)
+    assert separate["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11], [20, 21, 22, 23, 24, 25, 26], [30, 31, 32, 33, 34, 35, 36]]
+    assert separate["attention_mask"].tolist() == [[1] * 7] * 3
+    packed = PairCollator(0, layout="packed", pack_tokens=24)(PAIRS)  # rows: pairs 0 + 1, pair 2
+    shrunk = without_rejected(packed)
+    assert shrunk["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11, 20, 21, 22, 23, 24, 25, 26], [30, 31, 32, 33, 34, 35, 36] + [0] * 7]
+    assert shrunk["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 5, 6]
+    assert shrunk["pair_ids"].tolist() == [[0] * 7 + [1] * 7, [2] * 7 + [-1] * 7]
+    assert (shrunk["part_ids"] != 2).all() and shrunk["attention_mask"].shape == (2, 1, 14, 14)
+    # the chosen tokens' flat indices point at the same tokens as before
+    for key in ("chosen_target", "chosen_source"):
+        mask = packed["chosen_mask"]
+        assert torch.equal(shrunk["input_ids"].reshape(-1)[shrunk[key][mask]], packed["input_ids"].reshape(-1)[packed[key][mask]])
+    kept = {key for key in packed if not key.startswith("rejected_")}
+    assert kept <= set(shrunk) and torch.equal(shrunk["num_tokens"], packed["num_tokens"])
+    assert [shrunk[f"rejected_{k}"].shape for k in ("target", "source", "mask")] == [(3, 0)] * 3
 
 
 def test_collator_refuses_empty_prompts_and_unknown_layouts():

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from slimepo.config import ConfigError, TrainConfig
@@ -140,3 +141,29 @@ def test_a_kto_dry_run_of_an_unreachable_dataset_trains_on_an_unpaired_sample(tm
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 optimizer steps" in result.stdout and "48-row UltraFeedback-shaped sample" in result.stderr
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_with_several_micro_batches_the_gradient_forward_scores_no_mismatched_completion(
+    accumulation, tiny_model_dir, unpaired_data, tmp_path, monkeypatch
+):
+    """The step's KL batch is scored before its first micro-batch (no gradient); the micro-batches'
+    own forwards then carry their completions only. With one micro-batch, its forward scores both."""
+    from slimepo.train.trainer import PreferenceTrainer
+
+    seen = []
+    token_logps = PreferenceTrainer.token_logps
+
+    def spy(self, model, batch, **kwargs):
+        if torch.is_grad_enabled() and model.training:
+            seen.append((int((batch["part_ids"] == 2).sum()), batch["rejected_mask"].shape[1]))
+        return token_logps(self, model, batch, **kwargs)
+
+    monkeypatch.setattr(PreferenceTrainer, "token_logps", spy)
+    train(kto_config(tiny_model_dir, unpaired_data, tmp_path / "run", max_steps=2, batch_size=4 // accumulation,
+                     gradient_accumulation_steps=accumulation))
+    assert len(seen) == 2 * accumulation
+    if accumulation == 1:
+        assert all(tokens > 0 and width > 0 for tokens, width in seen)
+    else:
+        assert seen == [(0, 0)] * 4

@@ -144,5 +144,48 @@ class PairCollator:
         return rows, placed
 
 
+def without_rejected(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``batch`` (:class:`PairCollator`'s, any layout) with its rejected responses taken out of the rows.
+
+    What the chosen responses are scored from is unchanged: the same tokens, positions and mask
+    rule, the rows only shorter (``separate``: the rejected rows dropped; ``shared`` and ``packed``:
+    each row's rejected tokens removed and the rest moved left). The ``rejected_*`` index keys
+    describe responses of no token (``[B, 0]``); every other key (counts, labels, reference
+    log-probs) is kept as it was. For a forward that needs only the chosen side (KTO's gradient
+    forward once the step's KL batch is scored), at the cost of the chosen side alone.
+    """
+    input_ids = batch["input_ids"]
+    rows, width = input_ids.shape
+    if "pair_ids" in batch:  # shared, packed: every real token but the rejected ones
+        keep = (batch["pair_ids"] >= 0) & (batch["part_ids"] != 2)
+    else:  # separate: the chosen rows, first, whole
+        keep = batch["attention_mask"].bool() & (torch.arange(rows)[:, None] < batch["chosen_mask"].shape[0])
+    kept_rows = keep.any(-1)  # every row but separate's rejected ones: each holds a prompt
+    columns = keep.long().cumsum(-1) - 1  # each kept token's new column in its row
+    new_row = kept_rows.long().cumsum(0) - 1
+    new_rows, new_width = int(kept_rows.sum()), int(keep.sum(-1).max())
+    moved = torch.full((rows * width,), -1, dtype=torch.long)  # old flat index -> new flat index
+    moved[keep.reshape(-1)] = (new_row[:, None] * new_width + columns)[keep]
+    out = {key: value for key, value in batch.items() if not key.startswith("rejected_")}
+    for key, fill in (("input_ids", 0), ("position_ids", 0), ("pair_ids", -1), ("part_ids", 0)):
+        if key in batch:
+            grid = torch.full((new_rows * new_width,), fill, dtype=batch[key].dtype)
+            grid[moved[keep.reshape(-1)]] = batch[key][keep]
+            out[key] = grid.reshape(new_rows, new_width)
+    if "pair_ids" not in batch:
+        grid = torch.zeros(new_rows * new_width, dtype=batch["attention_mask"].dtype)
+        grid[moved[keep.reshape(-1)]] = 1
+        out["attention_mask"] = grid.reshape(new_rows, new_width)
+    elif "attention_mask" in batch:
+        out["attention_mask"] = attention.dense_mask(out["pair_ids"], out["part_ids"], out["position_ids"],
+                                                     dtype=batch["attention_mask"].dtype)
+    mask = batch["chosen_mask"]
+    for key in ("chosen_target", "chosen_source"):
+        out[key] = torch.where(mask, moved[batch[key].clamp(min=0)], 0)
+    empty = torch.zeros((mask.shape[0], 0), dtype=torch.long)
+    out.update(rejected_target=empty, rejected_source=empty.clone(), rejected_mask=empty.bool())
+    return out
+
+
 def _segment(ids: Sequence[int], first_position: int, pair: int, part: int) -> list[tuple[int, int, int, int]]:
     return [(int(t), first_position + k, pair, part) for k, t in enumerate(ids)]

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from slimepo.data.collate import without_rejected
 from slimepo.diagnostics import drift_stats
 from slimepo.losses import KlTotals, StepTotals
 from slimepo.losses.kto import LABELS, label_means
@@ -41,7 +42,8 @@ class UnpairedSteps:
         The loss divides by the step's examples, and the reference point z_0 is the step's: its KL
         batch is every micro-batch of every process (:class:`~slimepo.data.unpaired.StepRotation`).
         With one micro-batch per process that is this micro-batch's pairs summed over the processes;
-        with several, :meth:`step_kl_totals` scored them before the step. Held out, each batch
+        with several, :meth:`step_kl_totals` scored them before the step and took the mismatched
+        completions out of the micro-batches (``mismatched`` is then empty). Held out, each batch
         (over the processes) is its own KL batch.
         """
         completion, mismatched = self.token_logps(model, inputs)
@@ -77,7 +79,9 @@ class UnpairedSteps:
         the policy does not change within a step, so a forward without gradient scores the pairs as
         the step's own forwards would (in train mode, as they run). Every micro-batch of every
         process, summed: the KL batch of 1 process taking the step whole. Each micro-batch keeps the
-        reference log-probs scored here (``ref_*_logps``), so the step does not run the reference twice.
+        reference log-probs scored here (``ref_*_logps``), so the step does not run the reference twice,
+        and loses its mismatched completions (:func:`~slimepo.data.collate.without_rejected`): its
+        gradient forward scores its own completions only.
         """
         model = self.model_wrapped
         model.train()
@@ -89,6 +93,9 @@ class UnpairedSteps:
                 batch["ref_chosen_logps"], batch["ref_rejected_logps"] = self.reference_logps(model, inputs)
                 kl_mask = inputs["kl_mask"] & ("stand_in" not in inputs)
                 local += self.kl_sums(mismatched, batch["ref_rejected_logps"], kl_mask)
+                kept = without_rejected(batch)  # the gradient forward scores the completions alone
+                batch.clear()
+                batch.update(kept)
         release_gathered_weights(model)  # no backward follows to reshard what FSDP2 keeps gathered
         return KlTotals(*self.accelerator.reduce(local, reduction="sum"))
 
