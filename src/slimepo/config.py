@@ -507,10 +507,7 @@ class EvalConfig:
         if self.judge_url and not self.judge_model:
             raise ConfigError("judge_url: needs --judge-model")
         if self.judge_url:
-            try:  # the check JudgeClient makes, here before any model loads
-                check_api_url(self.judge_url, "judge_url")
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
+            check_url(self.judge_url, "judge_url")  # the check JudgeClient makes, here before any model loads
         if self.judge_url and self.bench not in JUDGED_BENCHMARKS:
             raise ConfigError(f"judge_url: the judge grades the answers of --bench {' | '.join(JUDGED_BENCHMARKS)}; "
                               "add one")
@@ -530,6 +527,14 @@ class EvalConfig:
 COMPARE_EVAL_GROUPS = ("generation", "benchmark")
 
 
+def check_url(url: str, option: str) -> None:
+    """:func:`slimepo.endpoints.check_api_url`, its refusal a :class:`ConfigError` naming ``option``."""
+    try:
+        check_api_url(url, option)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def check_engine_options(config: Any) -> None:
     """The generation engine options of ``config`` (``engine``, ``engine_url``, ``engine_model``,
     ``adapter``), as ``slimepo pairs`` and ``slimepo eval`` take them."""
@@ -541,10 +546,7 @@ def check_engine_options(config: Any) -> None:
         if config.adapter:
             raise ConfigError("adapter: the openai engine answers with what the server serves; serve the adapter "
                               "there (vllm serve --enable-lora --lora-modules NAME=ADAPTER) and pass --engine-model NAME")
-        try:
-            check_api_url(config.engine_url, "engine_url")
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        check_url(config.engine_url, "engine_url")
     elif config.engine_url or config.engine_model:
         raise ConfigError("engine_url, engine_model: only the openai engine uses them; add --engine openai")
 

@@ -24,9 +24,10 @@ def check_api_url(url: str, option: str = "judge_url") -> None:
         raise ValueError(f"{option}: {error}") from None
     if parts.username is not None or parts.password is not None:
         # not echoed: it may hold a password
+        key_env = "--" + option.removesuffix("_url").replace("_", "-") + "-key-env"
         raise ValueError(
             f"{option}: must not hold a user name or password (it would be saved with the results, and is "
-            "not sent as credentials); put the API key in the environment variable named by --judge-key-env"
+            f"not sent as credentials); put the API key in the environment variable named by {key_env}"
         )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{option}: must be an http:// or https:// URL with a host, got {url!r}")

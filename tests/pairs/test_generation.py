@@ -94,8 +94,9 @@ def test_openai_engine_never_follows_a_redirect(chat_server):
 
 @pytest.mark.parametrize("url", ["http://user:secret@localhost:8000/v1", "ftp://localhost/v1", "localhost:8000"])
 def test_openai_engine_refuses_the_urls_the_judge_refuses(url):
-    with pytest.raises(ValueError, match="engine_url"):
+    with pytest.raises(ValueError, match="^engine_url: must") as refused:
         OpenAIEngine(url, "m")
+    assert "secret" not in str(refused.value) and "judge" not in str(refused.value)
 
 
 @pytest.mark.skipif(vllm_installed(), reason="vLLM is installed here: tests/generation/test_vllm_engine.py runs it")

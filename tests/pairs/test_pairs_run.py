@@ -182,7 +182,9 @@ def test_conversational_prompts_give_conversational_pairs_that_the_data_loader_a
 @pytest.mark.parametrize(("options", "message"), [
     ({"k": 2, "sample": False}, "greedy decoding gives one answer"),
     ({"engine": "openai"}, "engine_url"),
-    ({"engine": "openai", "engine_url": "http://u:p@host/v1"}, "user name or password"),
+    ({"engine": "openai", "engine_url": "http://u:p@host/v1"}, "engine_url: must not hold a user name or password.*--engine-key-env"),
+    ({"engine": "openai", "engine_url": "file:///etc/passwd"}, "engine_url: must be an http:// or https:// URL"),
+    ({"scorer": "judge", "judge_model": "m", "judge_url": "http://k@host/v1"}, "judge_url: .*--judge-key-env"),
     ({"engine_url": "http://host/v1"}, "only the openai engine"),
     ({"scorer": "judge", "judge_url": "http://host/v1"}, "judge_model"),
     ({"scorer": "reward-model"}, "reward_model"),

@@ -58,10 +58,7 @@ class OpenAIEngine:
                  backoff: float = 1.0, timeout: float = 300, workers: int = 4) -> None:
         if max_retries < 0 or backoff < 0 or timeout <= 0 or workers < 1:
             raise ValueError("max_retries and backoff must be >= 0, timeout > 0 and workers >= 1")
-        try:
-            check_api_url(url, "judge_url")
-        except ValueError as error:
-            raise ValueError(f"engine_url: the rules of the judge's URL apply: {error}") from None
+        check_api_url(url, "engine_url")
         url = url.rstrip("/")
         self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
         self.model = model

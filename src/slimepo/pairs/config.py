@@ -17,9 +17,9 @@ from slimepo.config import (
     _check_finite,
     _check_whole_numbers,
     check_engine_options,
+    check_url,
     option,
 )
-from slimepo.endpoints import check_api_url
 from slimepo.generation import ENGINES, Decoding
 
 SCORERS = ("ifeval", "constraints", "reward-model", "judge")
@@ -123,7 +123,7 @@ class PairsConfig:
         if self.scorer == "judge":
             if not (self.judge_url and self.judge_model):
                 raise ConfigError("judge_url, judge_model: the judge scorer needs both")
-            _check_url(self.judge_url, "judge_url")
+            check_url(self.judge_url, "judge_url")
 
     def decoding(self) -> Decoding:
         return Decoding(self.max_new_tokens, self.sample, self.temperature, self.top_p, self.seed)
@@ -133,13 +133,6 @@ def _check_columns(columns: dict[str, str]) -> None:
     """Only the prompt column can be renamed: it is the one both commands read by name."""
     if set(columns) - {"prompt"}:
         raise ConfigError(f"columns: maps prompt to your column's name, e.g. {{prompt: question}}; got {columns}")
-
-
-def _check_url(url: str, name: str) -> None:
-    try:
-        check_api_url(url, name)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
 
 
 @dataclass
