@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # study.py's statistics
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # study_stats.py, study.py
 
 from slimepo.report import lookup  # noqa: E402
 
@@ -291,7 +291,7 @@ def round_table(loops: Sequence[LoopResult]) -> list[str]:
 def difference_table(loops: Sequence[LoopResult], bench: str) -> tuple[list[str], int]:
     """Each comparison of :data:`COMPARISONS` in every round, paired by prompt (two-level bootstrap over
     prompts and seeds, scripts/study.py's), with Holm's adjustment over the table."""
-    from study import corrected_cells, paired_bootstrap
+    from study_stats import corrected_cells, paired_bootstrap
 
     from slimepo.report import markdown_table
 
@@ -309,7 +309,7 @@ def difference_table(loops: Sequence[LoopResult], bench: str) -> tuple[list[str]
 
 def section(results: Path = RESULTS) -> list[str]:
     """The iterative study's section of docs/results.md, from the archived loops."""
-    from study import correction_note
+    from study_stats import correction_note
 
     loops = load_loops(results)
     lines = ["## The study on the loop: rounds of training on the model's own answers (`slimepo iterate`)", ""]

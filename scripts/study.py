@@ -56,7 +56,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from slimepo.report import lookup, markdown_table
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # study_stats.py beside this file
+
+from study_stats import corrected_cells, correction_note, paired_bootstrap  # noqa: E402
+
+from slimepo.report import lookup, markdown_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "onpolicy"
@@ -1017,7 +1021,6 @@ def report(results: Path, doc: Path, img: Path, ifeval_results: Path = IFEVAL_RE
 
 def loop_section(loop_results: Path) -> list[str]:
     """The study on the loop (scripts/loop_study.py), from its archived loops."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from loop_study import section
 
     return section(loop_results)
@@ -1070,84 +1073,6 @@ def prompt_passes(results: Path, name: str, split: str, decoding: str) -> dict[s
         return None
     rows = read_generations(path)
     return {Path(row["origin"]).name: float(lookup(row, ("checks", "constraint", "passed")) is True) for row in rows}
-
-
-def paired_difference(a: Sequence[Mapping[str, float]], b: Sequence[Mapping[str, float]], *,
-                      resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float] | None:
-    """Pass rate of ``a`` minus ``b`` (each a list of seeds' per-prompt passes) and a 95% interval:
-    :func:`paired_bootstrap` without its p-value."""
-    found = paired_bootstrap(a, b, resamples=resamples, seed=seed)
-    return None if found is None else found[:3]
-
-
-def paired_bootstrap(a: Sequence[Mapping[str, float]], b: Sequence[Mapping[str, float]], *,
-                     resamples: int = 10_000, seed: int = 0,
-                     prompts: Iterable[str] | None = None) -> tuple[float, float, float, float] | None:
-    """Pass rate of ``a`` minus ``b`` (each a list of seeds' per-prompt passes), a 95% interval and a
-    two-sided p-value, over the prompts both sides answered (only those of ``prompts`` when given).
-
-    The prompts are paired; the interval is a two-level bootstrap: the prompts are resampled (the same
-    draw for both sides) and, independently per side, its seeds. With one seed a side contributes no
-    seed noise, so the interval is too narrow for it. The p-value is that of the same draws: twice the
-    smaller of the shares of draws at or below 0 and at or above 0, each count and the number of
-    draws plus one (so that it is never 0: at 10,000 draws it is at least 0.0002), at most 1.
-    """
-    import numpy as np
-
-    if not a or not b:
-        return None
-    common = set.intersection(*(set(run) for run in (*a, *b)))
-    if prompts is not None:
-        common &= set(prompts)
-    prompts = sorted(common)
-    if not prompts:
-        return None
-    rng = np.random.default_rng(seed)
-    draw = rng.integers(0, len(prompts), size=(resamples, len(prompts)))
-
-    def side(runs: Sequence[Mapping[str, float]]) -> tuple[float, Any]:
-        passes = np.array([[run[p] for p in prompts] for run in runs])  # seeds x prompts
-        per_seed = passes[:, draw].mean(axis=2)  # seeds x resamples
-        seeds = rng.integers(0, len(runs), size=(len(runs), resamples))
-        return float(passes.mean()), np.take_along_axis(per_seed, seeds, axis=0).mean(axis=0)
-
-    (mean_a, boot_a), (mean_b, boot_b) = side(a), side(b)
-    diffs = boot_a - boot_b
-    low, high = np.quantile(diffs, [0.025, 0.975])
-    tail = min(int(np.sum(diffs <= 1e-12)), int(np.sum(diffs >= -1e-12)))  # a draw at 0 counts on both sides
-    return mean_a - mean_b, float(low), float(high), min(1.0, 2 * (tail + 1) / (resamples + 1))
-
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm's step-down adjustment of ``pvalues`` (in their order): the i-th smallest of m is multiplied
-    by m − i + 1, at most 1, and never below the adjusted value of a smaller one. A comparison whose
-    adjusted p is below 0.05 is separated with a family-wise error of at most 5% over all m."""
-    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
-    adjusted, running = [0.0] * len(pvalues), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
-        adjusted[i] = running
-    return adjusted
-
-
-def corrected_cells(table: Sequence[Sequence[tuple[float, float, float, float] | None]]) -> tuple[list[list[str]], int]:
-    """Each :func:`paired_bootstrap` result of ``table`` (rows of cells) as
-    ``difference [interval] p …, Holm …``, Holm's adjustment taken over every comparison of the table;
-    and that number of comparisons, m. A cell without a comparison is "—"."""
-    found = [cell for row in table for cell in row if cell is not None]
-    adjusted = iter(holm([cell[3] for cell in found]))
-    cells = [["—" if cell is None else
-              f"{cell[0]:+.3f} [{cell[1]:+.2f}, {cell[2]:+.2f}] p {cell[3]:.2g}, Holm {next(adjusted):.2g}"
-              for cell in row] for row in table]
-    return cells, len(found)
-
-
-def correction_note(m: int) -> str:
-    """What the p-values of a difference table are, for its ``m`` comparisons."""
-    return (f"p: two-sided, from the same draws (at 10,000 draws never below 0.0002). Holm: the p-value adjusted "
-            f"by Holm's step-down method for the m = {m} comparisons of this table; a cell whose Holm value is below "
-            f"0.05 stays separated after correcting for them (a family-wise error of at most 5%), while about "
-            f"{0.05 * m:.1f} of {m} intervals would exclude 0 by chance alone if no two runs differed.")
 
 
 def difference_section(results: Path, groups: Sequence[tuple[str, list[RunResult]]]) -> list[str]:

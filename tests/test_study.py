@@ -451,21 +451,30 @@ def write_generations(results: Path, name: str, split: str, decoding: str, passe
         f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
-def test_paired_difference_pairs_prompts_and_averages_seeds(study):
+@pytest.fixture(scope="module")
+def stats(load_script):
+    return load_script("study_stats")
+
+
+def test_paired_bootstrap_pairs_prompts_and_averages_seeds(stats):
+    def difference(a, b):
+        found = stats.paired_bootstrap(a, b)
+        return None if found is None else found[:3]
+
     a = [{"x:1": 1.0, "x:2": 1.0, "x:3": 0.0, "x:4": 0.0}, {"x:1": 1.0, "x:2": 1.0, "x:3": 1.0, "x:4": 0.0}]
     b = [{"x:1": 1.0, "x:2": 0.0, "x:3": 0.0, "x:4": 0.0, "x:5": 1.0}]  # x:5 has no partner: left out
-    diff, low, high = study.paired_difference(a, b)
+    diff, low, high = difference(a, b)
     assert diff == pytest.approx(0.625 - 0.25)
     assert low < diff < high and low >= -1 and high <= 1
     # One seed a side, identical answers: 0 in every draw. Two seeds: each side's seeds are drawn on
     # their own, so the interval widens around 0. Opposite sides differ by exactly 1.
-    assert study.paired_difference(b, b) == (0.0, 0.0, 0.0)
-    diff, low, high = study.paired_difference(a, a)
+    assert difference(b, b) == (0.0, 0.0, 0.0)
+    diff, low, high = difference(a, a)
     assert diff == 0.0 and low < 0 < high
     ones, zeros = [{"x:1": 1.0, "x:2": 1.0}], [{"x:1": 0.0, "x:2": 0.0}]
-    assert study.paired_difference(ones, zeros) == (1.0, 1.0, 1.0)
-    assert study.paired_difference(a, []) is None
-    assert study.paired_difference(a, [{"y:1": 1.0}]) is None  # no prompt in common
+    assert difference(ones, zeros) == (1.0, 1.0, 1.0)
+    assert difference(a, []) is None
+    assert difference(a, [{"y:1": 1.0}]) is None  # no prompt in common
 
 
 def test_report_has_slime_minus_each_run_from_the_generations(study, tmp_path):
@@ -489,23 +498,22 @@ def test_report_has_slime_minus_each_run_from_the_generations(study, tmp_path):
     assert "| slime − simpo" not in doc.read_text()  # no simpo run at its rate: no row
 
 
-def test_paired_bootstrap_gives_a_two_sided_p_value_and_holm_adjusts_over_a_table(study):
+def test_paired_bootstrap_gives_a_two_sided_p_value_and_holm_adjusts_over_a_table(stats):
     ones, zeros = [{"x:1": 1.0, "x:2": 1.0}], [{"x:1": 0.0, "x:2": 0.0}]
     # Every draw is +1: no draw at or below 0, so p = 2 (0 + 1) / (10,000 + 1), the smallest there is.
-    assert study.paired_bootstrap(ones, zeros) == (1.0, 1.0, 1.0, pytest.approx(2 / 10_001))
-    assert study.paired_bootstrap(zeros, zeros)[3] == 1.0  # every draw 0: on both sides
+    assert stats.paired_bootstrap(ones, zeros) == (1.0, 1.0, 1.0, pytest.approx(2 / 10_001))
+    assert stats.paired_bootstrap(zeros, zeros)[3] == 1.0  # every draw 0: on both sides
     a, b = [{"x:1": 1.0, "x:2": 0.0}], [{"x:1": 0.0, "x:2": 0.0}]
     # A draw's difference is (times x:1 is drawn) / 2: 0 with probability 1/4, never below: p = 2/4.
-    diff, low, high, p = study.paired_bootstrap(a, b)
+    diff, low, high, p = stats.paired_bootstrap(a, b)
     assert (diff, low, high) == (0.5, 0.0, 1.0) and p == pytest.approx(0.5, abs=0.03)
-    assert study.paired_bootstrap(a, b, prompts=["x:2"]) == (0.0, 0.0, 0.0, 1.0)  # only the prompts given
-    assert study.paired_bootstrap(a, b, prompts=["y:1"]) is None
-    assert study.paired_difference(a, b) == (diff, low, high)  # the same draws, without p
+    assert stats.paired_bootstrap(a, b, prompts=["x:2"]) == (0.0, 0.0, 0.0, 1.0)  # only the prompts given
+    assert stats.paired_bootstrap(a, b, prompts=["y:1"]) is None
     # Holm: the i-th smallest of m times m − i + 1, never below a smaller one's, at most 1.
-    assert study.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
-    assert study.holm([0.6, 0.7]) == [1.0, 1.0]
-    assert study.holm([]) == []
-    cells, m = study.corrected_cells([[(0.5, 0.1, 0.9, 0.01), None], [(0.1, -0.1, 0.3, 0.04), (0.0, -0.2, 0.2, 0.9)]])
+    assert stats.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert stats.holm([0.6, 0.7]) == [1.0, 1.0]
+    assert stats.holm([]) == []
+    cells, m = stats.corrected_cells([[(0.5, 0.1, 0.9, 0.01), None], [(0.1, -0.1, 0.3, 0.04), (0.0, -0.2, 0.2, 0.9)]])
     assert m == 3
     assert cells == [["+0.500 [+0.10, +0.90] p 0.01, Holm 0.03", "—"],
                      ["+0.100 [-0.10, +0.30] p 0.04, Holm 0.08", "+0.000 [-0.20, +0.20] p 0.9, Holm 0.9"]]
