@@ -12,6 +12,8 @@ its learning rate (the single-pass study's grid choice) and the seed varying:
 - **train**: the single-pass study's budget (LoRA 16/32/0.05, batch 4, 1 epoch, cosine, warm-up 0.1,
   float32 without autocast), merged into the next round's weights; DPO's reference is the round's start
   (``--reference previous``, iterative DPO's rolling reference);
+- **ablations**, after the 9 loops of the three losses: SLIME without its anchor and without its stabilizer
+  (the presets ``slime-no-anchor``, ``slime-no-stabilizer``, at the single-pass grid's rate 1e-3), seed 0;
 - **eval** after every round (round 0: the initial model, evaluated once and copied into every loop, since it
   depends on neither loss nor seed): the 45 on-policy test pairs of ``data/onpolicy/`` for drift against the
   initial model, unlearning and collapse, with greedy answers to their prompts (96 tokens) for length,
@@ -60,6 +62,11 @@ PROMPTS = "prompts.jsonl"
 #: The learning rate of each loss: what the single-pass study's grid chose on validation (docs/results.md).
 LOSSES = {"slime": 1e-3, "dpo": 3e-4, "simpo": 1e-3}
 SEEDS = (0, 1, 2)
+#: SLIME without a term, at the rate the single-pass grid chose for it: one seed each, after every loop of
+#: LOSSES (the issue's "ablations if compute allows").
+ABLATIONS = {"slime-no-anchor": 1e-3, "slime-no-stabilizer": 1e-3}
+ABLATION_SEEDS = (0,)
+RATES = {**LOSSES, **ABLATIONS}
 ROUNDS = 3
 PROMPTS_PER_ROUND = 96
 PER_REQUEST = 3
@@ -99,8 +106,9 @@ class Loop:
 
 
 def plan() -> list[Loop]:
-    """Every loop, in order of priority: one seed of each loss before the next seed."""
-    return [Loop(loss, seed) for seed in SEEDS for loss in LOSSES]
+    """Every loop, in order of priority: one seed of each loss before the next seed, then the ablations."""
+    return [Loop(loss, seed) for seed in SEEDS for loss in LOSSES] + [
+        Loop(loss, seed) for seed in ABLATION_SEEDS for loss in ABLATIONS]
 
 
 def loop_config(loop: Loop, runs: Path, prompts: Path):
@@ -110,7 +118,7 @@ def loop_config(loop: Loop, runs: Path, prompts: Path):
         model="default", rounds=ROUNDS, out=str(runs / loop.name), reference="previous",
         prompts_per_round=PROMPTS_PER_ROUND, benchmarks=list(BENCHMARKS), evaluate_initial=True,
         pairs={**PAIRS_OPTIONS, "prompts": str(prompts), "seed": 10 * loop.seed},
-        train={**TRAIN_OPTIONS, "loss": loop.loss, "learning_rate": LOSSES[loop.loss], "seed": loop.seed},
+        train={**TRAIN_OPTIONS, "loss": loop.loss, "learning_rate": RATES[loop.loss], "seed": loop.seed},
         eval=dict(EVAL_OPTIONS),
     )
 
@@ -190,7 +198,7 @@ def run(results: Path, runs: Path, max_minutes: float | None, max_loops: int | N
         loop_started = time.perf_counter()
         iterate(config)
         archive(Path(config.out), archived(results, loop), {
-            "loss": loop.loss, "seed": loop.seed, "learning_rate": LOSSES[loop.loss], "rounds": ROUNDS,
+            "loss": loop.loss, "seed": loop.seed, "learning_rate": RATES[loop.loss], "rounds": ROUNDS,
             "wall_seconds_last_attempt": round(time.perf_counter() - loop_started, 1), "machine": machine(),
         })
         done.append(loop.name)
@@ -227,8 +235,10 @@ ROUND_COLUMNS = (
 )
 #: The loss comparisons of the difference tables, each (a, b): a minus b; "initial" is round 0.
 COMPARISONS = (("slime", "dpo"), ("slime", "simpo"), ("dpo", "simpo"),
-               ("slime", "initial"), ("dpo", "initial"), ("simpo", "initial"))
-LABELS = {"slime": "SLIME", "dpo": "DPO", "simpo": "SimPO", "initial": "initial"}
+               ("slime", "initial"), ("dpo", "initial"), ("simpo", "initial"),
+               ("slime", "slime-no-anchor"), ("slime", "slime-no-stabilizer"))
+LABELS = {"slime": "SLIME", "dpo": "DPO", "simpo": "SimPO", "initial": "initial",
+          "slime-no-anchor": "SLIME without anchor", "slime-no-stabilizer": "SLIME without stabilizer"}
 
 
 @dataclass
@@ -278,7 +288,7 @@ def round_table(loops: Sequence[LoopResult]) -> list[str]:
     initial = [lp.rounds[0] for lp in loops[:1] if 0 in lp.rounds]
     if initial:
         rows.append(["initial model (round 0)", "—", *(cell(initial, value, spec) for _, value, spec in ROUND_COLUMNS)])
-    for loss in LOSSES:
+    for loss in RATES:
         members = [lp for lp in loops if lp.loss == loss]
         for index in range(1, ROUNDS + 1):
             records = [lp.rounds[index] for lp in members if index in lp.rounds]
@@ -289,8 +299,9 @@ def round_table(loops: Sequence[LoopResult]) -> list[str]:
 
 
 def difference_table(loops: Sequence[LoopResult], bench: str) -> tuple[list[str], int]:
-    """Each comparison of :data:`COMPARISONS` in every round, paired by prompt (two-level bootstrap over
-    prompts and seeds, scripts/study.py's), with Holm's adjustment over the table."""
+    """Each comparison of :data:`COMPARISONS` that has loops on both sides, in every round, paired by
+    prompt (two-level bootstrap over prompts and seeds, scripts/study_stats.py), with Holm's adjustment
+    over the table."""
     from study_stats import corrected_cells, paired_bootstrap
 
     from slimepo.report import markdown_table
@@ -300,10 +311,11 @@ def difference_table(loops: Sequence[LoopResult], bench: str) -> tuple[list[str]
             return [p for p in (lp.passes(0, bench) for lp in loops[:1]) if p is not None]
         return [p for p in (lp.passes(index, bench) for lp in loops if lp.loss == name) if p is not None]
 
-    table = [[paired_bootstrap(side(a, index), side(b, index)) for a, b in COMPARISONS]
-             for index in range(1, ROUNDS + 1)]
-    cells, m = corrected_cells(table)
-    headers = ["round", *(f"{LABELS[a]} − {LABELS[b]}" for a, b in COMPARISONS)]
+    columns = [[paired_bootstrap(side(a, index), side(b, index)) for index in range(1, ROUNDS + 1)]
+               for a, b in COMPARISONS]
+    kept = [(pair, column) for pair, column in zip(COMPARISONS, columns) if any(cell is not None for cell in column)]
+    cells, m = corrected_cells([list(row) for row in zip(*(column for _, column in kept))])
+    headers = ["round", *(f"{LABELS[a]} − {LABELS[b]}" for (a, b), _ in kept)]
     return markdown_table(headers, [[f"round {i + 1}", *row] for i, row in enumerate(cells)]), m
 
 
@@ -337,7 +349,9 @@ def section(results: Path = RESULTS) -> list[str]:
     lines += ["### Setup and cost", ""]
     lines += [f"- Loss and learning rate: {', '.join(f'{LABELS[k]} {v:g}' for k, v in LOSSES.items())} (the "
               f"single-pass grid's choices); seeds {', '.join(map(str, SEEDS))}; {ROUNDS} rounds of "
-              f"{PROMPTS_PER_ROUND} fresh prompts each.",
+              f"{PROMPTS_PER_ROUND} fresh prompts each. Ablations, after those: "
+              f"{', '.join(f'{LABELS[k]} {v:g}' for k, v in ABLATIONS.items())}, seed "
+              f"{', '.join(map(str, ABLATION_SEEDS))}.",
               f"- Pairs: {PAIRS_OPTIONS['k']} answers per prompt (T {PAIRS_OPTIONS['temperature']}, top-p "
               f"{PAIRS_OPTIONS['top_p']}, at most {PAIRS_OPTIONS['max_new_tokens']} tokens, bf16), IFEval's "
               "checkers (share of instructions followed), best against worst, ties dropped.",

@@ -16,10 +16,13 @@ def loop_study(load_script):
     return load_script("loop_study")
 
 
-def test_the_plan_runs_one_seed_of_every_loss_before_the_next_seed(loop_study):
+def test_the_plan_runs_one_seed_of_every_loss_before_the_next_seed_then_the_ablations(loop_study):
     names = [loop.name for loop in loop_study.plan()]
     assert names[:4] == ["slime-seed0", "dpo-seed0", "simpo-seed0", "slime-seed1"]
-    assert len(names) == 9
+    assert len(names) == 11 and names[9:] == ["slime-no-anchor-seed0", "slime-no-stabilizer-seed0"]
+    ablation = loop_study.loop_config(loop_study.Loop("slime-no-anchor", 0), Path("runs"), Path("p.jsonl"))
+    _, train, _ = ablation.stage_configs(1, "default")
+    assert (train.loss, train.learning_rate) == ("slime-no-anchor", 1e-3)
 
 
 def test_only_loss_rate_and_seed_differ_between_loops(loop_study, tmp_path):
@@ -111,7 +114,7 @@ def test_the_section_reads_the_archived_loops(loop_study, tmp_path):
     fake_loop(loop_study, tmp_path, "dpo", 0, [0.0, -0.2, -0.4, -0.8], [initial, [0, 0, 1, 0], [0, 0, 1, 0],
                                                                         [0, 0, 1, 1]])
     text = "\n".join(loop_study.section(tmp_path))
-    assert "3 of 9 loops done (slime-seed0, dpo-seed0, slime-seed1)" in text
+    assert "3 of 11 loops done (slime-seed0, dpo-seed0, slime-seed1)" in text
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in text.splitlines() if line.startswith("| ")}
     headers = rows["loop, round"]
@@ -124,9 +127,28 @@ def test_the_section_reads_the_archived_loops(loop_study, tmp_path):
     assert rows["DPO, round 3"][ifeval] == "0.500" and rows["DPO, round 3"][0] == "1"
     assert rows["initial model (round 0)"][ifeval] == "0.250" and rows["SLIME, round 2"][cut] == "0.25 ± 0.00"
     assert "SimPO, round 1" not in rows
-    # paired differences: round 1, SLIME − DPO = 0.5 − 0.25; DPO − initial = 0.25 − 0.25; SimPO has none
+    # paired differences, only where both sides have loops (no SimPO, no ablation column):
+    # round 1, SLIME − DPO = 0.5 − 0.25; DPO − initial = 0.25 − 0.25
+    assert rows["round"] == ["SLIME − DPO", "SLIME − initial", "DPO − initial"]
     assert rows["round 1"][0].startswith("+0.250 [")
-    assert rows["round 1"][4].startswith("+0.000 [")
-    assert rows["round 1"][1] == "—" and rows["round 1"][5] == "—"
+    assert rows["round 1"][2].startswith("+0.000 [")
     assert "m = 9 comparisons" in text  # 3 comparisons with both sides (no SimPO loop), 3 rounds: IFEval only
-    assert "Not run yet: simpo-seed0, dpo-seed1, simpo-seed1, slime-seed2, dpo-seed2, simpo-seed2." in text
+    assert ("Not run yet: simpo-seed0, dpo-seed1, simpo-seed1, slime-seed2, dpo-seed2, simpo-seed2, "
+            "slime-no-anchor-seed0, slime-no-stabilizer-seed0.") in text
+
+
+def test_an_ablation_loop_gets_its_rows_and_its_comparison_with_slime(loop_study, tmp_path):
+    initial = [0, 0, 1, 0]
+    fake_loop(loop_study, tmp_path, "slime", 0, [0.0, -0.1, -0.2, -0.3], [initial, [1, 0, 1, 0], [1, 1, 1, 0],
+                                                                          [1, 1, 1, 1]])
+    fake_loop(loop_study, tmp_path, "slime-no-anchor", 0, [0.0, -0.4, -0.6, -0.9],
+              [initial, [0, 0, 1, 0], [1, 0, 1, 0], [1, 1, 0, 0]])
+    text = "\n".join(loop_study.section(tmp_path))
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ")}
+    drift = rows["loop, round"].index("chosen drift vs initial (nats/token)")
+    assert rows["SLIME without anchor, round 3"][drift] == "-0.900"
+    assert rows["round"] == ["SLIME − initial", "SLIME − SLIME without anchor"]
+    assert rows["round 2"][1].startswith("+0.250 [")  # 0.75 − 0.5
+    assert "SLIME without anchor 0.001, SLIME without stabilizer 0.001, seed 0" in text
+
