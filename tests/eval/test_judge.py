@@ -6,11 +6,11 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 
 from slimepo import cli
+from slimepo.endpoints import check_api_url
 from slimepo.eval import alpacaeval, arena_hard
 from slimepo.eval.judge import (
     JudgeClient,
     JudgeError,
-    check_judge_url,
     judge_answers,
     judge_messages,
     load_judge_prompts,
@@ -282,7 +282,7 @@ def test_a_redirect_is_refused_and_its_target_never_sees_the_key(serve, monkeypa
 
 @pytest.mark.parametrize("url", ["http://h:1/v1", "https://api.example.com/v1", "HTTPS://h/v1/chat/completions"])
 def test_http_and_https_judge_urls_are_accepted(url):
-    check_judge_url(url)
+    check_api_url(url, "judge_url")
     JudgeClient(url, "j")
 
 
@@ -299,14 +299,14 @@ def test_http_and_https_judge_urls_are_accepted(url):
 )
 def test_judge_urls_other_than_plain_http_or_https_are_refused(url, message):
     with pytest.raises(ValueError, match=f"^judge_url: .*{message}"):
-        check_judge_url(url)
+        check_api_url(url, "judge_url")
     with pytest.raises(ValueError, match=message):
         JudgeClient(url, "j")
 
 
 def test_the_password_in_a_refused_judge_url_is_not_repeated():
     with pytest.raises(ValueError) as refused:
-        check_judge_url("http://user:hunter2@h/v1")
+        check_api_url("http://user:hunter2@h/v1", "judge_url")
     assert "hunter2" not in str(refused.value)
 
 

@@ -78,10 +78,6 @@ PRESET_MUTANTS = [
 ]
 
 
-def mutant_class(source: str, index: int) -> type:
-    return module_from_source(source, f"slimepo_mutant_{index}").SlimeLoss
-
-
 def tests_pass(tests: list[str] = TESTS) -> bool:
     return pytest.main(["-q", "-x", "--tb=no", "--no-header", "-p", "no:cacheprovider", *tests]) == 0
 
@@ -136,8 +132,10 @@ def slime_class(cls: type) -> Installer:
 
 def main() -> int:
     original = SOURCE.read_text(encoding="utf-8")
-    mutants = [(label, slime_class(mutant_class(mutant_source(original, label, old, new, SOURCE), index)))
-               for index, (label, old, new) in enumerate(SOURCE_MUTANTS)]
+    mutants = []
+    for index, (label, old, new) in enumerate(SOURCE_MUTANTS):
+        module = module_from_source(mutant_source(original, label, old, new, SOURCE), f"slimepo_mutant_{index}")
+        mutants.append((label, slime_class(module.SlimeLoss)))
     for label, preset, parameter, value in PRESET_MUTANTS:
         kept = losses.PRESETS[preset]
         mutants.append((label, preset_changed(preset, (kept[0], {**kept[1], parameter: value}))))

@@ -165,16 +165,17 @@ def without_rejected(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     new_row = kept_rows.long().cumsum(0) - 1
     new_rows, new_width = int(kept_rows.sum()), int(keep.sum(-1).max())
     moved = torch.full((rows * width,), -1, dtype=torch.long)  # old flat index -> new flat index
-    moved[keep.reshape(-1)] = (new_row[:, None] * new_width + columns)[keep]
+    kept_at = (new_row[:, None] * new_width + columns)[keep]  # each kept token's new flat index
+    moved[keep.reshape(-1)] = kept_at
     out = {key: value for key, value in batch.items() if not key.startswith("rejected_")}
     for key, fill in (("input_ids", 0), ("position_ids", 0), ("pair_ids", -1), ("part_ids", 0)):
         if key in batch:
             grid = torch.full((new_rows * new_width,), fill, dtype=batch[key].dtype)
-            grid[moved[keep.reshape(-1)]] = batch[key][keep]
+            grid[kept_at] = batch[key][keep]
             out[key] = grid.reshape(new_rows, new_width)
     if "pair_ids" not in batch:
         grid = torch.zeros(new_rows * new_width, dtype=batch["attention_mask"].dtype)
-        grid[moved[keep.reshape(-1)]] = 1
+        grid[kept_at] = 1
         out["attention_mask"] = grid.reshape(new_rows, new_width)
     elif "attention_mask" in batch:
         out["attention_mask"] = attention.dense_mask(out["pair_ids"], out["part_ids"], out["position_ids"],

@@ -9,7 +9,7 @@ such, never as a score, and :func:`summarize_scores` counts them apart; when eve
 judgment failed (an unreachable judge), :func:`warn_if_all_failed` says so in one warning.
 
 The judge URL must be ``http`` or ``https`` and carry no ``user:password@``
-(:func:`check_judge_url`): the key comes only from the environment variable named by
+(:func:`slimepo.endpoints.check_api_url`): the key comes only from the environment variable named by
 ``--judge-key-env``, and goes only to that URL, since no redirect is ever followed (a
 redirect would re-send the ``Authorization`` header elsewhere, and turn the POST into a GET).
 
@@ -59,11 +59,6 @@ class _Retryable(Exception):
     """A failure that a later attempt may not repeat (network, timeout, 5xx, 429)."""
 
 
-def check_judge_url(url: str) -> None:
-    """:func:`slimepo.endpoints.check_api_url` for ``--judge-url``."""
-    check_api_url(url, "judge_url")
-
-
 class CompletionClient(Protocol):
     """Anything that answers chat messages with text, like :class:`JudgeClient`."""
 
@@ -104,7 +99,7 @@ class JudgeClient:
     ) -> None:
         if max_retries < 0 or backoff < 0 or timeout <= 0:
             raise ValueError("max_retries and backoff must be >= 0 and timeout > 0")
-        check_judge_url(url)
+        check_api_url(url, "judge_url")
         url = url.rstrip("/")
         self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
         self.model = model
