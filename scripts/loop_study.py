@@ -205,20 +205,20 @@ def run(results: Path, runs: Path, max_minutes: float | None, max_loops: int | N
     return done
 
 
-def at(*path: str) -> Callable[[dict[str, Any]], Any]:
-    """The value at ``path`` in a round record (None where absent)."""
-    return lambda record: lookup(record, path)
+def at(*path: str) -> Callable[[LoopResult, int], Any]:
+    """The value at ``path`` in a loop's round record (None where absent)."""
+    return lambda loop, index: lookup(loop.rounds[index], path)
 
 
-def cut_share(bench: str) -> Callable[[dict[str, Any]], float | None]:
+def cut_share(bench: str) -> Callable[[LoopResult, int], float | None]:
     """Share of a benchmark's answers the token budget cut: 1 - the share that ended."""
-    def value(record: dict[str, Any]) -> float | None:
-        ended = lookup(record, ("eval", bench, "generation", "ended_rate"))
+    def value(loop: LoopResult, index: int) -> float | None:
+        ended = lookup(loop.rounds[index], ("eval", bench, "generation", "ended_rate"))
         return None if not isinstance(ended, (int, float)) else 1 - ended
     return value
 
 
-#: (header, value of a round record, format) of the per-round table, mean ± std over a loss's seeds.
+#: (header, value of a loop's round, format) of the per-round table, mean ± std over a loss's seeds.
 ROUND_COLUMNS = (
     ("IFEval prompt strict", at("eval", "ifeval", "prompt_level_strict"), ".3f"),
     ("IFBench prompt strict", at("eval", "ifbench", "prompt_level_strict"), ".3f"),
@@ -248,14 +248,43 @@ class LoopResult:
     rounds: dict[int, dict[str, Any]]
     folder: Path
 
-    def passes(self, round_index: int, bench: str) -> dict[str, float] | None:
-        """Prompt-level strict pass (1.0 / 0.0) of each benchmark prompt in round ``round_index``."""
+    def evaluation(self, round_index: int, bench: str) -> dict[str, Any] | None:
+        """The benchmark's result in round ``round_index`` (its ``eval.json``), None where absent."""
         path = self.folder / f"round-{round_index}" / f"eval-{bench}" / "eval.json"
         try:
-            per_prompt = json.loads(path.read_text(encoding="utf-8"))[bench]["per_prompt"]
+            return json.loads(path.read_text(encoding="utf-8"))[bench]
         except (OSError, ValueError, KeyError):
             return None
-        return {key: float(all(flags["strict"])) for key, flags in per_prompt.items()}
+
+    def passes(self, round_index: int, bench: str, leave_out: set[str] = frozenset()) -> dict[str, float] | None:
+        """Prompt-level strict pass (1.0 / 0.0) of each benchmark prompt in round ``round_index``, but those
+        of ``leave_out``."""
+        per_prompt = lookup(self.evaluation(round_index, bench), ("per_prompt",))
+        if not isinstance(per_prompt, dict):
+            return None
+        return {key: float(all(flags["strict"])) for key, flags in per_prompt.items() if key not in leave_out}
+
+
+def ending_prompts(loops: Sequence[LoopResult]) -> set[str] | None:
+    """IFEval's prompts (by key) with an instruction on how the answer ends
+    (:data:`slimepo.eval.ifeval.ENDING_TYPES`), from the installed prompts file; None where it is not
+    installed, or is not the file the loops answered (another sha256, or prompts it does not have)."""
+    import hashlib
+
+    from slimepo.eval import ifeval
+
+    try:
+        path = ifeval.find_prompts("ifeval")
+    except (ModuleNotFoundError, FileNotFoundError):
+        return None
+    results = [r for lp in loops for index in lp.rounds if (r := lp.evaluation(index, "ifeval")) is not None]
+    answered = {lookup(r, ("provenance", "questions_sha256")) for r in results}
+    if answered - {None, hashlib.sha256(path.read_bytes()).hexdigest()}:
+        return None
+    ids = {str(record["key"]): record["instruction_id_list"] for record in ifeval.load_prompts(path, "ifeval")}
+    if not all(set(r.get("per_prompt", {})) <= set(ids) for r in results):
+        return None
+    return {key for key, types in ids.items() if set(types) & ifeval.ENDING_TYPES}
 
 
 def load_loops(results: Path) -> list[LoopResult]:
@@ -270,8 +299,9 @@ def load_loops(results: Path) -> list[LoopResult]:
     return found
 
 
-def cell(records: Sequence[dict[str, Any]], value: Callable[[dict[str, Any]], Any], spec: str) -> str:
-    values = [float(v) for v in map(value, records) if isinstance(v, (int, float))]
+def cell(found: Sequence[Any], spec: str) -> str:
+    """Mean ± sample std of the numbers in ``found`` (the mean alone for one, "—" for none)."""
+    values = [float(v) for v in found if isinstance(v, (int, float))]
     if not values:
         return "—"
     mean = sum(values) / len(values)
@@ -281,35 +311,42 @@ def cell(records: Sequence[dict[str, Any]], value: Callable[[dict[str, Any]], An
     return f"{mean:{spec}} ± {std:{spec.lstrip('+')}}"
 
 
-def round_table(loops: Sequence[LoopResult]) -> list[str]:
+def round_table(loops: Sequence[LoopResult], ending: set[str] | None) -> list[str]:
+    """Per loss and round, :data:`ROUND_COLUMNS` and IFEval's score on the prompts with no instruction on
+    the answer's end (all but ``ending``; "—" without it)."""
     from slimepo.report import markdown_table
 
+    def unended(loop: LoopResult, index: int) -> float | None:
+        passed = None if ending is None else loop.passes(index, "ifeval", leave_out=ending)
+        return sum(passed.values()) / len(passed) if passed else None
+
+    kept = {len(p) for lp in loops for i in lp.rounds if ending and (p := lp.passes(i, "ifeval", ending))}
+    columns = [*ROUND_COLUMNS, (f"IFEval prompt strict, the {'/'.join(map(str, sorted(kept))) or 'n'} prompts "
+                                "with no instruction on the answer's end", unended, ".3f")]
     rows = []
-    initial = [lp.rounds[0] for lp in loops[:1] if 0 in lp.rounds]
-    if initial:
-        rows.append(["initial model (round 0)", "—", *(cell(initial, value, spec) for _, value, spec in ROUND_COLUMNS)])
-    for loss in RATES:
-        members = [lp for lp in loops if lp.loss == loss]
-        for index in range(1, ROUNDS + 1):
-            records = [lp.rounds[index] for lp in members if index in lp.rounds]
-            if records:
-                rows.append([f"{LABELS[loss]}, round {index}", f"{len(records)}",
-                             *(cell(records, value, spec) for _, value, spec in ROUND_COLUMNS)])
-    return markdown_table(["loop, round", "seeds", *(header for header, _, _ in ROUND_COLUMNS)], rows)
+    for label, members, index in [("initial model (round 0)", loops[:1], 0)] + [
+            (f"{LABELS[loss]}, round {index}", [lp for lp in loops if lp.loss == loss], index)
+            for loss in RATES for index in range(1, ROUNDS + 1)]:
+        present = [lp for lp in members if index in lp.rounds]
+        if present:
+            rows.append([label, "—" if index == 0 else f"{len(present)}",
+                         *(cell([value(lp, index) for lp in present], spec) for _, value, spec in columns)])
+    return markdown_table(["loop, round", "seeds", *(header for header, _, _ in columns)], rows)
 
 
-def difference_table(loops: Sequence[LoopResult], bench: str) -> tuple[list[str], int]:
+def difference_table(loops: Sequence[LoopResult], bench: str,
+                     leave_out: set[str] = frozenset()) -> tuple[list[str], int]:
     """Each comparison of :data:`COMPARISONS` that has loops on both sides, in every round, paired by
-    prompt (two-level bootstrap over prompts and seeds, scripts/study_stats.py), with Holm's adjustment
-    over the table."""
+    prompt (but those of ``leave_out``; two-level bootstrap over prompts and seeds, scripts/study_stats.py),
+    with Holm's adjustment over the table."""
     from study_stats import corrected_cells, paired_bootstrap
 
     from slimepo.report import markdown_table
 
     def side(name: str, index: int) -> list[dict[str, float]]:
         if name == "initial":
-            return [p for p in (lp.passes(0, bench) for lp in loops[:1]) if p is not None]
-        return [p for p in (lp.passes(index, bench) for lp in loops if lp.loss == name) if p is not None]
+            return [p for p in (lp.passes(0, bench, leave_out) for lp in loops[:1]) if p is not None]
+        return [p for p in (lp.passes(index, bench, leave_out) for lp in loops if lp.loss == name) if p is not None]
 
     columns = [[paired_bootstrap(side(a, index), side(b, index)) for index in range(1, ROUNDS + 1)]
                for a, b in COMPARISONS]
@@ -319,11 +356,25 @@ def difference_table(loops: Sequence[LoopResult], bench: str) -> tuple[list[str]
     return markdown_table(headers, [[f"round {i + 1}", *row] for i, row in enumerate(cells)]), m
 
 
-def section(results: Path = RESULTS) -> list[str]:
-    """The iterative study's section of docs/results.md, from the archived loops."""
+ENDING_NOTE = ("\"No instruction on the answer's end\": IFEval's prompts without an instruction of the types "
+               "`combination:two_responses`, `detectable_content:postscript`, `detectable_format:json_format`, "
+               "`startend:end_checker`, `startend:quotation` (a second response after the first, a P.S., JSON as a "
+               "whole, a given closing phrase, double quotation marks around it), which an answer cut at the budget "
+               "follows only if it got there first; a cut still fails other instructions (e.g. at least 300 words), "
+               "so the column narrows the cut's effect, it does not remove it.")
+
+#: Unset: read IFEval's prompts on the answer's end from the installed file (:func:`ending_prompts`).
+INSTALLED: Any = object()
+
+
+def section(results: Path = RESULTS, ending: set[str] | None = INSTALLED) -> list[str]:
+    """The iterative study's section of docs/results.md, from the archived loops; ``ending``: IFEval's
+    prompts with an instruction on the answer's end (None: unknown, the columns on the others left empty)."""
     from study_stats import correction_note
 
     loops = load_loops(results)
+    if ending is INSTALLED:
+        ending = ending_prompts(loops)
     lines = ["## The study on the loop: rounds of training on the model's own answers (`slimepo iterate`)", ""]
     reading = results / "reading.md"
     if reading.is_file():
@@ -331,16 +382,21 @@ def section(results: Path = RESULTS) -> list[str]:
     lines += [f"Made by `python scripts/loop_study.py run` (setup: its docstring and below); {len(loops)} of "
               f"{len(plan())} loops done ({', '.join(lp.folder.name for lp in loops) or 'none'}).", ""]
     if loops:
-        lines += ["### Per round (mean ± std over seeds)", ""] + round_table(loops) + [""]
+        lines += ["### Per round (mean ± std over seeds)", ""] + round_table(loops, ending) + [""]
         lines += ["Round 0 is the initial model, evaluated once. Benchmarks: greedy answers, bf16, at most "
                   f"{BENCH_MAX_NEW_TOKENS} new tokens; \"answers cut\" is the share that reached that budget "
                   "without ending (each model its own); \"degenerate\": the share whose word 3-grams repeat more than half "
                   "the time (1 − unique/total > 0.5, slimepo.eval.health). Drift, unlearning and collapse: the 45 on-policy test pairs "
                   "of data/onpolicy/, against the initial model; \"held-out answers ended\" and \"held-out degenerate\": "
-                  "greedy answers (96 tokens) to their prompts; \"pairs made\": pairs from the round's 96 prompts.",
-                  ""]
-        for bench, title in (("ifeval", "IFEval (541 prompts)"), ("ifbench", "IFBench (282 scorable prompts)")):
-            table, m = difference_table(loops, bench)
+                  "greedy answers (96 tokens) to their prompts; \"pairs made\": pairs from the round's 96 prompts. "
+                  + ENDING_NOTE, ""]
+        tables = [("ifeval", "IFEval (541 prompts)", frozenset()), ("ifbench", "IFBench (282 scorable prompts)", frozenset())]
+        everything = loops[0].passes(0, "ifeval") or {}
+        if ending and set(everything) - ending:
+            tables.append(("ifeval", f"IFEval, the {len(set(everything) - ending)} of {len(everything)} prompts with no "
+                           "instruction on the answer's end", ending))
+        for bench, title, leave_out in tables:
+            table, m = difference_table(loops, bench, leave_out)
             if not m:
                 continue
             lines += [f"### Paired differences, {title}, prompt-level strict", ""] + table + [""]

