@@ -363,6 +363,16 @@ ENDING_NOTE = ("\"No instruction on the answer's end\": IFEval's prompts without
                "follows only if it got there first; a cut still fails other instructions (e.g. at least 300 words), "
                "so the column narrows the cut's effect, it does not remove it.")
 
+def single_seed_note(loops: Sequence[LoopResult]) -> str:
+    """What a difference table's intervals leave out where a loss has only one seed so far."""
+    alone = [LABELS[loss] for loss in RATES if sum(lp.loss == loss for lp in loops) == 1]
+    if not alone:
+        return ""
+    return (f" {', '.join(alone)} {'has' if len(alone) == 1 else 'have'} one seed so far: there the interval "
+            "resamples the prompts only and leaves out the spread between seeds, so a cell that stays separated is "
+            "a difference between two trained models, not yet one between two losses.")
+
+
 #: Unset: read IFEval's prompts on the answer's end from the installed file (:func:`ending_prompts`).
 INSTALLED: Any = object()
 
@@ -401,7 +411,7 @@ def section(results: Path = RESULTS, ending: set[str] | None = INSTALLED) -> lis
                 continue
             lines += [f"### Paired differences, {title}, prompt-level strict", ""] + table + [""]
             lines += ["Each cell: difference [95% interval], paired by prompt; a two-level bootstrap over prompts "
-                      "and each side's seeds (10,000 draws). " + correction_note(m), ""]
+                      "and each side's seeds (10,000 draws). " + correction_note(m) + single_seed_note(loops), ""]
     lines += ["### Setup and cost", ""]
     lines += [f"- Loss and learning rate: {', '.join(f'{LABELS[k]} {v:g}' for k, v in LOSSES.items())} (the "
               f"single-pass grid's choices); seeds {', '.join(map(str, SEEDS))}; {ROUNDS} rounds of "

@@ -136,6 +136,7 @@ def test_the_section_reads_the_archived_loops(loop_study, tmp_path):
     assert rows["round 1"][0].startswith("+0.250 [")
     assert rows["round 1"][2].startswith("+0.000 [")
     assert "m = 9 comparisons" in text  # 3 comparisons with both sides (no SimPO loop), 3 rounds: IFEval only
+    assert "DPO has one seed so far: there the interval resamples the prompts only" in text  # SLIME has two
     assert ("Not run yet: simpo-seed0, dpo-seed1, simpo-seed1, slime-seed2, dpo-seed2, simpo-seed2, "
             "slime-no-anchor-seed0, slime-no-stabilizer-seed0.") in text
 
@@ -152,6 +153,7 @@ def test_an_ablation_loop_gets_its_rows_and_its_comparison_with_slime(loop_study
     drift = rows["loop, round"].index("chosen drift vs initial (nats/token)")
     assert rows["SLIME without anchor, round 3"][drift] == "-0.900"
     assert rows["round"] == ["SLIME − initial", "SLIME − SLIME without anchor"]
+    assert "SLIME, SLIME without anchor have one seed so far" in text
     assert rows["round 2"][1].startswith("+0.250 [")  # 0.75 − 0.5
     assert "SLIME without anchor 0.001, SLIME without stabilizer 0.001, seed 0" in text
 
