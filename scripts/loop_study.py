@@ -14,6 +14,8 @@ its learning rate (the single-pass study's grid choice) and the seed varying:
   (``--reference previous``, iterative DPO's rolling reference);
 - **ablations**, after the 9 loops of the three losses: SLIME without its anchor and without its stabilizer
   (the presets ``slime-no-anchor``, ``slime-no-stabilizer``, at the single-pass grid's rate 1e-3), seed 0;
+- **a step-size control**, last: DPO at 1e-3, the rate of SLIME and SimPO (``dpo-lr1e-3-seed0``), since DPO
+  at its own rate hardly changes its model per round;
 - **eval** after every round (round 0: the initial model, evaluated once and copied into every loop, since it
   depends on neither loss nor seed): the 45 on-policy test pairs of ``data/onpolicy/`` for drift against the
   initial model, unlearning and collapse, with greedy answers to their prompts (96 tokens) for length,
@@ -66,7 +68,13 @@ SEEDS = (0, 1, 2)
 #: LOSSES (the issue's "ablations if compute allows").
 ABLATIONS = {"slime-no-anchor": 1e-3, "slime-no-stabilizer": 1e-3}
 ABLATION_SEEDS = (0,)
-RATES = {**LOSSES, **ABLATIONS}
+#: A step-size control, last: DPO at the rate of SLIME and SimPO (each control: its loss and rate), seed 0.
+#: DPO at its own rate (3e-4, with a rolling reference) hardly moves its model per round, so the loops of the
+#: three losses differ in step size as well as loss; this loop separates the two.
+CONTROLS = {"dpo-lr1e-3": ("dpo", 1e-3)}
+CONTROL_SEEDS = (0,)
+#: Every group of loops (a loss, an ablation, a control) and its learning rate.
+RATES = {**LOSSES, **ABLATIONS, **{group: rate for group, (_, rate) in CONTROLS.items()}}
 ROUNDS = 3
 PROMPTS_PER_ROUND = 96
 PER_REQUEST = 3
@@ -97,8 +105,13 @@ logger = logging.getLogger("loop_study")
 
 @dataclass(frozen=True)
 class Loop:
-    loss: str
+    loss: str  # the group of :data:`RATES`: a loss preset, or a control of :data:`CONTROLS`
     seed: int
+
+    @property
+    def preset(self) -> str:
+        """The loss it trains with."""
+        return CONTROLS[self.loss][0] if self.loss in CONTROLS else self.loss
 
     @property
     def name(self) -> str:
@@ -106,9 +119,11 @@ class Loop:
 
 
 def plan() -> list[Loop]:
-    """Every loop, in order of priority: one seed of each loss before the next seed, then the ablations."""
+    """Every loop, in order of priority: one seed of each loss before the next seed, then the ablations, then
+    the controls."""
     return [Loop(loss, seed) for seed in SEEDS for loss in LOSSES] + [
-        Loop(loss, seed) for seed in ABLATION_SEEDS for loss in ABLATIONS]
+        Loop(loss, seed) for seed in ABLATION_SEEDS for loss in ABLATIONS] + [
+        Loop(group, seed) for seed in CONTROL_SEEDS for group in CONTROLS]
 
 
 def loop_config(loop: Loop, runs: Path, prompts: Path):
@@ -118,7 +133,7 @@ def loop_config(loop: Loop, runs: Path, prompts: Path):
         model="default", rounds=ROUNDS, out=str(runs / loop.name), reference="previous",
         prompts_per_round=PROMPTS_PER_ROUND, benchmarks=list(BENCHMARKS), evaluate_initial=True,
         pairs={**PAIRS_OPTIONS, "prompts": str(prompts), "seed": 10 * loop.seed},
-        train={**TRAIN_OPTIONS, "loss": loop.loss, "learning_rate": RATES[loop.loss], "seed": loop.seed},
+        train={**TRAIN_OPTIONS, "loss": loop.preset, "learning_rate": RATES[loop.loss], "seed": loop.seed},
         eval=dict(EVAL_OPTIONS),
     )
 
@@ -198,7 +213,7 @@ def run(results: Path, runs: Path, max_minutes: float | None, max_loops: int | N
         loop_started = time.perf_counter()
         iterate(config)
         archive(Path(config.out), archived(results, loop), {
-            "loss": loop.loss, "seed": loop.seed, "learning_rate": RATES[loop.loss], "rounds": ROUNDS,
+            "loss": loop.preset, "group": loop.loss, "seed": loop.seed, "learning_rate": RATES[loop.loss], "rounds": ROUNDS,
             "wall_seconds_last_attempt": round(time.perf_counter() - loop_started, 1), "machine": machine(),
         })
         done.append(loop.name)
@@ -236,9 +251,11 @@ ROUND_COLUMNS = (
 #: The loss comparisons of the difference tables, each (a, b): a minus b; "initial" is round 0.
 COMPARISONS = (("slime", "dpo"), ("slime", "simpo"), ("dpo", "simpo"),
                ("slime", "initial"), ("dpo", "initial"), ("simpo", "initial"),
-               ("slime", "slime-no-anchor"), ("slime", "slime-no-stabilizer"))
+               ("slime", "slime-no-anchor"), ("slime", "slime-no-stabilizer"),
+               ("slime", "dpo-lr1e-3"), ("dpo-lr1e-3", "dpo"))
 LABELS = {"slime": "SLIME", "dpo": "DPO", "simpo": "SimPO", "initial": "initial",
-          "slime-no-anchor": "SLIME without anchor", "slime-no-stabilizer": "SLIME without stabilizer"}
+          "slime-no-anchor": "SLIME without anchor", "slime-no-stabilizer": "SLIME without stabilizer",
+          "dpo-lr1e-3": "DPO at 1e-3"}
 
 
 @dataclass
@@ -417,7 +434,9 @@ def section(results: Path = RESULTS, ending: set[str] | None = INSTALLED) -> lis
               f"single-pass grid's choices); seeds {', '.join(map(str, SEEDS))}; {ROUNDS} rounds of "
               f"{PROMPTS_PER_ROUND} fresh prompts each. Ablations, after those: "
               f"{', '.join(f'{LABELS[k]} {v:g}' for k, v in ABLATIONS.items())}, seed "
-              f"{', '.join(map(str, ABLATION_SEEDS))}.",
+              f"{', '.join(map(str, ABLATION_SEEDS))}. A step-size control, last: "
+              f"{', '.join(f'{LABELS[k]}' for k in CONTROLS)} (the rate of SLIME and SimPO), seed "
+              f"{', '.join(map(str, CONTROL_SEEDS))}.",
               f"- Pairs: {PAIRS_OPTIONS['k']} answers per prompt (T {PAIRS_OPTIONS['temperature']}, top-p "
               f"{PAIRS_OPTIONS['top_p']}, at most {PAIRS_OPTIONS['max_new_tokens']} tokens, bf16), IFEval's "
               "checkers (share of instructions followed), best against worst, ties dropped.",

@@ -16,13 +16,17 @@ def loop_study(load_script):
     return load_script("loop_study")
 
 
-def test_the_plan_runs_one_seed_of_every_loss_before_the_next_seed_then_the_ablations(loop_study):
+def test_the_plan_runs_one_seed_of_every_loss_before_the_next_seed_then_the_ablations_then_the_control(loop_study):
     names = [loop.name for loop in loop_study.plan()]
     assert names[:4] == ["slime-seed0", "dpo-seed0", "simpo-seed0", "slime-seed1"]
-    assert len(names) == 11 and names[9:] == ["slime-no-anchor-seed0", "slime-no-stabilizer-seed0"]
+    assert len(names) == 12 and names[9:] == ["slime-no-anchor-seed0", "slime-no-stabilizer-seed0", "dpo-lr1e-3-seed0"]
     ablation = loop_study.loop_config(loop_study.Loop("slime-no-anchor", 0), Path("runs"), Path("p.jsonl"))
     _, train, _ = ablation.stage_configs(1, "default")
     assert (train.loss, train.learning_rate) == ("slime-no-anchor", 1e-3)
+    control = loop_study.loop_config(loop_study.Loop("dpo-lr1e-3", 0), Path("runs"), Path("p.jsonl"))
+    _, train, _ = control.stage_configs(1, "default")
+    assert (train.loss, train.learning_rate, control.reference) == ("dpo", 1e-3, "previous")
+    assert control.out == str(Path("runs") / "dpo-lr1e-3-seed0")
 
 
 def test_only_loss_rate_and_seed_differ_between_loops(loop_study, tmp_path):
@@ -117,7 +121,7 @@ def test_the_section_reads_the_archived_loops(loop_study, tmp_path):
     fake_loop(loop_study, tmp_path, "dpo", 0, [0.0, -0.2, -0.4, -0.8], [initial, [0, 0, 1, 0], [0, 0, 1, 0],
                                                                         [0, 0, 1, 1]])
     text = "\n".join(loop_study.section(tmp_path))
-    assert "3 of 11 loops done (slime-seed0, dpo-seed0, slime-seed1)" in text
+    assert "3 of 12 loops done (slime-seed0, dpo-seed0, slime-seed1)" in text
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in text.splitlines() if line.startswith("| ")}
     headers = rows["loop, round"]
@@ -138,7 +142,7 @@ def test_the_section_reads_the_archived_loops(loop_study, tmp_path):
     assert "m = 9 comparisons" in text  # 3 comparisons with both sides (no SimPO loop), 3 rounds: IFEval only
     assert "DPO has one seed so far: there the interval resamples the prompts only" in text  # SLIME has two
     assert ("Not run yet: simpo-seed0, dpo-seed1, simpo-seed1, slime-seed2, dpo-seed2, simpo-seed2, "
-            "slime-no-anchor-seed0, slime-no-stabilizer-seed0.") in text
+            "slime-no-anchor-seed0, slime-no-stabilizer-seed0, dpo-lr1e-3-seed0.") in text
 
 
 def test_an_ablation_loop_gets_its_rows_and_its_comparison_with_slime(loop_study, tmp_path):
@@ -197,3 +201,22 @@ def test_the_prompts_on_the_answers_end_come_from_the_installed_ifeval_file_the_
     assert loop_study.ending_prompts(loop_study.load_loops(tmp_path / "b")) is None  # another prompts file
     fake_loop(loop_study, tmp_path / "c", "slime", 0, [0.0] * 4, [[0, 1]] * 4, keys=["1000", "x"], sha256=sha)
     assert loop_study.ending_prompts(loop_study.load_loops(tmp_path / "c")) is None  # a prompt it does not have
+
+
+def test_the_step_size_control_is_compared_with_dpo_and_with_slime(loop_study, tmp_path):
+    initial = [0, 0, 1, 0]
+    fake_loop(loop_study, tmp_path, "slime", 0, [0.0, -0.1, -0.2, -0.3], [initial, [1, 1, 1, 0], [1, 1, 1, 0],
+                                                                          [1, 1, 1, 1]])
+    fake_loop(loop_study, tmp_path, "dpo", 0, [0.0, 0.0, 0.0, 0.0], [initial, [0, 0, 1, 0], [0, 0, 1, 0], [0, 0, 1, 0]])
+    fake_loop(loop_study, tmp_path, "dpo-lr1e-3", 0, [0.0, -0.5, -0.7, -0.9],
+              [initial, [1, 0, 1, 0], [1, 0, 1, 1], [0, 0, 0, 0]])
+    text = "\n".join(loop_study.section(tmp_path, ending=None))
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ")}
+    drift = rows["loop, round"].index("chosen drift vs initial (nats/token)")
+    assert rows["DPO at 1e-3, round 2"][drift] == "-0.700" and rows["DPO, round 2"][drift] == "+0.000"
+    assert rows["round"] == ["SLIME − DPO", "SLIME − initial", "DPO − initial", "SLIME − DPO at 1e-3",
+                             "DPO at 1e-3 − DPO"]
+    assert rows["round 1"][3].startswith("+0.250 [")  # 0.75 − 0.5
+    assert rows["round 3"][4].startswith("-0.250 [")  # 0 − 0.25
+    assert "A step-size control, last: DPO at 1e-3 (the rate of SLIME and SimPO), seed 0." in text
