@@ -373,12 +373,15 @@ def difference_table(loops: Sequence[LoopResult], bench: str,
     return markdown_table(headers, [[f"round {i + 1}", *row] for i, row in enumerate(cells)]), m
 
 
-ENDING_NOTE = ("\"No instruction on the answer's end\": IFEval's prompts without an instruction of the types "
-               "`combination:two_responses`, `detectable_content:postscript`, `detectable_format:json_format`, "
-               "`startend:end_checker`, `startend:quotation` (a second response after the first, a P.S., JSON as a "
-               "whole, a given closing phrase, double quotation marks around it), which an answer cut at the budget "
-               "follows only if it got there first; a cut still fails other instructions (e.g. at least 300 words), "
-               "so the column narrows the cut's effect, it does not remove it.")
+def ending_note() -> str:
+    """What "no instruction on the answer's end" means: the types of :data:`slimepo.eval.ifeval.ENDING_TYPES`."""
+    from slimepo.eval.ifeval import ENDING_TYPES
+
+    return ("\"No instruction on the answer's end\": IFEval's prompts without an instruction of the types "
+            f"{', '.join(f'`{t}`' for t in sorted(ENDING_TYPES))} (a second response after the first, a P.S., JSON "
+            "as a whole, a given closing phrase, double quotation marks around it), which an answer cut at the budget "
+            "follows only if it got there first; a cut still fails other instructions (e.g. at least 300 words), "
+            "so the column narrows the cut's effect, it does not remove it.")
 
 def single_seed_note(loops: Sequence[LoopResult]) -> str:
     """What a difference table's intervals leave out where a loss has only one seed so far."""
@@ -416,7 +419,7 @@ def section(results: Path = RESULTS, ending: set[str] | None = INSTALLED) -> lis
                   "the time (1 − unique/total > 0.5, slimepo.eval.health). Drift, unlearning and collapse: the 45 on-policy test pairs "
                   "of data/onpolicy/, against the initial model; \"held-out answers ended\" and \"held-out degenerate\": "
                   "greedy answers (96 tokens) to their prompts; \"pairs made\": pairs from the round's 96 prompts. "
-                  + ENDING_NOTE, ""]
+                  + ending_note(), ""]
         tables = [("ifeval", "IFEval (541 prompts)", frozenset()), ("ifbench", "IFBench (282 scorable prompts)", frozenset())]
         everything = loops[0].passes(0, "ifeval") or {}
         if ending and set(everything) - ending:
