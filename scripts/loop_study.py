@@ -33,6 +33,7 @@ loop slows far more than twofold (on 2026-12-06, 0 of IFEval's first 64 answers 
 
     python scripts/loop_study.py run --max-minutes 110   # one part of at most about 2 hours
     python scripts/loop_study.py plan                    # what is left
+    python scripts/loop_study.py end-of-turn             # the end of turn of loops archived before it was measured
 """
 
 from __future__ import annotations
@@ -220,6 +221,79 @@ def run(results: Path, runs: Path, max_minutes: float | None, max_loops: int | N
     return done
 
 
+#: What an archived eval.json and the same model's rescoring must agree on before the rescoring's end of turn
+#: is added to it (:func:`with_end_of_turn`).
+SAME_SCORES = (("pairs",), ("accuracy",), ("chosen_logp_mean",), ("rejected_logp_mean",), ("margin", "mean"),
+               ("collapse", "rejected_p_lt_1e-4"), ("collapse", "rejected_min_logp"), ("drift", "chosen_drift_mean"),
+               ("drift", "rejected_drift_mean"), ("base", "chosen_logp_mean"), ("base", "rejected_logp_mean"))
+
+
+def with_end_of_turn(written: dict[str, Any], rescored: dict[str, Any], where: str) -> dict[str, Any]:
+    """``written`` (an archived eval.json) with the ``end_of_turn`` of ``rescored`` (the held-out pairs scored
+    again), once both are the same model (weights sha256) and give the same scores (:data:`SAME_SCORES`)."""
+    import math
+
+    for name in ("weights_sha256", "model", "base", "dataset"):
+        if lookup(written, ("settings", name)) != lookup(rescored, ("settings", name)):
+            raise ValueError(f"{where}: the rescoring's {name} is {lookup(rescored, ('settings', name))!r}, the "
+                             f"archived one {lookup(written, ('settings', name))!r}")
+    for path in SAME_SCORES:
+        archived_value, value = lookup(written, path), lookup(rescored, path)
+        if (archived_value is None) != (value is None) or (
+                value is not None and not math.isclose(archived_value, value, rel_tol=1e-6, abs_tol=1e-7)):
+            raise ValueError(f"{where}: {'.'.join(path)} is {archived_value} archived and {value} rescored")
+    merged = {**written, "end_of_turn": rescored["end_of_turn"]}
+    if "base" in written:
+        merged["base"] = {**written["base"], "end_of_turn": rescored["base"]["end_of_turn"]}
+    return merged
+
+
+def add_end_of_turn(results: Path) -> list[str]:
+    """Give every archived round's held-out evaluation its end of turn (``slimepo.diagnostics``), for the loops
+    evaluated before eval.json had it: the round's policy (merged weights, kept in ``runs/`` only) scores the
+    test pairs again, checked against the archived scores (:func:`with_end_of_turn`); eval.json and round.json
+    gain the ``end_of_turn`` entries. Returns the rounds done; a round whose weights are gone is left as is."""
+    import dataclasses
+    import tempfile
+
+    import torch
+    import yaml
+
+    from slimepo.atomic_io import write_json
+    from slimepo.config import config_from_mapping
+    from slimepo.eval.run import evaluate
+    from slimepo.iterate.config import IterateConfig
+
+    torch.set_num_threads(1)  # short, and it may run beside a loop: one core at most
+    rescored: dict[str, dict[str, Any]] = {}  # by weights sha256: round 0 is the same model in every loop
+    done = []
+    for lp in load_loops(results):
+        options = yaml.safe_load((lp.folder / "iterate.yaml").read_text(encoding="utf-8"))
+        config = config_from_mapping(options, source=str(lp.folder / "iterate.yaml"), cls=IterateConfig)
+        for index in sorted(lp.rounds):
+            path = lp.folder / f"round-{index}" / "eval" / "eval.json"
+            written = json.loads(path.read_text(encoding="utf-8"))
+            model, sha = written["settings"]["model"], written["settings"]["weights_sha256"]
+            if "end_of_turn" in written:
+                continue
+            if model != "default" and not Path(model).is_dir():
+                logger.warning("%s: no weights at %s, left without its end of turn", path, model)
+                continue
+            if sha not in rescored:
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = Path(tmp) / "eval"
+                    rescored[sha] = evaluate(dataclasses.replace(config.eval_config(out, model), generate=False),
+                                             out_dir=out)
+            merged = with_end_of_turn(written, rescored[sha], str(path))
+            record_path = lp.folder / f"round-{index}" / "round.json"
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            record["eval"]["end_of_turn"] = merged["end_of_turn"]
+            write_json(path, merged)
+            write_json(record_path, record)
+            done.append(f"{lp.folder.name} round {index}")
+    return done
+
+
 def at(*path: str) -> Callable[[LoopResult, int], Any]:
     """The value at ``path`` in a loop's round record (None where absent)."""
     return lambda loop, index: lookup(loop.rounds[index], path)
@@ -244,6 +318,7 @@ ROUND_COLUMNS = (
     ("chosen drift vs initial (nats/token)", at("eval", "drift", "chosen_drift_mean"), "+.3f"),
     ("unlearning rate", at("eval", "drift", "unlearning_rate"), ".2f"),
     ("rejected p<1e-4", at("eval", "collapse", "rejected_p_lt_1e-4"), ".3f"),
+    ("p(end of turn) at held-out chosen ends", at("eval", "end_of_turn", "chosen", "p_mean"), ".3f"),
     ("held-out answers ended", at("eval", "generation", "ended_rate"), ".2f"),
     ("held-out degenerate", at("eval", "generation", "degenerate_rate"), ".2f"),
     ("pairs made", at("pairs", "counts", "pairs"), ".0f"),
@@ -417,7 +492,9 @@ def section(results: Path = RESULTS, ending: set[str] | None = INSTALLED) -> lis
                   f"{BENCH_MAX_NEW_TOKENS} new tokens; \"answers cut\" is the share that reached that budget "
                   "without ending (each model its own); \"degenerate\": the share whose word 3-grams repeat more than half "
                   "the time (1 − unique/total > 0.5, slimepo.eval.health). Drift, unlearning and collapse: the 45 on-policy test pairs "
-                  "of data/onpolicy/, against the initial model; \"held-out answers ended\" and \"held-out degenerate\": "
+                  "of data/onpolicy/, against the initial model; \"p(end of turn) at held-out chosen ends\": the model's "
+                  "probability of its end-of-turn token where each of those pairs' chosen answers ends (all 45 ended on "
+                  "their own), i.e. of stopping where a good answer stops; \"held-out answers ended\" and \"held-out degenerate\": "
                   "greedy answers (96 tokens) to their prompts; \"pairs made\": pairs from the round's 96 prompts. "
                   + ending_note(), ""]
         tables = [("ifeval", "IFEval (541 prompts)", frozenset()), ("ifbench", "IFBench (282 scorable prompts)", frozenset())]
@@ -457,7 +534,7 @@ def section(results: Path = RESULTS, ending: set[str] | None = INSTALLED) -> lis
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("run", "plan", "section"))
+    parser.add_argument("command", choices=("run", "plan", "section", "end-of-turn"))
     parser.add_argument("--max-minutes", type=float, default=None, help="start no loop after this many minutes")
     parser.add_argument("--max-loops", type=int, default=None)
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -471,6 +548,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "section":
         print("\n".join(section(args.results)))
+        return 0
+    if args.command == "end-of-turn":
+        for name in add_end_of_turn(args.results):
+            print(f"{name}: end of turn added")
         return 0
     for name in run(args.results, args.runs, args.max_minutes, args.max_loops):
         print(f"{name}: archived")

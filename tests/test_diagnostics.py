@@ -6,7 +6,13 @@ import math
 import pytest
 import torch
 
-from slimepo.diagnostics import collapse_metrics, collapse_stats, drift_stats, preference_metrics
+from slimepo.diagnostics import (
+    collapse_metrics,
+    collapse_stats,
+    drift_stats,
+    end_of_turn_stats,
+    preference_metrics,
+)
 
 
 def test_collapse_counts_valid_rejected_tokens_below_each_threshold_and_the_minimum():
@@ -134,3 +140,31 @@ def test_base_with_other_token_counts_is_rejected():
 
     with pytest.raises(ValueError, match="base chosen"):
         preference_metrics(logps, mask, logps, mask, base=(logps, short, logps, mask))
+
+
+def test_end_of_turn_is_the_last_valid_tokens_log_prob_on_the_responses_marked_as_ending():
+    logps = torch.tensor([[-0.2, -0.4, -1e9], [-1.0, NAN, 5.0], [-3.0, -2.0, -1.0]])
+    mask = torch.tensor([[True, True, False], [True, False, False], [True, True, True]])
+
+    stats = end_of_turn_stats(logps, mask, [True, True, False])  # the third was cut: its last token is no end
+
+    assert stats == {"count": 2, "logp_mean": pytest.approx((-0.4 - 1.0) / 2),
+                     "p_mean": pytest.approx((math.exp(-0.4) + math.exp(-1.0)) / 2)}
+    assert end_of_turn_stats(logps, mask, [False, False, False]) == {"count": 0, "logp_mean": None, "p_mean": None}
+    with pytest.raises(ValueError, match=r"ends must be \[pairs\] = \[3\]"):
+        end_of_turn_stats(logps, mask, [True, True])
+
+
+def test_preference_metrics_give_the_end_of_turn_of_each_side_for_the_model_and_the_base():
+    chosen_logps, chosen_mask, rejected_logps, rejected_mask = two_pairs_with_garbage()
+    base = (chosen_logps - 1.0, chosen_mask, rejected_logps - 2.0, rejected_mask)
+
+    result = preference_metrics(chosen_logps, chosen_mask, rejected_logps, rejected_mask, base=base,
+                                ends=([True, True], [True, False]))
+
+    # chosen ends: -0.4 (row 1, second token) and -1.0 (row 2, its only token); rejected: -20.0 (row 1).
+    assert result["end_of_turn"]["chosen"]["logp_mean"] == pytest.approx(-0.7)
+    assert result["end_of_turn"]["rejected"] == {"count": 1, "logp_mean": -20.0, "p_mean": pytest.approx(math.exp(-20))}
+    assert result["base"]["end_of_turn"]["chosen"]["logp_mean"] == pytest.approx(-1.7)
+    assert result["base"]["end_of_turn"]["rejected"]["logp_mean"] == pytest.approx(-22.0)
+    assert "end_of_turn" not in preference_metrics(*two_pairs_with_garbage())

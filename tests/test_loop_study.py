@@ -220,3 +220,53 @@ def test_the_step_size_control_is_compared_with_dpo_and_with_slime(loop_study, t
     assert rows["round 1"][3].startswith("+0.250 [")  # 0.75 − 0.5
     assert rows["round 3"][4].startswith("-0.250 [")  # 0 − 0.25
     assert "A step-size control, last: DPO at 1e-3 (the rate of SLIME and SimPO), seed 0." in text
+
+
+def archived_eval(sha="abc", chosen=-1.5):
+    return {"pairs": 45, "accuracy": 0.5, "chosen_logp_mean": chosen, "rejected_logp_mean": -2.0,
+            "margin": {"mean": 0.5}, "collapse": {"rejected_p_lt_1e-4": 0.01, "rejected_min_logp": -20.0},
+            "drift": {"chosen_drift_mean": -0.1, "rejected_drift_mean": -0.2},
+            "base": {"chosen_logp_mean": -1.4, "rejected_logp_mean": -1.8, "accuracy": 0.6},
+            "generation": {"ended_rate": 0.3},
+            "settings": {"model": "runs/x/round-1/train/merged", "base": "default", "dataset": "t.jsonl",
+                         "weights_sha256": sha}}
+
+
+def test_the_end_of_turn_is_added_to_an_archived_evaluation_only_from_the_same_model_giving_the_same_scores(loop_study):
+    end = {"chosen": {"count": 45, "logp_mean": -0.5, "p_mean": 0.6}, "rejected": {"count": 45, "logp_mean": -2.0,
+                                                                                  "p_mean": 0.2}}
+    base_end = {"chosen": {"count": 45, "logp_mean": -0.4, "p_mean": 0.67}, "rejected": end["rejected"]}
+    rescored = archived_eval(chosen=-1.5 + 1e-9)
+    rescored.pop("generation")  # scored again without answering
+    rescored["end_of_turn"], rescored["base"]["end_of_turn"] = end, base_end
+
+    merged = loop_study.with_end_of_turn(archived_eval(), rescored, "eval.json")
+
+    assert merged == {**archived_eval(), "end_of_turn": end,
+                      "base": {**archived_eval()["base"], "end_of_turn": base_end}}
+    with pytest.raises(ValueError, match="eval.json: the rescoring's weights_sha256 is 'other'"):
+        loop_study.with_end_of_turn(archived_eval(), {**rescored, "settings": {**rescored["settings"],
+                                                                                "weights_sha256": "other"}}, "eval.json")
+    with pytest.raises(ValueError, match="eval.json: chosen_logp_mean is -1.5 archived and -1.49 rescored"):
+        loop_study.with_end_of_turn(archived_eval(), {**rescored, "chosen_logp_mean": -1.49}, "eval.json")
+    drifted = {**rescored, "drift": {**rescored["drift"], "chosen_drift_mean": -0.11}}
+    with pytest.raises(ValueError, match="drift.chosen_drift_mean is -0.1 archived and -0.11 rescored"):
+        loop_study.with_end_of_turn(archived_eval(), drifted, "eval.json")
+
+
+def test_the_round_table_has_the_probability_of_ending_where_held_out_chosen_answers_end(loop_study, tmp_path):
+    fake_loop(loop_study, tmp_path, "slime", 0, [0.0, -0.1, -0.2, -0.3], [[0, 1]] * 4)
+    fake_loop(loop_study, tmp_path, "slime", 1, [0.0, -0.1, -0.2, -0.3], [[0, 1]] * 4)
+    for seed, p_end in ((0, 0.2), (1, 0.4)):
+        path = loop_study.archived(tmp_path, loop_study.Loop("slime", seed)) / "round-2" / "round.json"
+        record = json.loads(path.read_text())
+        record["eval"]["end_of_turn"] = {"chosen": {"count": 45, "logp_mean": -1.0, "p_mean": p_end}}
+        path.write_text(json.dumps(record))
+
+    text = "\n".join(loop_study.section(tmp_path, ending=None))
+
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ")}
+    column = rows["loop, round"].index("p(end of turn) at held-out chosen ends")
+    assert rows["SLIME, round 2"][column] == "0.300 ± 0.141"  # by hand: 0.2 and 0.4
+    assert rows["SLIME, round 1"][column] == "—"  # archived before it was measured

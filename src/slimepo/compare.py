@@ -120,5 +120,5 @@ def evaluate_run(config: TrainConfig, eval_config: EvalConfig | None = None) -> 
     _, held_out = load_data(config, load_tokenizer(str(run_dir), config.trust_remote_code))
     return evaluate(
         run_eval_config(config, eval_config), out_dir=run_dir / EVALUATION_DIR, held_out=held_out,
-        prepare_options={"columns": config.columns or None},
+        prepare_options={"columns": config.columns or None, "chat_template": config.chat_template},
     )

@@ -9,8 +9,12 @@ before/after validation) and by evaluation (``eval.json``):
 - *drift*: per pair, ``r_model(y) − r_base(y)`` with ``r(y) = (1/|y|) Σ_t ℓ_t``
   (nats/token); the *unlearning rate* is the share of pairs whose chosen drift is < 0
   (the chosen answer's likelihood falls relative to the base model);
+- *end of turn*: the log-prob of the end-of-turn token that closes each answer, i.e. how
+  much the model still wants to stop where the answer stops. Every training answer ends
+  with it, chosen and rejected alike, so it is the one token every pair shares; a loss
+  that pushes it down on rejected answers can teach the model to stop ending its answers;
 - :func:`preference_metrics`: accuracy and the implicit margin ``Δ = r(y_w) − r(y_l)`` of
-  held-out pairs, with collapse, and drift against a base model.
+  held-out pairs, with collapse, the end of turn, and drift against a base model.
 
 Notation: ``ℓ_t`` per-token log-prob (natural log), ``r(y)`` in nats/token.
 """
@@ -18,6 +22,7 @@ Notation: ``ℓ_t`` per-token log-prob (natural log), ``r(y)`` in nats/token.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -51,6 +56,25 @@ def collapse_metrics(rejected_logps: Tensor, rejected_mask: Tensor) -> dict[str,
     return {f"collapse/{key}": value for key, value in collapse_stats(rejected_logps, rejected_mask).items()}
 
 
+def end_of_turn_stats(logps: Tensor, mask: Tensor, ends: Tensor | Sequence[bool]) -> dict[str, Any]:
+    """The last valid token's log-prob on the responses that ``ends`` marks.
+
+    ``logps``, ``mask``: ``[pairs, tokens]``; ``ends``: ``[pairs]`` bool, True where the
+    response's last token is the end-of-turn token (False where truncation cut it off).
+    Returns ``count`` (responses marked), ``logp_mean`` (their mean log-prob of that token,
+    nats) and ``p_mean`` (their mean probability of it); both None when none is marked.
+    """
+    ends = torch.as_tensor(ends, dtype=torch.bool, device=mask.device)
+    if ends.shape != mask.shape[:1]:
+        raise ValueError(f"ends must be [pairs] = [{mask.shape[0]}]; got {tuple(ends.shape)}")
+    # The index of each row's last valid token: the first True of the row read backwards.
+    last = mask.shape[1] - 1 - mask.flip(-1).int().argmax(-1)
+    final = logps.detach().float().gather(1, last[:, None])[:, 0][ends]
+    if final.numel() == 0:
+        return {"count": 0, "logp_mean": None, "p_mean": None}
+    return {"count": int(final.numel()), "logp_mean": final.mean().item(), "p_mean": final.exp().mean().item()}
+
+
 def drift_stats(
     chosen_mean: Tensor, base_chosen_mean: Tensor, rejected_mean: Tensor, base_rejected_mean: Tensor
 ) -> dict[str, float]:
@@ -69,6 +93,7 @@ def preference_metrics(
     rejected_logps: Tensor,
     rejected_mask: Tensor,
     base: LogProbs | None = None,
+    ends: tuple[Sequence[bool], Sequence[bool]] | None = None,
 ) -> dict[str, Any]:
     """Summarize a model's log-probs on held-out pairs, optionally against a base model.
 
@@ -78,6 +103,8 @@ def preference_metrics(
         chosen_mask, rejected_mask: ``[pairs, tokens]`` bool, True on response tokens.
         base: the same four tensors computed by the base (e.g. SFT) model on the same
             pairs; each response must have the same number of valid tokens.
+        ends: two ``[pairs]`` bool sequences, True where the chosen / rejected response ends with
+            the end-of-turn token (:func:`slimepo.data.tokenize.ends_with`).
 
     Returns a JSON-serializable dict::
 
@@ -89,12 +116,14 @@ def preference_metrics(
         drift {chosen_drift_mean  = mean over pairs of r_model(y_w) − r_base(y_w),
                unlearning_rate    = fraction of pairs with r_model(y_w) < r_base(y_w),
                rejected_drift_mean = mean over pairs of r_model(y_l) − r_base(y_l)}
+        end_of_turn {chosen, rejected: end_of_turn_stats}            (with ``ends``,
+                     in ``base`` too)
 
     ``margin.std`` is the population standard deviation (defined for a single pair);
     percentiles interpolate linearly between pairs.
     """
     chosen, rejected = _pair_stats(chosen_logps, chosen_mask, rejected_logps, rejected_mask)
-    result: dict[str, Any] = {"pairs": int(chosen.mean.shape[0]), **_summary(chosen, rejected)}
+    result: dict[str, Any] = {"pairs": int(chosen.mean.shape[0]), **_summary(chosen, rejected, ends)}
     if base is None:
         return result
 
@@ -111,7 +140,7 @@ def preference_metrics(
                 f"counts as the model's; got lengths {reference.length.tolist()} vs "
                 f"{model.length.tolist()}"
             )
-    result["base"] = _summary(base_chosen, base_rejected)
+    result["base"] = _summary(base_chosen, base_rejected, ends)
     result["drift"] = drift_stats(chosen.mean, base_chosen.mean, rejected.mean, base_rejected.mean)
     return result
 
@@ -128,11 +157,13 @@ def _pair_stats(
     return chosen, rejected
 
 
-def _summary(chosen: SequenceStats, rejected: SequenceStats) -> dict[str, Any]:
+def _summary(
+    chosen: SequenceStats, rejected: SequenceStats, ends: tuple[Sequence[bool], Sequence[bool]] | None
+) -> dict[str, Any]:
     margins = chosen.mean - rejected.mean
     quantiles = torch.quantile(margins, margins.new_tensor([0.1, 0.5, 0.9]))
     collapse = {key: value.item() for key, value in collapse_stats(rejected.logps, rejected.mask).items()}
-    return {
+    summary = {
         "accuracy": (margins > 0).float().mean().item(),
         "margin": {
             "mean": margins.mean().item(),
@@ -145,3 +176,7 @@ def _summary(chosen: SequenceStats, rejected: SequenceStats) -> dict[str, Any]:
         "rejected_logp_mean": rejected.mean.mean().item(),
         "collapse": collapse,
     }
+    if ends is not None:
+        summary["end_of_turn"] = {side: end_of_turn_stats(stats.logps, stats.mask, marks)
+                                  for side, stats, marks in (("chosen", chosen, ends[0]), ("rejected", rejected, ends[1]))}
+    return summary

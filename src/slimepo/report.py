@@ -139,6 +139,7 @@ PREFERENCE_COLUMNS = (
     ("rejected r (nats/token)", ("rejected_logp_mean",)),
     ("rejected p<1e-4", ("collapse", "rejected_p_lt_1e-4")),
     ("min rejected log-prob", ("collapse", "rejected_min_logp")),
+    ("p(end of turn) at chosen ends", ("end_of_turn", "chosen", "p_mean")),
     ("chosen drift vs base (nats/token)", ("drift", "chosen_drift_mean")),
     ("unlearning rate", ("drift", "unlearning_rate")),
 )

@@ -19,6 +19,7 @@ from slimepo.data import (
     normalize_rows,
     tokenize_pairs,
 )
+from slimepo.data.tokenize import end_of_turn_id, ends_with
 from slimepo.testing import (
     CHATML_TEMPLATE,
     ENDOFTEXT,
@@ -290,3 +291,20 @@ def test_plain_text_mode_starts_the_prompt_with_bos_when_the_tokenizer_adds_one(
 def test_conversation_without_a_chat_template_is_a_data_error_naming_the_row(tokenizer):
     with pytest.raises(DataError, match="test:7 is a conversation"):
         tokenize([pair([user(QUESTION)], row=7)], tokenizer, chat_template="none")
+
+
+def test_the_end_of_turn_id_is_the_token_a_whole_response_ends_with_under_each_template(tokenizer):
+    assert end_of_turn_id(tokenizer) == tokenizer.convert_tokens_to_ids(IM_END)
+    assert end_of_turn_id(tokenizer, "none") == tokenizer.eos_token_id
+    gemma_like = CHATML_TEMPLATE.replace("<|im_end|>", "<|endoftext|>")
+    assert end_of_turn_id(tokenizer, gemma_like) == tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+    (whole,) = tokenize([pair(QUESTION)], tokenizer)
+    assert whole.chosen_ids[-1] == whole.rejected_ids[-1] == end_of_turn_id(tokenizer)
+
+
+def test_a_response_whose_end_truncation_cut_off_does_not_end_with_the_end_of_turn(tokenizer):
+    rows = [pair(QUESTION, "Rivers flow to the sea. " * 20, "No.", row=1), pair(QUESTION, "Four.", "Five.", row=2)]
+    tokenized = tokenize(rows, tokenizer, max_length=60, max_prompt_length=30)
+    assert len(tokenized[0].chosen_ids) + len(tokenized[0].prompt_ids) == 60  # the long answer was cut
+
+    assert ends_with(tokenized, end_of_turn_id(tokenizer)) == ([False, True], [True, True])

@@ -179,6 +179,48 @@ def test_lowering_one_chosen_token_gives_negative_drift_and_full_unlearning(tmp_
     assert "unlearning rate | 1 |" in table
 
 
+def test_the_end_of_turn_is_the_probability_of_ending_where_each_answer_ends_and_a_cut_answer_has_none(tmp_path):
+    tokenizer = tiny_tokenizer()
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    base_dir = save(context_free_llama(tokenizer, {}), tokenizer, tmp_path / "base")
+    model = context_free_llama(tokenizer, {im_end: -2.0})
+    model_dir = save(model, tokenizer, tmp_path / "model")
+    long = {"prompt": "Name a city.", "chosen": "Paris. " * 40, "rejected": "Rome."}
+    data = write_jsonl(tmp_path / "pairs.jsonl", [*DRIFT_ROWS, long])
+
+    result = evaluate(config(model_dir, data, split="train", base=str(base_dir), generate=False),
+                      out_dir=tmp_path / "out", prepare_options={"max_length": 64, "max_prompt_length": 32})
+
+    # Every position: logit of <|im_end|> is -2·h0, every other token's 0.
+    vocab, logit = len(tokenizer), -2.0 * h0(model)
+    p_end = math.exp(logit) / (vocab - 1 + math.exp(logit))
+    assert result["end_of_turn"]["chosen"] == {"count": 3, "logp_mean": pytest.approx(math.log(p_end), abs=1e-5),
+                                               "p_mean": pytest.approx(p_end, rel=1e-5)}
+    assert result["end_of_turn"]["rejected"]["count"] == 4
+    assert result["base"]["end_of_turn"]["chosen"]["p_mean"] == pytest.approx(1 / vocab, rel=1e-5)
+
+
+def test_the_end_of_turn_log_prob_equals_the_models_own_forward_at_the_answers_last_token(tmp_path):
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("llama", seed=5).eval()
+    model_dir = save(model, tokenizer, tmp_path / "model")
+    data = write_jsonl(tmp_path / "pairs.jsonl", DRIFT_ROWS)
+
+    result = evaluate(config(model_dir, data, split="train", generate=False, batch_size=2), out_dir=tmp_path / "out")
+
+    expected = {"chosen": [], "rejected": []}
+    for pair in prepare_pairs(data, tokenizer)[0]:
+        for side, response in (("chosen", pair.chosen_ids), ("rejected", pair.rejected_ids)):
+            ids = torch.tensor([pair.prompt_ids + response])
+            with torch.no_grad():
+                logps = torch.log_softmax(model(ids).logits[0, -2].double(), -1)
+            expected[side].append(logps[response[-1]].item())
+    for side, values in expected.items():
+        assert result["end_of_turn"][side]["logp_mean"] == pytest.approx(sum(values) / len(values), abs=1e-5)
+        assert result["end_of_turn"][side]["p_mean"] == pytest.approx(
+            sum(math.exp(v) for v in values) / len(values), rel=1e-5)
+
+
 def test_adapter_folder_is_evaluated_on_its_base_and_base_scores_disable_the_adapter(tmp_path, monkeypatch):
     from peft import LoraConfig, get_peft_model
 

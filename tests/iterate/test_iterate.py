@@ -307,7 +307,11 @@ def test_cli_merges_stage_flags_over_the_file_and_reports_loops_side_by_side(inp
                    (Path(config.out) / f"round-{index}" / "eval-ifeval" / "ifeval" / "answers.jsonl").read_text().splitlines()]
         ended = sum(bool(a["health"]["ended"]) for a in answers) / len(answers)  # by hand from the answers
         assert row[columns.index("IFEval answers ended")] == f"{ended:.4g}"
-    assert (tmp_path / "report" / "drift.png").stat().st_size > 1000
+        written = json.loads((Path(config.out) / f"round-{index}" / "eval" / "eval.json").read_text())
+        p_end = written["end_of_turn"]["chosen"]["p_mean"]
+        assert row[columns.index("p(end of turn) at held-out chosen ends")] == f"{p_end:.4g}"
+    for image in ("drift.png", "end_of_turn.png"):
+        assert (tmp_path / "report" / image).stat().st_size > 1000
 
 
 def test_report_refuses_a_loop_beside_a_training_run(dpo_loop, tmp_path, capsys):

@@ -122,6 +122,23 @@ def tokenize_pairs(
     return tokenized
 
 
+def end_of_turn_id(tokenizer: Any, chat_template: str | os.PathLike[str] = "auto") -> int:
+    """The token every untruncated response ends with, as :func:`tokenize_pairs` encodes it: the
+    template's end-of-turn token (``<|im_end|>``, ``<|eot_id|>``...), or EOS without a template."""
+    probe = PreferencePair("Hi", "Hello", "Hello", Origin("<end-of-turn probe>", 1))
+    try:
+        return _encoder(tokenizer, chat_template)(probe).chosen_ids[-1]
+    except _TemplateRefused as err:
+        raise ValueError(f"the chat template refuses a one-turn conversation: {err}") from err
+
+
+def ends_with(pairs: Iterable[TokenizedPair], end_id: int) -> tuple[list[bool], list[bool]]:
+    """Whether each chosen / rejected response ends with ``end_id`` (not where truncation cut
+    its end off): the ``ends`` of :func:`slimepo.diagnostics.preference_metrics`."""
+    pairs = list(pairs)
+    return [p.chosen_ids[-1] == end_id for p in pairs], [p.rejected_ids[-1] == end_id for p in pairs]
+
+
 def _truncate_prompt(prompt_ids: list[int], max_prompt_length: int, bos_id: int | None) -> list[int]:
     """The last ``max_prompt_length`` tokens; a leading BOS stays in front (models expect it)."""
     if len(prompt_ids) <= max_prompt_length:

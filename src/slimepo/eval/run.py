@@ -34,6 +34,7 @@ from slimepo.atomic_io import write_json
 from slimepo.config import EvalConfig
 from slimepo.constraints import Constraint, check
 from slimepo.data import Origin, TokenizedPair, load_rows, prepare_pairs
+from slimepo.data.tokenize import end_of_turn_id, ends_with
 from slimepo.diagnostics import preference_metrics
 from slimepo.eval.benchmarks import REGISTRY
 from slimepo.eval.health import generation_health, summarize_health
@@ -182,7 +183,8 @@ def evaluate(
     score = dict(pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size)
     scores = score_pairs(policy, pairs, **score)
     base_scores = _base_scores(policy, config, adapter_base, pairs, score) if config.base else None
-    result = preference_metrics(*scores.as_tuple(), base=base_scores.as_tuple() if base_scores else None)
+    ends = ends_with(pairs, end_of_turn_id(tokenizer, (prepare_options or {}).get("chat_template", "auto")))
+    result = preference_metrics(*scores.as_tuple(), base=base_scores.as_tuple() if base_scores else None, ends=ends)
 
     out.mkdir(parents=True, exist_ok=True)
     if config.generate:

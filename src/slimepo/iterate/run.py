@@ -332,7 +332,7 @@ def _reference(config: TrainConfig, start: str) -> str | None:
 
 #: What round.json keeps of an eval.json: the numbers the rounds report reads (the file has the rest).
 SUMMARY_KEYS = ("pairs", "accuracy", "margin", "chosen_logp_mean", "rejected_logp_mean", "collapse", "drift",
-                "generation", "constraint_pass_rate")
+                "end_of_turn", "generation", "constraint_pass_rate")
 
 
 def _summary(evaluation: dict[str, Any]) -> dict[str, Any]:

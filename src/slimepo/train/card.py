@@ -16,6 +16,8 @@ SUMMARY_ROWS = (
     ("mean rejected log-lik (nats/token)", ("rejected_logp_mean",)),
     ("mean margin (nats/token)", ("margin", "mean")),
     ("rejected tokens with p < 1e-4", ("collapse", "rejected_p_lt_1e-4")),
+    ("p(end of turn) where the chosen answers end", ("end_of_turn", "chosen", "p_mean")),
+    ("p(end of turn) where the rejected answers end", ("end_of_turn", "rejected", "p_mean")),
 )
 
 

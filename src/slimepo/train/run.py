@@ -24,7 +24,7 @@ from slimepo.atomic_io import write_json, write_text
 from slimepo.config import DEMO, ConfigError, TrainConfig
 from slimepo.data import demo_file, prepare_pairs
 from slimepo.data.collate import PairCollator
-from slimepo.data.tokenize import template_text
+from slimepo.data.tokenize import end_of_turn_id, ends_with, template_text
 from slimepo.data.unpaired import UnpairedCollator, prepare_examples
 from slimepo.diagnostics import preference_metrics
 from slimepo.logprobs import uses_flex_attention
@@ -415,8 +415,9 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         after = unpaired_metrics(*after_scores, base=before_scores[0])
         write_json(out / "eval.json", after)
     elif trainer.is_world_process_zero() and held_out:
-        before = preference_metrics(*before_scores.as_tuple())
-        after = preference_metrics(*after_scores.as_tuple(), base=before_scores.as_tuple())
+        ends = ends_with(held_out, end_of_turn_id(tokenizer, config.chat_template))
+        before = preference_metrics(*before_scores.as_tuple(), ends=ends)
+        after = preference_metrics(*after_scores.as_tuple(), base=before_scores.as_tuple(), ends=ends)
         # The held-out metrics after training, with the initial model as the base (drift, unlearning).
         write_json(out / "eval.json", after)
     save_outputs(trainer, tokenizer, config, out, before, after)
