@@ -95,12 +95,12 @@ def chat_server():
 class ScriptedEngine:
     """An engine whose answer ``i`` to a conversation is ``answer(conversation, i)``; it records
     the last user turn of every conversation it was asked about, and raises ``fail`` on call
-    number ``fail_on`` (1-based) when given."""
+    number ``fail_on`` (1-based) when given; answer ``i`` ended iff ``ended(conversation, i)``."""
 
     name = "scripted"
 
-    def __init__(self, answer, fail_on=None, fail=KeyboardInterrupt):
-        self.answer, self.fail_on, self.fail = answer, fail_on, fail
+    def __init__(self, answer, fail_on=None, fail=KeyboardInterrupt, ended=lambda conversation, i: True):
+        self.answer, self.fail_on, self.fail, self.ended = answer, fail_on, fail, ended
         self.calls = []
 
     def generate(self, conversations, decoding, n):
@@ -110,7 +110,7 @@ class ScriptedEngine:
         self.calls.append([c[-1]["content"] for c in conversations])
         if len(self.calls) == self.fail_on:
             raise self.fail()
-        return [[Sample(self.answer(c, i), None, True, None) for i in range(n)] for c in conversations]
+        return [[Sample(self.answer(c, i), None, self.ended(c, i), None) for i in range(n)] for c in conversations]
 
     def identity(self):
         return {"engine": self.name}

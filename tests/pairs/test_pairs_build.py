@@ -1,5 +1,7 @@
 """Pair selection: best against worst or every pair, the gap rule, and every drop counted."""
 
+import pytest
+
 from slimepo.pairs.build import Answer, PairCounts, select_pairs
 
 
@@ -56,3 +58,50 @@ def test_identical_texts_and_repeated_pairs_are_dropped_and_counted():
     assert counts.candidates_dropped == {"identical_text": 1, "tie": 1, "duplicate": 1}
     assert counts.prompts_without_pair == {"identical_text": ["same"]}
     assert counts.to_dict()["prompts_without_pair"] == {"identical_text": 1}
+
+
+def cut(*scored):
+    """Answers with their end: (text, score, ended)."""
+    return [Answer(i, text, score, ended) for i, (text, score, ended) in enumerate(scored)]
+
+
+PROMPT_WITH_A_CUT_BEST = (("long and good", 1.0, False), ("ok", 0.5, True), ("bad", 0.0, True), ("cut, bad", 0.0, False))
+
+
+def test_by_default_a_cut_answer_pairs_as_any_other():
+    counts = PairCounts()
+    [(chosen, rejected)] = select_pairs("p", cut(*PROMPT_WITH_A_CUT_BEST), "best-worst", 0.0, counts)
+    assert (chosen.index, rejected.index) == (0, 2)
+    assert not counts.answers_left_out and not counts.candidates_dropped
+
+
+def test_reject_never_chooses_a_cut_answer_but_may_reject_one():
+    counts = PairCounts()
+    [(chosen, rejected)] = select_pairs("p", cut(*PROMPT_WITH_A_CUT_BEST), "best-worst", 0.0, counts, "reject")
+    assert (chosen.index, rejected.index) == (1, 2)  # the best that ended, against the first worst of all
+    worst_is_cut = cut(("good", 1.0, True), ("cut", 0.0, False))
+    [(chosen, rejected)] = select_pairs("q", worst_is_cut, "best-worst", 0.0, counts, "reject")
+    assert (chosen.index, rejected.index) == (0, 1)
+
+    pairs = select_pairs("r", cut(*PROMPT_WITH_A_CUT_BEST), "all", 0.0, counts, "reject")
+    # every candidate: (0,1) (0,2) (0,3) chosen cut; (1,2) (1,3) kept; (2,3) a tie
+    assert sorted((c.index, r.index) for c, r in pairs) == [(1, 2), (1, 3)]
+    assert counts.candidates_dropped == {"cut_chosen": 3, "tie": 1}
+
+    none_ended = cut(("a", 1.0, False), ("b", 0.0, False))
+    assert select_pairs("s", none_ended, "best-worst", 0.0, counts, "reject") == []
+    assert counts.prompts_without_pair == {"none_ended": ["s"]} and counts.pairs == 4
+
+
+def test_drop_leaves_cut_answers_out_of_every_pair_and_counts_them():
+    counts = PairCounts()
+    [(chosen, rejected)] = select_pairs("p", cut(*PROMPT_WITH_A_CUT_BEST), "best-worst", 0.0, counts, "drop")
+    assert (chosen.index, rejected.index) == (1, 2)
+    assert counts.answers_left_out == {"cut": 2}
+    assert select_pairs("q", cut(("a", 1.0, False), ("b", 0.0, True)), "best-worst", 0.0, counts, "drop") == []
+    assert counts.prompts_without_pair == {"too_few_answers": ["q"]}
+
+
+def test_an_unknown_cut_answers_setting_is_refused_by_name():
+    with pytest.raises(ValueError, match="cut_answers must be one of keep, reject, drop, got 'never'"):
+        select_pairs("p", cut(*PROMPT_WITH_A_CUT_BEST), "best-worst", 0.0, PairCounts(), "never")

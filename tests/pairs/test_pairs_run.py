@@ -95,6 +95,25 @@ def test_an_interrupted_run_resumes_without_losing_or_resampling_any_prompt(tmp_
     assert third.calls == [] and read_jsonl(samples_file) == final
 
 
+def test_pairs_say_whether_each_answer_ended_and_reject_pairs_only_answers_that_ended_as_chosen(tmp_path):
+    # p_i's answers: 0 and 2 obey no_commas, 1 and 3 do not; answer 0 was cut by the budget.
+    config = PairsConfig(prompts=str(numbered_prompts(tmp_path, 3)), k=4, out=str(tmp_path / "out"))
+    make_pairs(config, engine=ScriptedEngine(alternating, ended=lambda c, i: i != 0))
+    kept = read_jsonl(tmp_path / "out" / "pairs.jsonl")
+    assert [(p["chosen_sample"], p["chosen_ended"], p["rejected_sample"], p["rejected_ended"]) for p in kept] == [
+        (0, False, 1, True)] * 3
+
+    config.cut_answers = "reject"
+    engine = ScriptedEngine(alternating)
+    result = make_pairs(config, engine=engine)
+    assert engine.calls == []  # the same samples, paired again
+    rejected = read_jsonl(tmp_path / "out" / "pairs.jsonl")
+    assert [(p["chosen_sample"], p["chosen_ended"], p["rejected_sample"]) for p in rejected] == [(2, True, 1)] * 3
+    assert result.provenance["pairing"] == {"mode": "best-worst", "min_gap": 0.0, "cut_answers": "reject"}
+    samples = read_jsonl(tmp_path / "out" / "samples.jsonl")
+    assert [s["ended"] for s in samples if s["key"] == "p0"] == [False, True, True, True]
+
+
 def test_samples_made_by_another_decoding_or_model_are_refused(tmp_path):
     config = PairsConfig(prompts=str(numbered_prompts(tmp_path, 2)), k=2, out=str(tmp_path / "out"))
     make_pairs(config, engine=ScriptedEngine(alternating))

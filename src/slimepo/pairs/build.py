@@ -11,11 +11,22 @@ and the two texts differ.
 - ``all``: every pair of answers, the higher-scored one chosen; a pair of texts already
   paired is not repeated.
 
+An answer the token budget cut (it did not end with the end-of-turn token) is closed with
+that token in training like any other, so a cut chosen answer teaches the model to end
+where the budget stopped it. ``cut_answers``:
+
+- ``keep`` (TRL's online trainers alike): cut answers pair as any other;
+- ``reject``: a cut answer is never chosen. ``best-worst`` pairs the best answer that ended
+  with the worst of all; ``all`` drops the candidates whose chosen answer was cut
+  (``cut_chosen``); a prompt none of whose usable answers ended gives no pair
+  (``none_ended``);
+- ``drop``: cut answers stand in no pair (counted in ``answers_left_out["cut"]``).
+
 Nothing is dropped silently: :class:`PairCounts` counts the answers left out (no score,
 empty), the candidate pairs not kept (``tie``, ``below_gap``, ``identical_text``,
-``duplicate``) and the prompts that gave no pair, by reason (``too_few_answers``: fewer than
-two usable; ``all_tied``: every usable answer scored the same; ``below_gap``;
-``identical_text``), with their keys.
+``duplicate``, ``cut_chosen``) and the prompts that gave no pair, by reason
+(``too_few_answers``: fewer than two usable; ``none_ended``; ``all_tied``: every usable
+answer scored the same; ``below_gap``; ``identical_text``), with their keys.
 """
 
 from __future__ import annotations
@@ -27,15 +38,19 @@ from typing import Any
 
 #: Slack of the gap test: scores are floats.
 GAP_TOLERANCE = 1e-9
+#: What a pair may hold of the answers the token budget cut (module docstring).
+CUT_ANSWERS = ("keep", "reject", "drop")
 
 
 @dataclass(frozen=True)
 class Answer:
-    """One sampled answer: its index among the prompt's samples, text and score (None: unscored)."""
+    """One sampled answer: its index among the prompt's samples, text, score (None: unscored) and
+    whether it ended with the end-of-turn token (False: the token budget cut it)."""
 
     index: int
     text: str
     score: float | None
+    ended: bool = True
 
 
 @dataclass
@@ -57,20 +72,27 @@ class PairCounts:
 
 
 def select_pairs(key: str, answers: Sequence[Answer], pairing: str, min_gap: float,
-                 counts: PairCounts) -> list[tuple[Answer, Answer]]:
+                 counts: PairCounts, cut_answers: str = "keep") -> list[tuple[Answer, Answer]]:
     """The ``(chosen, rejected)`` pairs of one prompt's answers; ``counts`` records what was left out."""
+    if cut_answers not in CUT_ANSWERS:
+        raise ValueError(f"cut_answers must be one of {', '.join(CUT_ANSWERS)}, got {cut_answers!r}")
     usable = []
     for answer in answers:
         if answer.score is None:
             counts.answers_left_out["unscored"] += 1
         elif not answer.text.strip():
             counts.answers_left_out["empty"] += 1
+        elif cut_answers == "drop" and not answer.ended:
+            counts.answers_left_out["cut"] += 1
         else:
             usable.append(answer)
     if len(usable) < 2:
         return _without_pair(key, "too_few_answers", counts)
+    choosable = [a for a in usable if a.ended] if cut_answers == "reject" else usable
+    if not choosable:
+        return _without_pair(key, "none_ended", counts)
     if pairing == "best-worst":
-        best = max(usable, key=lambda a: (a.score, -a.index))
+        best = max(choosable, key=lambda a: (a.score, -a.index))
         worst = min(usable, key=lambda a: (a.score, a.index))
         candidates = [(best, worst)]
     elif pairing == "all":
@@ -81,6 +103,8 @@ def select_pairs(key: str, answers: Sequence[Answer], pairing: str, min_gap: flo
     seen: set[tuple[str, str]] = set()
     for chosen, rejected in candidates:
         reason = _dropped(chosen, rejected, min_gap)
+        if reason is None and cut_answers == "reject" and not chosen.ended:
+            reason = "cut_chosen"
         if reason is None and (chosen.text.strip(), rejected.text.strip()) in seen:
             reason = "duplicate"
         if reason is not None:

@@ -21,6 +21,7 @@ from slimepo.config import (
     option,
 )
 from slimepo.generation import ENGINES, Decoding
+from slimepo.pairs.build import CUT_ANSWERS
 
 SCORERS = ("ifeval", "constraints", "reward-model", "judge")
 PAIRINGS = ("best-worst", "all")
@@ -98,6 +99,11 @@ class PairsConfig:
     min_gap: float = option(
         0.0, "a pair needs chosen score - rejected score > 0 and >= this; ties and smaller gaps are dropped and counted",
         group="pairs",
+    )
+    cut_answers: str = option(
+        "keep", "answers the token budget cut (training closes them with the end-of-turn token like any other): keep "
+        "(pair them as any other, as TRL does) | reject (never chosen: every chosen answer ended) | drop (in no pair)",
+        group="pairs", choices=CUT_ANSWERS,
     )
     out: str = option("runs/pairs", "output folder: pairs.jsonl, samples.jsonl, provenance.json", group="pairs")
 

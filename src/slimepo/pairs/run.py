@@ -101,8 +101,8 @@ def make_pairs(config: PairsConfig, *, engine: Engine | None = None, scorer: Sco
     rows = []
     for record in usable:
         answers = sampled[record.key]
-        pairs = select_pairs(record.key, [Answer(s["sample"], s["response"], s["score"]) for s in answers],
-                             config.pairing, config.min_gap, counts)
+        pairs = select_pairs(record.key, [Answer(s["sample"], s["response"], s["score"], s["ended"]) for s in answers],
+                             config.pairing, config.min_gap, counts, config.cut_answers)
         rows += [_pair_row(record, chosen, rejected) for chosen, rejected in pairs]
     write_text(out / PAIRS_FILE, "".join(json.dumps(row) + "\n" for row in rows))
     failures = [{"key": s["key"], "row": s["row"], "sample": s["sample"], "error": s["score_error"]}
@@ -121,7 +121,7 @@ def make_pairs(config: PairsConfig, *, engine: Engine | None = None, scorer: Sco
         "k": config.k,
         "seed": config.seed,
         "scorer": scored_by,
-        "pairing": {"mode": config.pairing, "min_gap": config.min_gap},
+        "pairing": {"mode": config.pairing, "min_gap": config.min_gap, "cut_answers": config.cut_answers},
         "counts": {
             "prompt_rows": len(records) + len([b for b in bad if b.reason != "unscorable"]),
             "prompts": len(usable),
@@ -224,7 +224,8 @@ def _pair_row(record: PromptRecord, chosen: Answer, rejected: Answer) -> dict[st
 
     return {"key": record.key, "prompt": record.prompt, "chosen": response(chosen), "rejected": response(rejected),
             "chosen_score": chosen.score, "rejected_score": rejected.score,
-            "chosen_sample": chosen.index, "rejected_sample": rejected.index}
+            "chosen_sample": chosen.index, "rejected_sample": rejected.index,
+            "chosen_ended": chosen.ended, "rejected_ended": rejected.ended}
 
 
 def _file_record(path: str) -> dict[str, Any]:
