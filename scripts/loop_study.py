@@ -448,6 +448,45 @@ def difference_table(loops: Sequence[LoopResult], bench: str,
     return markdown_table(headers, [[f"round {i + 1}", *row] for i, row in enumerate(cells)]), m
 
 
+#: The rounds made again with other pairs or another loss (scripts/cut_answers_check.py), one JSON line each.
+CHECKS = "cut-answers-check.jsonl"
+
+
+def checks_table(loops: Sequence[LoopResult], path: Path) -> list[str]:
+    """Per round made again: the round's start and the loop's own round (from the archive), then each run of
+    ``path`` on it, in the file's order."""
+    from slimepo.report import markdown_table
+
+    runs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    by_name = {lp.folder.name: lp for lp in loops}
+    rows: list[list[str]] = []
+
+    def row(label: str, pairs: Any, ended: str, values: Sequence[Any]) -> list[str]:
+        return [label, str(pairs), ended, *(cell([v], spec) for v, spec in zip(values, (".3f", ".2f", "+.3f")))]
+
+    for loop_name, index in dict.fromkeys((r["loop"], r["round"]) for r in runs):
+        lp = by_name[loop_name]
+        start, own = lp.rounds[index - 1], lp.rounds[index]
+        group = f"{loop_name} round {index}"
+        rows.append(row(f"{group}: its start (round {index - 1}'s model)", "—", "—",
+                        [lookup(start, ("eval", "end_of_turn", "chosen", "p_mean")),
+                         lookup(start, ("eval", "generation", "ended_rate")),
+                         lookup(start, ("eval", "drift", "chosen_drift_mean"))]))
+        rows.append(row(f"{group}: the loop's own ({LABELS[lp.loss]}, cut answers kept)",
+                        lookup(own, ("pairs", "counts", "pairs")), "—",
+                        [lookup(own, ("eval", "end_of_turn", "chosen", "p_mean")),
+                         lookup(own, ("eval", "generation", "ended_rate")),
+                         lookup(own, ("eval", "drift", "chosen_drift_mean"))]))
+        for r in (r for r in runs if (r["loop"], r["round"]) == (loop_name, index)):
+            loss = LABELS.get(r.get("loss", lp.loss), r.get("loss"))
+            rows.append(row(f"{group}: {loss} at {r.get('learning_rate', RATES[lp.loss]):g}, cut answers "
+                            f"{r['cut_answers']}", r["pairs"], f"{r['chosen_ended']} / {r['rejected_ended']}",
+                            [r["p_end_chosen"], r["held_out_ended"], r["chosen_drift"]]))
+    return markdown_table(["round, pairs and loss", "pairs", "chosen / rejected ended",
+                           "p(end of turn) at held-out chosen ends", "held-out answers ended",
+                           "chosen drift vs initial (nats/token)"], rows)
+
+
 def ending_note() -> str:
     """What "no instruction on the answer's end" means: the types of :data:`slimepo.eval.ifeval.ENDING_TYPES`."""
     from slimepo.eval.ifeval import ENDING_TYPES
@@ -509,6 +548,18 @@ def section(results: Path = RESULTS, ending: set[str] | None = INSTALLED) -> lis
             lines += [f"### Paired differences, {title}, prompt-level strict", ""] + table + [""]
             lines += ["Each cell: difference [95% interval], paired by prompt; a two-level bootstrap over prompts "
                       "and each side's seeds (10,000 draws). " + correction_note(m) + single_seed_note(loops), ""]
+    checks = results / CHECKS
+    if loops and checks.is_file():
+        lines += ["### Rounds made again: the same samples with other pairs or another loss", ""]
+        lines += checks_table(loops, checks) + [""]
+        lines += ["Made by `python scripts/cut_answers_check.py LOOP ROUND SETTING...`: the round's own samples "
+                  "(nothing sampled again), paired with `--cut-answers` keep (the loop's setting), reject (a cut "
+                  "answer is never chosen) or drop (cut answers in no pair), trained with the round's options from "
+                  "its start (the loop's previous round), or with another loss and rate on the same pairs "
+                  "(a reference-based loss: the start as reference), then evaluated on the 45 test pairs as the loop "
+                  "does. The loop's own setting made again gives the loop's weights bit for bit (checked by the "
+                  "script). \"chosen / rejected ended\": how many of the pairs' chosen and rejected answers ended "
+                  "within the sampling budget.", ""]
     lines += ["### Setup and cost", ""]
     lines += [f"- Loss and learning rate: {', '.join(f'{LABELS[k]} {v:g}' for k, v in LOSSES.items())} (the "
               f"single-pass grid's choices); seeds {', '.join(map(str, SEEDS))}; {ROUNDS} rounds of "

@@ -270,3 +270,25 @@ def test_the_round_table_has_the_probability_of_ending_where_held_out_chosen_ans
     column = rows["loop, round"].index("p(end of turn) at held-out chosen ends")
     assert rows["SLIME, round 2"][column] == "0.300 ± 0.141"  # by hand: 0.2 and 0.4
     assert rows["SLIME, round 1"][column] == "—"  # archived before it was measured
+
+
+def test_rounds_made_again_are_tabled_under_their_start_and_the_loops_own_round(loop_study, tmp_path):
+    fake_loop(loop_study, tmp_path, "slime", 1, [0.0, -0.1, -0.5, -0.4], [[0, 1]] * 4)
+    folder = loop_study.archived(tmp_path, loop_study.Loop("slime", 1))
+    for index, p_end in ((1, 0.611), (2, 0.016)):
+        record = json.loads((folder / f"round-{index}" / "round.json").read_text())
+        record["eval"]["end_of_turn"] = {"chosen": {"p_mean": p_end}}
+        record["pairs"] = {"counts": {"pairs": 51}}
+        (folder / f"round-{index}" / "round.json").write_text(json.dumps(record))
+    (tmp_path / "cut-answers-check.jsonl").write_text(json.dumps(
+        {"loop": "slime-seed1", "round": 2, "cut_answers": "drop", "loss": "simpo", "learning_rate": 0.001,
+         "pairs": 40, "chosen_ended": 40, "rejected_ended": 40, "p_end_chosen": 0.4731, "held_out_ended": 0.4889,
+         "chosen_drift": -0.1712}) + "\n")
+
+    text = "\n".join(loop_study.section(tmp_path, ending=None))
+
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| slime-seed1")}
+    assert rows["slime-seed1 round 2: its start (round 1's model)"] == ["—", "—", "0.611", "—", "-0.100"]
+    assert rows["slime-seed1 round 2: the loop's own (SLIME, cut answers kept)"] == ["51", "—", "0.016", "—", "-0.500"]
+    assert rows["slime-seed1 round 2: SimPO at 0.001, cut answers drop"] == ["40", "40 / 40", "0.473", "0.49", "-0.171"]
