@@ -45,7 +45,8 @@ def check(loop: str, index: int, cut_answers: str, loss: str | None = None, rate
     options = json.loads((source / "pairs" / "provenance.json").read_text())["config"]
     started = time.perf_counter()
     pairs = make_pairs(PairsConfig(**{**options, "out": str(out / "pairs"), "cut_answers": cut_answers}))
-    assert pairs.counts["prompts_sampled_this_run"] == 0, "the round's samples were not reused"
+    if pairs.counts["prompts_sampled_this_run"]:
+        raise RuntimeError(f"{out}: the round's samples were not all reused")
     given = yaml.safe_load((source / "train" / "config.yaml").read_text())
     if loss:  # another loss on the same pairs from the same start (a reference-based loss: the start)
         given = {**given, "loss": loss, "learning_rate": rate}
