@@ -15,7 +15,6 @@ setup is the loop's).
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
 import time
@@ -28,8 +27,10 @@ from slimepo.eval.run import evaluate
 from slimepo.iterate.config import IterateConfig
 from slimepo.pairs.config import PairsConfig
 from slimepo.pairs.run import make_pairs
-from slimepo.report import lookup
 from slimepo.train import train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from loop_study import SAME_SCORES, same_evaluation  # noqa: E402
 
 RUNS = Path("runs/study-loop")
 OUT = Path("runs/cut-answers-check")
@@ -56,14 +57,10 @@ def check(loop: str, index: int, cut_answers: str, loss: str | None = None, rate
     loop_config = config_from_mapping(yaml.safe_load((RUNS / loop / "iterate.yaml").read_text()), cls=IterateConfig)
     eval_config = loop_config.eval_config(out / "eval", str(out / "train" / "merged"))
     result = evaluate(eval_config, out_dir=out / "eval")
-    if cut_answers == "keep" and not loss:  # the loop's own round, made again: the same numbers
+    if cut_answers == "keep" and not loss:  # the loop's own round, made again: the same weights and numbers
         archived = json.loads((source / "eval" / "eval.json").read_text())
-        if result["settings"]["weights_sha256"] != archived["settings"]["weights_sha256"]:
-            raise RuntimeError(f"{out}: training gave other weights than the loop's round")
-        for path in (("chosen_logp_mean",), ("drift", "chosen_drift_mean"), ("generation", "ended_rate")):
-            again, then = lookup(result, path), lookup(archived, path)
-            if not math.isclose(again, then, rel_tol=1e-6, abs_tol=1e-7):
-                raise RuntimeError(f"{out}: {'.'.join(path)} is {again}, the loop's round gave {then}")
+        same_evaluation(archived, result, str(out), settings=("weights_sha256", "base", "dataset"),
+                        scores=(*SAME_SCORES, ("generation", "ended_rate"), ("constraint_pass_rate",)))
     rows = [json.loads(line) for line in (out / "pairs" / "pairs.jsonl").read_text().splitlines()]
     return {"loop": loop, "round": index, "cut_answers": cut_answers, "loss": config.loss,
             "learning_rate": config.learning_rate, "pairs": len(rows),

@@ -228,20 +228,28 @@ SAME_SCORES = (("pairs",), ("accuracy",), ("chosen_logp_mean",), ("rejected_logp
                ("drift", "rejected_drift_mean"), ("base", "chosen_logp_mean"), ("base", "rejected_logp_mean"))
 
 
-def with_end_of_turn(written: dict[str, Any], rescored: dict[str, Any], where: str) -> dict[str, Any]:
-    """``written`` (an archived eval.json) with the ``end_of_turn`` of ``rescored`` (the held-out pairs scored
-    again), once both are the same model (weights sha256) and give the same scores (:data:`SAME_SCORES`)."""
+def same_evaluation(written: dict[str, Any], again: dict[str, Any], where: str,
+                    settings: Sequence[str] = ("weights_sha256", "model", "base", "dataset"),
+                    scores: Sequence[tuple[str, ...]] = SAME_SCORES) -> None:
+    """Raise ValueError unless ``again`` (an evaluation made again) is ``written`` (an archived eval.json) once
+    more: the same ``settings`` entries (the model's weights sha256 first), then the same ``scores`` to 1e-6."""
     import math
 
-    for name in ("weights_sha256", "model", "base", "dataset"):
-        if lookup(written, ("settings", name)) != lookup(rescored, ("settings", name)):
-            raise ValueError(f"{where}: the rescoring's {name} is {lookup(rescored, ('settings', name))!r}, the "
+    for name in settings:
+        if lookup(written, ("settings", name)) != lookup(again, ("settings", name)):
+            raise ValueError(f"{where}: the {name} made again is {lookup(again, ('settings', name))!r}, the "
                              f"archived one {lookup(written, ('settings', name))!r}")
-    for path in SAME_SCORES:
-        archived_value, value = lookup(written, path), lookup(rescored, path)
+    for path in scores:
+        archived_value, value = lookup(written, path), lookup(again, path)
         if (archived_value is None) != (value is None) or (
                 value is not None and not math.isclose(archived_value, value, rel_tol=1e-6, abs_tol=1e-7)):
-            raise ValueError(f"{where}: {'.'.join(path)} is {archived_value} archived and {value} rescored")
+            raise ValueError(f"{where}: {'.'.join(path)} is {archived_value} archived and {value} made again")
+
+
+def with_end_of_turn(written: dict[str, Any], rescored: dict[str, Any], where: str) -> dict[str, Any]:
+    """``written`` (an archived eval.json) with the ``end_of_turn`` of ``rescored`` (the held-out pairs scored
+    again), once both are the same model giving the same scores (:func:`same_evaluation`)."""
+    same_evaluation(written, rescored, where)
     merged = {**written, "end_of_turn": rescored["end_of_turn"]}
     if "base" in written:
         merged["base"] = {**written["base"], "end_of_turn": rescored["base"]["end_of_turn"]}
@@ -452,6 +460,20 @@ def difference_table(loops: Sequence[LoopResult], bench: str,
 CHECKS = "cut-answers-check.jsonl"
 
 
+def pairs_ended(folder: Path) -> str:
+    """"chosen / rejected" answers that ended among an archived round's pairs, from its samples (the pairs of
+    the loops made before pairs.jsonl said it), or "—" where the round's pairs and samples are not archived."""
+    pairs, samples = folder / "pairs.jsonl.gz", folder / "samples.jsonl.gz"
+    if not (pairs.is_file() and samples.is_file()):
+        return "—"
+    with gzip.open(samples, "rt", encoding="utf-8") as f:
+        ended = {(s["key"], s["sample"]): s["ended"] for s in map(json.loads, f)}
+    with gzip.open(pairs, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    counts = [sum(ended[r["key"], r[f"{side}_sample"]] for r in rows) for side in ("chosen", "rejected")]
+    return f"{counts[0]} / {counts[1]}"
+
+
 def checks_table(loops: Sequence[LoopResult], path: Path) -> list[str]:
     """Per round made again: the round's start and the loop's own round (from the archive), then each run of
     ``path`` on it, in the file's order."""
@@ -473,7 +495,7 @@ def checks_table(loops: Sequence[LoopResult], path: Path) -> list[str]:
                          lookup(start, ("eval", "generation", "ended_rate")),
                          lookup(start, ("eval", "drift", "chosen_drift_mean"))]))
         rows.append(row(f"{group}: the loop's own ({LABELS[lp.loss]}, cut answers kept)",
-                        lookup(own, ("pairs", "counts", "pairs")), "—",
+                        lookup(own, ("pairs", "counts", "pairs")), pairs_ended(lp.folder / f"round-{index}" / "pairs"),
                         [lookup(own, ("eval", "end_of_turn", "chosen", "p_mean")),
                          lookup(own, ("eval", "generation", "ended_rate")),
                          lookup(own, ("eval", "drift", "chosen_drift_mean"))]))

@@ -244,14 +244,31 @@ def test_the_end_of_turn_is_added_to_an_archived_evaluation_only_from_the_same_m
 
     assert merged == {**archived_eval(), "end_of_turn": end,
                       "base": {**archived_eval()["base"], "end_of_turn": base_end}}
-    with pytest.raises(ValueError, match="eval.json: the rescoring's weights_sha256 is 'other'"):
+    with pytest.raises(ValueError, match="eval.json: the weights_sha256 made again is 'other'"):
         loop_study.with_end_of_turn(archived_eval(), {**rescored, "settings": {**rescored["settings"],
                                                                                 "weights_sha256": "other"}}, "eval.json")
-    with pytest.raises(ValueError, match="eval.json: chosen_logp_mean is -1.5 archived and -1.49 rescored"):
+    with pytest.raises(ValueError, match="eval.json: chosen_logp_mean is -1.5 archived and -1.49 made again"):
         loop_study.with_end_of_turn(archived_eval(), {**rescored, "chosen_logp_mean": -1.49}, "eval.json")
     drifted = {**rescored, "drift": {**rescored["drift"], "chosen_drift_mean": -0.11}}
-    with pytest.raises(ValueError, match="drift.chosen_drift_mean is -0.1 archived and -0.11 rescored"):
+    with pytest.raises(ValueError, match="drift.chosen_drift_mean is -0.1 archived and -0.11 made again"):
         loop_study.with_end_of_turn(archived_eval(), drifted, "eval.json")
+
+
+def test_a_round_made_again_is_compared_on_the_settings_and_scores_asked_for(loop_study):
+    """scripts/cut_answers_check.py's check of a loop's own round made again: its own merged folder (another
+    model path), the same weights and every score, the answers' end rate included."""
+    again = {**archived_eval(chosen=-1.5 - 1e-9), "settings": {**archived_eval()["settings"], "model": "elsewhere"}}
+    scores = (*loop_study.SAME_SCORES, ("generation", "ended_rate"))
+
+    loop_study.same_evaluation(archived_eval(), again, "check", settings=("weights_sha256", "base"), scores=scores)
+    with pytest.raises(ValueError, match="check: the model made again is 'elsewhere'"):
+        loop_study.same_evaluation(archived_eval(), again, "check", scores=scores)
+    with pytest.raises(ValueError, match="check: generation.ended_rate is 0.3 archived and 0.31 made again"):
+        loop_study.same_evaluation(archived_eval(), {**again, "generation": {"ended_rate": 0.31}}, "check",
+                                   settings=("weights_sha256",), scores=scores)
+    with pytest.raises(ValueError, match="check: base.accuracy is 0.6 archived and None made again"):
+        loop_study.same_evaluation(archived_eval(), {**again, "base": {**again["base"], "accuracy": None}}, "check",
+                                   settings=(), scores=(("base", "accuracy"),))
 
 
 def test_the_round_table_has_the_probability_of_ending_where_held_out_chosen_answers_end(loop_study, tmp_path):
@@ -280,6 +297,15 @@ def test_rounds_made_again_are_tabled_under_their_start_and_the_loops_own_round(
         record["eval"]["end_of_turn"] = {"chosen": {"p_mean": p_end}}
         record["pairs"] = {"counts": {"pairs": 51}}
         (folder / f"round-{index}" / "round.json").write_text(json.dumps(record))
+    pairs = folder / "round-2" / "pairs"  # the loop's own pairs: chosen and rejected ended from the samples
+    pairs.mkdir()
+    samples = [{"key": key, "sample": n, "ended": ended} for key, n, ended in
+               (("a", 0, True), ("a", 1, False), ("a", 2, True), ("b", 0, False), ("b", 1, True), ("c", 0, True))]
+    with gzip.open(pairs / "samples.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(s) + "\n" for s in samples)
+    with gzip.open(pairs / "pairs.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps({"key": k, "chosen_sample": c, "rejected_sample": r}) + "\n"
+                     for k, c, r in (("a", 0, 1), ("b", 1, 0), ("a", 2, 1)))
     (tmp_path / "cut-answers-check.jsonl").write_text(json.dumps(
         {"loop": "slime-seed1", "round": 2, "cut_answers": "drop", "loss": "simpo", "learning_rate": 0.001,
          "pairs": 40, "chosen_ended": 40, "rejected_ended": 40, "p_end_chosen": 0.4731, "held_out_ended": 0.4889,
@@ -290,5 +316,5 @@ def test_rounds_made_again_are_tabled_under_their_start_and_the_loops_own_round(
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in text.splitlines() if line.startswith("| slime-seed1")}
     assert rows["slime-seed1 round 2: its start (round 1's model)"] == ["—", "—", "0.611", "—", "-0.100"]
-    assert rows["slime-seed1 round 2: the loop's own (SLIME, cut answers kept)"] == ["51", "—", "0.016", "—", "-0.500"]
+    assert rows["slime-seed1 round 2: the loop's own (SLIME, cut answers kept)"] == ["51", "3 / 0", "0.016", "—", "-0.500"]
     assert rows["slime-seed1 round 2: SimPO at 0.001, cut answers drop"] == ["40", "40 / 40", "0.473", "0.49", "-0.171"]
