@@ -281,9 +281,9 @@ def add_end_of_turn(results: Path) -> list[str]:
         for index in sorted(lp.rounds):
             path = lp.folder / f"round-{index}" / "eval" / "eval.json"
             written = json.loads(path.read_text(encoding="utf-8"))
-            model, sha = written["settings"]["model"], written["settings"]["weights_sha256"]
             if "end_of_turn" in written:
                 continue
+            model, sha = written["settings"]["model"], written["settings"]["weights_sha256"]
             if model != "default" and not Path(model).is_dir():
                 logger.warning("%s: no weights at %s, left without its end of turn", path, model)
                 continue
