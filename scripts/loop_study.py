@@ -160,13 +160,34 @@ def make_prompts(results: Path) -> Path:
 
 def seed_round_zero(config: Any, donor: Path | None) -> None:
     """Round 0 (the initial model evaluated) depends on neither loss nor seed: a new loop folder gets the
-    first finished loop's copy instead of evaluating it again (about 11 minutes)."""
+    first finished loop's copy instead of evaluating it again (about 11 minutes). The donor is a loop folder
+    in runs/ or an archived loop (:func:`archive`), whose gzipped JSONL files are unpacked on the way."""
     out = Path(config.out)
     if donor is None or out.exists() or not (donor / "round-0" / "round.json").is_file():
         return
-    out.mkdir(parents=True)
-    (out / "iterate.yaml").write_text(config.to_yaml(), encoding="utf-8")
-    shutil.copytree(donor / "round-0", out / "round-0")
+    staging = out.with_name(out.name + ".seeding")  # moved into place whole: a kill leaves no half round 0
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    (staging / "iterate.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    for source in sorted((donor / "round-0").rglob("*")):
+        if not source.is_file():
+            continue
+        dest = staging / "round-0" / source.relative_to(donor / "round-0")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if source.name.endswith(".jsonl.gz"):
+            with gzip.open(source, "rb") as src, dest.with_name(source.name[:-3]).open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            shutil.copyfile(source, dest)
+    staging.rename(out)
+
+
+def round_zero_donor(results: Path, runs: Path, loop: Loop) -> Path | None:
+    """Where a new loop's round 0 comes from: another loop's folder in runs/, else an archived loop."""
+    others = [other for other in plan() if other != loop]
+    candidates = [runs / other.name for other in others] + [archived(results, other) for other in others]
+    return next((d for d in candidates if (d / "round-0" / "round.json").is_file()), None)
 
 
 #: What a loop keeps in git, relative to its folder: everything small that a report or a check reads.
@@ -208,8 +229,7 @@ def run(results: Path, runs: Path, max_minutes: float | None, max_loops: int | N
             logger.info("stopping: %.0f minutes spent", (time.perf_counter() - started) / 60)
             break
         config = loop_config(loop, runs, prompts)
-        donors = [runs / other.name for other in plan() if other != loop]
-        seed_round_zero(config, next((d for d in donors if (d / "round-0" / "round.json").is_file()), None))
+        seed_round_zero(config, round_zero_donor(results, runs, loop))
         logger.info("%s: running (%s)", loop.name, config.out)
         loop_started = time.perf_counter()
         iterate(config)

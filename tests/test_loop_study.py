@@ -69,6 +69,33 @@ def test_a_new_loop_gets_round_zero_of_a_finished_one_and_iterate_accepts_the_fo
     assert not Path(other.out).exists()
 
 
+def test_round_zero_comes_from_an_archived_loop_unpacked_when_runs_has_none(loop_study, tmp_path):
+    import gzip
+
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    assert loop_study.round_zero_donor(results, runs, loop_study.Loop("dpo", 2)) is None
+    kept = results / "loops" / "simpo-seed1" / "round-0"
+    (kept / "eval-ifeval" / "ifeval").mkdir(parents=True)
+    (kept / "round.json").write_text('{"round": 0}')
+    (kept / "eval-ifeval" / "eval.json").write_text('{"x": 1}')
+    with gzip.open(kept / "eval-ifeval" / "ifeval" / "answers.jsonl.gz", "wb") as out:
+        out.write(b'{"prompt": "a"}\n')
+    (results / "loops" / "simpo-seed0").mkdir(parents=True)  # no finished round 0: never the donor
+    loop = loop_study.Loop("dpo", 2)
+    donor = loop_study.round_zero_donor(results, runs, loop)
+    assert donor == results / "loops" / "simpo-seed1"
+    config = loop_study.loop_config(loop, runs, tmp_path / "p.jsonl")
+    loop_study.seed_round_zero(config, donor)
+    out = Path(config.out) / "round-0"
+    assert (out / "eval-ifeval" / "ifeval" / "answers.jsonl").read_bytes() == b'{"prompt": "a"}\n'
+    assert not list(out.rglob("*.gz")) and (out / "eval-ifeval" / "eval.json").read_text() == '{"x": 1}'
+    assert not Path(config.out).with_name(Path(config.out).name + ".seeding").exists()
+    # a loop folder in runs/ is preferred to the archive
+    (runs / "slime-seed0" / "round-0").mkdir(parents=True)
+    (runs / "slime-seed0" / "round-0" / "round.json").write_text("{}")
+    assert loop_study.round_zero_donor(results, runs, loop) == runs / "slime-seed0"
+
+
 def test_the_archive_keeps_records_and_answers_gzipped_and_no_weights(loop_study, tmp_path):
     work = tmp_path / "work"
     files = {
