@@ -22,6 +22,11 @@ its learning rate (the single-pass study's grid choice) and the seed varying:
   end-of-turn and repetition; then IFEval's 541 prompts and IFBench's 282 scorable ones, greedy, bf16, at
   most 256 new tokens (the cut share per model is in each evaluation).
 
+Round 0 is copied into a new loop from a finished one (in runs/ or archived), and round 1's samples
+from a finished loop of the same seed, which samples the same answers from the same model with the same
+seed (``slimepo pairs`` checks the weights, decoding and prompts before it takes them): only the pairing
+runs again, and the round's stages.json lists the pairs stage as resumed.
+
 A loop is archived into ``results/study-loop/loops/<loss>-seed<seed>/`` (tracked in git: records, pairs,
 samples, answers; no weights) when its last round is done; its working folder is ``runs/study-loop/``.
 Merged weights are not kept in git, so a loop is resumed only where its working folder still exists; the
@@ -190,6 +195,35 @@ def round_zero_donor(results: Path, runs: Path, loop: Loop) -> Path | None:
     return next((d for d in candidates if (d / "round-0" / "round.json").is_file()), None)
 
 
+def seed_round_one(config: Any, donor: Path | None) -> None:
+    """Round 1 samples the same answers for every loss of one seed (the initial model, the seed's sampling
+    seed, the same prompts): a new loop's round 1 gets the samples of a finished round 1 of its seed (a loop
+    folder in runs/ or an archived loop) and only pairs them again, instead of sampling them again (about 8
+    minutes). ``slimepo pairs`` takes them only if their model weights, decoding and prompts are this round's
+    (else it refuses them by name); the round's stages.json lists its pairs stage as resumed."""
+    out = Path(config.out)
+    target = out / "round-1" / "pairs" / "samples.jsonl"
+    if donor is None or not (out / "iterate.yaml").is_file() or (out / "round-1").exists():
+        return
+    source = next((f for f in (donor / "round-1" / "pairs" / "samples.jsonl",
+                               donor / "round-1" / "pairs" / "samples.jsonl.gz") if f.is_file()), None)
+    if source is None or not (donor / "round-1" / "round.json").is_file():
+        return
+    target.parent.mkdir(parents=True)
+    partial = target.with_name(target.name + ".part")
+    with (gzip.open(source, "rb") if source.suffix == ".gz" else source.open("rb")) as src, \
+            partial.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    partial.rename(target)
+
+
+def round_one_donor(results: Path, runs: Path, loop: Loop) -> Path | None:
+    """A finished loop of the same seed (same sampling seed), in runs/ or archived."""
+    others = [other for other in plan() if other != loop and other.seed == loop.seed]
+    candidates = [runs / other.name for other in others] + [archived(results, other) for other in others]
+    return next((d for d in candidates if (d / "round-1" / "round.json").is_file()), None)
+
+
 #: What a loop keeps in git, relative to its folder: everything small that a report or a check reads.
 KEPT = ("iterate.yaml", "round-*/round.json", "round-*/stages.json", "round-*/pairs/pairs.jsonl",
         "round-*/pairs/provenance.json", "round-*/pairs/samples.jsonl", "round-*/eval/eval.json",
@@ -215,14 +249,22 @@ def archive(work: Path, target: Path, info: dict[str, Any]) -> None:
     (target / "loop.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
 
 
-def run(results: Path, runs: Path, max_minutes: float | None, max_loops: int | None) -> list[str]:
+def run(results: Path, runs: Path, max_minutes: float | None, max_loops: int | None,
+        only: Sequence[str] = ()) -> list[str]:
+    """Run and archive the pending loops in the plan's order (``only``: just those named)."""
     from slimepo.iterate import iterate
     from slimepo.model import machine
 
+    names = {loop.name for loop in plan()}
+    unknown = [name for name in only if name not in names]
+    if unknown:
+        raise SystemExit(f"--only: no loop named {', '.join(unknown)} in the plan ({', '.join(sorted(names))})")
     started = time.perf_counter()
     prompts = make_prompts(results)
     done = []
     for loop in pending(results):
+        if only and loop.name not in only:
+            continue
         if max_loops is not None and len(done) >= max_loops:
             break
         if max_minutes is not None and (time.perf_counter() - started) / 60 > max_minutes:
@@ -230,6 +272,7 @@ def run(results: Path, runs: Path, max_minutes: float | None, max_loops: int | N
             break
         config = loop_config(loop, runs, prompts)
         seed_round_zero(config, round_zero_donor(results, runs, loop))
+        seed_round_one(config, round_one_donor(results, runs, loop))
         logger.info("%s: running (%s)", loop.name, config.out)
         loop_started = time.perf_counter()
         iterate(config)
@@ -615,11 +658,14 @@ def section(results: Path = RESULTS, ending: set[str] | None = INSTALLED) -> lis
               "checkers (share of instructions followed), best against worst, ties dropped.",
               "- Training: LoRA 16/32/0.05, batch 4, 1 epoch, cosine with 10% warm-up, float32; each round's "
               "adapter merged into the next round's weights; DPO's reference is the round's starting policy."]
-    minutes = [sum((r.get("seconds") or {}).values()) / 60 for lp in loops for i, r in lp.rounds.items() if i > 0]
+    # A round with a stage resumed (after a kill, or round 1 pairing another loop's samples) has no whole time.
+    minutes = [sum((r.get("seconds") or {}).values()) / 60 for lp in loops for i, r in lp.rounds.items()
+               if i > 0 and not r.get("resumed_stages")]
     if minutes:
         machines = sorted({json.loads((lp.folder / "loop.json").read_text())["machine"]["cpu"] for lp in loops})
-        lines += [f"- Cost: {len(minutes)} rounds, median {sorted(minutes)[len(minutes) // 2]:.0f} min each "
-                  f"(pairs + training + evaluation; {', '.join(machines)}, 2 cores)."]
+        lines += [f"- Cost: {len(minutes)} rounds run whole in one attempt, median "
+                  f"{sorted(minutes)[len(minutes) // 2]:.0f} min each (pairs + training + evaluation; "
+                  f"{', '.join(machines)}, 2 cores)."]
     todo = [loop.name for loop in pending(results)]
     lines += ["", "Not run yet: " + (", ".join(todo) if todo else "none") + ".", ""]
     return lines
@@ -630,6 +676,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=("run", "plan", "section", "end-of-turn"))
     parser.add_argument("--max-minutes", type=float, default=None, help="start no loop after this many minutes")
     parser.add_argument("--max-loops", type=int, default=None)
+    parser.add_argument("--only", action="append", default=[], metavar="LOOP",
+                        help="run: only this pending loop (repeatable), e.g. simpo-seed2")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--runs", type=Path, default=RUNS)
     args = parser.parse_args(argv)
@@ -646,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in add_end_of_turn(args.results):
             print(f"{name}: end of turn added")
         return 0
-    for name in run(args.results, args.runs, args.max_minutes, args.max_loops):
+    for name in run(args.results, args.runs, args.max_minutes, args.max_loops, args.only):
         print(f"{name}: archived")
     return 0
 

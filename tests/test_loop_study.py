@@ -96,6 +96,68 @@ def test_round_zero_comes_from_an_archived_loop_unpacked_when_runs_has_none(loop
     assert loop_study.round_zero_donor(results, runs, loop) == runs / "slime-seed0"
 
 
+def test_run_only_runs_the_loops_named_and_refuses_an_unknown_name(loop_study, tmp_path, monkeypatch):
+    import slimepo.iterate
+
+    ran = []
+
+    def fake_iterate(config):
+        ran.append(Path(config.out).name)
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        (Path(config.out) / "iterate.yaml").write_text(config.to_yaml())
+
+    monkeypatch.setattr(slimepo.iterate, "iterate", fake_iterate)
+    monkeypatch.setattr(loop_study, "make_prompts", lambda results: tmp_path / "p.jsonl")
+    with pytest.raises(SystemExit, match="--only: no loop named simpo-seed9 in the plan"):
+        loop_study.run(tmp_path / "results", tmp_path / "runs", None, None, only=["simpo-seed9"])
+    assert ran == []
+    done = loop_study.run(tmp_path / "results", tmp_path / "runs", None, None, only=["simpo-seed2", "dpo-seed2"])
+    assert done == ran == ["dpo-seed2", "simpo-seed2"]  # the plan's order
+    assert (tmp_path / "results" / "loops" / "simpo-seed2" / "loop.json").is_file()
+    assert loop_study.run(tmp_path / "results", tmp_path / "runs", None, None, only=["simpo-seed2"]) == []  # archived
+
+
+def test_the_cost_counts_only_rounds_run_whole(loop_study, tmp_path):
+    fake_loop(loop_study, tmp_path, "slime", 0, [0.0] * 4, [[0, 1]] * 4)  # 3 rounds of 3 minutes
+    path = loop_study.archived(tmp_path, loop_study.Loop("slime", 0)) / "round-1" / "round.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "seconds": {"pairs": 5.0, "train": 60.0, "eval": 60.0},
+                                "resumed_stages": ["pairs"]}))  # 2 min 5 s, but its pairs were not made here
+    lines = [line for line in loop_study.section(tmp_path, ending=None) if line.startswith("- Cost:")]
+    assert lines == ["- Cost: 2 rounds run whole in one attempt, median 3 min each (pairs + training + evaluation; "
+                     "AMD EPYC, 2 cores)."]
+
+
+def test_round_one_takes_the_samples_of_a_finished_loop_of_the_same_seed_only(loop_study, tmp_path):
+    import gzip
+
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    for loss, seed in (("slime", 1), ("slime", 2)):  # seed 1's samples must never reach a seed-2 loop
+        kept = results / "loops" / f"{loss}-seed{seed}" / "round-1"
+        (kept / "pairs").mkdir(parents=True)
+        (kept / "round.json").write_text("{}")
+        with gzip.open(kept / "pairs" / "samples.jsonl.gz", "wb") as out:
+            out.write(f'{{"key": "a", "sample": 0, "seed": {seed}}}\n'.encode())
+    (results / "loops" / "dpo-seed0" / "round-1" / "pairs").mkdir(parents=True)  # unfinished: not a donor
+    loop = loop_study.Loop("dpo", 2)
+    assert loop_study.round_one_donor(results, runs, loop) == results / "loops" / "slime-seed2"
+    assert loop_study.round_one_donor(results, runs, loop_study.Loop("dpo", 0)) is None
+    config = loop_study.loop_config(loop, runs, tmp_path / "p.jsonl")
+    loop_study.seed_round_one(config, loop_study.round_one_donor(results, runs, loop))
+    assert not Path(config.out).exists()  # no loop folder (no iterate.yaml) yet: nothing written
+    loop_study.seed_round_zero(config, None)
+    Path(config.out).mkdir(parents=True)
+    (Path(config.out) / "iterate.yaml").write_text(config.to_yaml())
+    loop_study.seed_round_one(config, loop_study.round_one_donor(results, runs, loop))
+    samples = Path(config.out) / "round-1" / "pairs" / "samples.jsonl"
+    assert samples.read_text() == '{"key": "a", "sample": 0, "seed": 2}\n'
+    assert sorted(p.name for p in samples.parent.iterdir()) == ["samples.jsonl"]
+    # a round 1 already begun is never touched
+    samples.write_text("mine")
+    loop_study.seed_round_one(config, loop_study.round_one_donor(results, runs, loop))
+    assert samples.read_text() == "mine"
+
+
 def test_the_archive_keeps_records_and_answers_gzipped_and_no_weights(loop_study, tmp_path):
     work = tmp_path / "work"
     files = {
