@@ -163,6 +163,26 @@ def make_prompts(results: Path) -> Path:
     return path
 
 
+def copy_unpacked(source: Path, dest: Path) -> None:
+    """Copy ``source`` to ``dest``; a gzipped archive file (``x.jsonl.gz``) is unpacked into ``x.jsonl``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if source.name.endswith(".jsonl.gz"):
+        with gzip.open(source, "rb") as src, dest.with_name(source.name[: -len(".gz")]).open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+    else:
+        shutil.copyfile(source, dest)
+
+
+def fresh_staging(target: Path) -> Path:
+    """An empty folder beside ``target`` to build it in, then renamed to ``target`` whole, so a kill never
+    leaves half a copy under ``target`` (a killed attempt's leftover is removed here)."""
+    staging = target.with_name(target.name + ".seeding")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
 def seed_round_zero(config: Any, donor: Path | None) -> None:
     """Round 0 (the initial model evaluated) depends on neither loss nor seed: a new loop folder gets the
     first finished loop's copy instead of evaluating it again (about 11 minutes). The donor is a loop folder
@@ -170,29 +190,12 @@ def seed_round_zero(config: Any, donor: Path | None) -> None:
     out = Path(config.out)
     if donor is None or out.exists() or not (donor / "round-0" / "round.json").is_file():
         return
-    staging = out.with_name(out.name + ".seeding")  # moved into place whole: a kill leaves no half round 0
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    staging = fresh_staging(out)
     (staging / "iterate.yaml").write_text(config.to_yaml(), encoding="utf-8")
     for source in sorted((donor / "round-0").rglob("*")):
-        if not source.is_file():
-            continue
-        dest = staging / "round-0" / source.relative_to(donor / "round-0")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if source.name.endswith(".jsonl.gz"):
-            with gzip.open(source, "rb") as src, dest.with_name(source.name[:-3]).open("wb") as dst:
-                shutil.copyfileobj(src, dst)
-        else:
-            shutil.copyfile(source, dest)
+        if source.is_file():
+            copy_unpacked(source, staging / "round-0" / source.relative_to(donor / "round-0"))
     staging.rename(out)
-
-
-def round_zero_donor(results: Path, runs: Path, loop: Loop) -> Path | None:
-    """Where a new loop's round 0 comes from: another loop's folder in runs/, else an archived loop."""
-    others = [other for other in plan() if other != loop]
-    candidates = [runs / other.name for other in others] + [archived(results, other) for other in others]
-    return next((d for d in candidates if (d / "round-0" / "round.json").is_file()), None)
 
 
 def seed_round_one(config: Any, donor: Path | None) -> None:
@@ -202,26 +205,31 @@ def seed_round_one(config: Any, donor: Path | None) -> None:
     minutes). ``slimepo pairs`` takes them only if their model weights, decoding and prompts are this round's
     (else it refuses them by name); the round's stages.json lists its pairs stage as resumed."""
     out = Path(config.out)
-    target = out / "round-1" / "pairs" / "samples.jsonl"
     if donor is None or not (out / "iterate.yaml").is_file() or (out / "round-1").exists():
         return
-    source = next((f for f in (donor / "round-1" / "pairs" / "samples.jsonl",
-                               donor / "round-1" / "pairs" / "samples.jsonl.gz") if f.is_file()), None)
+    pairs = donor / "round-1" / "pairs"
+    source = next((f for f in (pairs / "samples.jsonl", pairs / "samples.jsonl.gz") if f.is_file()), None)
     if source is None or not (donor / "round-1" / "round.json").is_file():
         return
-    target.parent.mkdir(parents=True)
-    partial = target.with_name(target.name + ".part")
-    with (gzip.open(source, "rb") if source.suffix == ".gz" else source.open("rb")) as src, \
-            partial.open("wb") as dst:
-        shutil.copyfileobj(src, dst)
-    partial.rename(target)
+    staging = fresh_staging(out / "round-1")
+    copy_unpacked(source, staging / "pairs" / "samples.jsonl")
+    staging.rename(out / "round-1")
+
+
+def finished_donor(results: Path, runs: Path, others: Sequence[Loop], index: int) -> Path | None:
+    """The first of ``others`` whose round ``index`` is finished: its folder in runs/, else its archive."""
+    candidates = [runs / other.name for other in others] + [archived(results, other) for other in others]
+    return next((d for d in candidates if (d / f"round-{index}" / "round.json").is_file()), None)
+
+
+def round_zero_donor(results: Path, runs: Path, loop: Loop) -> Path | None:
+    """Where a new loop's round 0 comes from: any other loop (round 0 is the initial model's)."""
+    return finished_donor(results, runs, [other for other in plan() if other != loop], 0)
 
 
 def round_one_donor(results: Path, runs: Path, loop: Loop) -> Path | None:
-    """A finished loop of the same seed (same sampling seed), in runs/ or archived."""
-    others = [other for other in plan() if other != loop and other.seed == loop.seed]
-    candidates = [runs / other.name for other in others] + [archived(results, other) for other in others]
-    return next((d for d in candidates if (d / "round-1" / "round.json").is_file()), None)
+    """Where a new loop's round-1 samples come from: a loop of the same seed (the same sampling seed)."""
+    return finished_donor(results, runs, [o for o in plan() if o != loop and o.seed == loop.seed], 1)
 
 
 #: What a loop keeps in git, relative to its folder: everything small that a report or a check reads.

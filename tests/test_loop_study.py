@@ -148,8 +148,11 @@ def test_round_one_takes_the_samples_of_a_finished_loop_of_the_same_seed_only(lo
     loop_study.seed_round_zero(config, None)
     Path(config.out).mkdir(parents=True)
     (Path(config.out) / "iterate.yaml").write_text(config.to_yaml())
+    (Path(config.out) / "round-1.seeding" / "pairs").mkdir(parents=True)  # a copy killed half way
+    (Path(config.out) / "round-1.seeding" / "pairs" / "samples.jsonl").write_text("torn")
     loop_study.seed_round_one(config, loop_study.round_one_donor(results, runs, loop))
     samples = Path(config.out) / "round-1" / "pairs" / "samples.jsonl"
+    assert not (Path(config.out) / "round-1.seeding").exists()
     assert samples.read_text() == '{"key": "a", "sample": 0, "seed": 2}\n'
     assert sorted(p.name for p in samples.parent.iterdir()) == ["samples.jsonl"]
     # a round 1 already begun is never touched
