@@ -164,10 +164,11 @@ def make_prompts(results: Path) -> Path:
 
 
 def copy_unpacked(source: Path, dest: Path) -> None:
-    """Copy ``source`` to ``dest``; a gzipped archive file (``x.jsonl.gz``) is unpacked into ``x.jsonl``."""
+    """Copy ``source`` to ``dest``; a gzipped archive file (``x.jsonl.gz``) is unpacked, and a ``.gz`` on
+    ``dest``'s name is dropped (``dest`` names the copy; the source's name never does)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     if source.name.endswith(".jsonl.gz"):
-        with gzip.open(source, "rb") as src, dest.with_name(source.name[: -len(".gz")]).open("wb") as dst:
+        with gzip.open(source, "rb") as src, dest.with_name(dest.name.removesuffix(".gz")).open("wb") as dst:
             shutil.copyfileobj(src, dst)
     else:
         shutil.copyfile(source, dest)

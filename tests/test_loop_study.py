@@ -410,3 +410,18 @@ def test_rounds_made_again_are_tabled_under_their_start_and_the_loops_own_round(
     assert rows["slime-seed1 round 2: its start (round 1's model)"] == ["—", "—", "0.611", "—", "-0.100"]
     assert rows["slime-seed1 round 2: the loop's own (SLIME, cut answers kept)"] == ["51", "3 / 0", "0.016", "—", "-0.500"]
     assert rows["slime-seed1 round 2: SimPO at 0.001, cut answers drop"] == ["40", "40 / 40", "0.473", "0.49", "-0.171"]
+
+
+def test_the_copy_is_named_by_its_destination_and_a_gzipped_source_is_unpacked(loop_study, tmp_path):
+    source = tmp_path / "donor" / "answers.jsonl.gz"
+    source.parent.mkdir()
+    with gzip.open(source, "wb") as out:
+        out.write(b'{"a": 1}\n')
+    loop_study.copy_unpacked(source, tmp_path / "new" / "samples.jsonl")
+    loop_study.copy_unpacked(source, tmp_path / "new" / "kept.jsonl.gz")
+    plain = tmp_path / "donor" / "round.json"
+    plain.write_text("{}")
+    loop_study.copy_unpacked(plain, tmp_path / "new" / "other.json")
+    assert sorted(f.name for f in (tmp_path / "new").iterdir()) == ["kept.jsonl", "other.json", "samples.jsonl"]
+    assert (tmp_path / "new" / "samples.jsonl").read_bytes() == b'{"a": 1}\n'
+    assert (tmp_path / "new" / "kept.jsonl").read_bytes() == b'{"a": 1}\n'
