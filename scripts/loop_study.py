@@ -676,7 +676,7 @@ def section(results: Path = RESULTS, ending: set[str] | None = INSTALLED) -> lis
                   f"{sorted(minutes)[len(minutes) // 2]:.0f} min each (pairs + training + evaluation; "
                   f"{', '.join(machines)}, 2 cores)."]
     todo = [loop.name for loop in pending(results)]
-    lines += ["", "Not run yet: " + (", ".join(todo) if todo else "none") + ".", ""]
+    lines += [""] + (["Not run yet: " + ", ".join(todo) + ".", ""] if todo else [])
     return lines
 
 

@@ -204,7 +204,7 @@ def fake_loop(loop_study, results: Path, loss: str, seed: int, drift: list[float
     (folder / "loop.json").write_text(json.dumps({"machine": {"cpu": "AMD EPYC"}}))
 
 
-def test_the_section_reads_the_archived_loops(loop_study, tmp_path):
+def test_the_section_reads_the_archived_loops(loop_study, tmp_path, monkeypatch):
     initial = [0, 0, 1, 0]
     fake_loop(loop_study, tmp_path, "slime", 0, [0.0, -0.1, -0.2, -0.3], [initial, [1, 0, 1, 0], [1, 1, 1, 0],
                                                                           [1, 1, 1, 1]])
@@ -235,6 +235,10 @@ def test_the_section_reads_the_archived_loops(loop_study, tmp_path):
     assert "DPO has one seed so far: there the interval resamples the prompts only" in text  # SLIME has two
     assert ("Not run yet: simpo-seed0, dpo-seed1, simpo-seed1, slime-seed2, dpo-seed2, simpo-seed2, "
             "slime-no-anchor-seed0, slime-no-stabilizer-seed0, dpo-lr1e-3-seed0.") in text
+    # with every loop of the plan done the section ends on its setup and cost, with no empty "not run" line
+    monkeypatch.setattr(loop_study, "pending", lambda results: [])
+    done = loop_study.section(tmp_path)
+    assert not any("Not run yet" in line for line in done) and done[-1] == ""
 
 
 def test_an_ablation_loop_gets_its_rows_and_its_comparison_with_slime(loop_study, tmp_path):
